@@ -1,0 +1,103 @@
+//! Cache node configuration: TOML file, then flags on top, then `validate()`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cdn_core::config::{ByteSize, ConfigError};
+use cdn_core::store::Eviction;
+use serde::{Deserialize, Serialize};
+
+/// Everything a cache node is configured with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Stable node identity: the input of placement, so it must not change across restarts.
+    pub id: String,
+    /// QUIC (UDP) address to serve edges and peers on.
+    pub listen: SocketAddr,
+    /// Admin HTTP address (`/healthz`, `/status`, `/metrics`).
+    pub admin: SocketAddr,
+    /// Other nodes' QUIC addresses to join through.
+    pub seeds: Vec<String>,
+    /// Origin base URL (`http://host:port`).
+    pub origin: String,
+    /// Store capacity in bytes: 256 MiB is a useful demo size on a laptop.
+    pub capacity: ByteSize,
+    /// Largest object stored; larger ones pass through. A quarter of the capacity by default
+    /// (0 means that), so one object cannot flush the whole store.
+    pub max_object_size: ByteSize,
+    /// Eviction policy: `tiny-lfu` (default: resists scans) or `lru`.
+    pub eviction: Eviction,
+    /// Bearer token for the admin API's mutating calls.
+    pub admin_token: Option<String>,
+    /// Directory with `ca.pem`, `member.pem`, `member.key` (from `cache-node init-tls`).
+    pub tls_dir: Option<PathBuf>,
+    /// Region name.
+    pub region: String,
+    /// Origin TCP connect timeout: a healthy origin on the same network connects in
+    /// milliseconds; past 2 s it is down and waiters should hear so.
+    pub origin_connect_timeout_ms: u64,
+    /// Time to wait for the origin's response head: generous, origins can be slow to render.
+    pub origin_response_timeout_ms: u64,
+    /// Concurrent requests one edge may have open on its connection.
+    pub max_streams: u32,
+    /// QUIC idle timeout: a silent peer is dropped after this (keep-alives go every third).
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            id: "node-0".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9050)),
+            seeds: vec![],
+            origin: "http://127.0.0.1:8080".into(),
+            capacity: ByteSize(256 << 20),
+            max_object_size: ByteSize(0),
+            eviction: Eviction::TinyLfu,
+            admin_token: None,
+            tls_dir: None,
+            region: String::new(),
+            origin_connect_timeout_ms: 2_000,
+            origin_response_timeout_ms: 30_000,
+            max_streams: 1024,
+            idle_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Checks values serde cannot: the first problem found, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id.is_empty() || self.id.len() > 255 {
+            return Err(ConfigError::new("id", "must be 1 to 255 bytes"));
+        }
+        if self.capacity.0 == 0 {
+            return Err(ConfigError::new("capacity", "must be greater than 0"));
+        }
+        cdn_core::origin::check_url(&self.origin).map_err(|e| ConfigError::new("origin", e))?;
+        if self.max_streams == 0 {
+            return Err(ConfigError::new("max_streams", "must be greater than 0"));
+        }
+        if self.idle_timeout_ms < 100 {
+            return Err(ConfigError::new("idle_timeout_ms", "must be at least 100"));
+        }
+        if self.origin_response_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "origin_response_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The largest object stored.
+    pub fn max_object(&self) -> u64 {
+        if self.max_object_size.0 == 0 {
+            self.capacity.0 / 4
+        } else {
+            self.max_object_size.0
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! A cache node: serves edges over QUIC from a byte-bounded store, filling each miss from the
+//! origin once however many requests wait for it.
+//!
+//! Layout:
+//! - [`config`]: the typed config (TOML + flags) and its validation.
+//! - [`server`]: the QUIC listener and the per-stream request handling.
+//! - this file: [`Node`] (shared state and counters), [`start`] and its [`NodeHandle`].
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cdn_core::admin::{AdminState, Metric};
+use cdn_core::fill::{Coalescer, Head};
+use cdn_core::origin::Origin;
+use cdn_core::store::Store;
+use cdn_core::tls::TlsMaterial;
+use cdn_proto::Member;
+pub use config::Config;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A bad config value.
+    #[error(transparent)]
+    Config(#[from] cdn_core::config::ConfigError),
+    /// TLS material could not be loaded or used.
+    #[error(transparent)]
+    Tls(#[from] cdn_core::tls::TlsError),
+    /// A socket could not be bound or set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Counters named after events; tests and `/status` read them.
+#[derive(Default, Debug)]
+pub struct Stats {
+    /// Requests received on QUIC streams.
+    pub requests: AtomicU64,
+    /// Served fresh from the store.
+    pub hits: AtomicU64,
+    /// Not fresh in the store.
+    pub misses: AtomicU64,
+    /// Requests that waited on another request's fill.
+    pub coalesced: AtomicU64,
+    /// Requests sent to the origin.
+    pub origin_fetches: AtomicU64,
+    /// Streams that ended in an error frame or reset.
+    pub errors: AtomicU64,
+    /// Body bytes sent to edges.
+    pub bytes_sent: AtomicU64,
+}
+
+impl Stats {
+    fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// A node's shared state.
+pub struct Node {
+    config: Config,
+    store: Store,
+    fills: Coalescer<Head>,
+    origin: Origin,
+    stats: Stats,
+    member: Member,
+}
+
+impl Node {
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// This node as a member.
+    pub fn member(&self) -> &Member {
+        &self.member
+    }
+
+    /// Config in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl AdminState for Node {
+    fn status(&self) -> serde_json::Value {
+        let s = &self.stats;
+        serde_json::json!({
+            "id": self.config.id,
+            "role": "cache-node",
+            "region": self.config.region,
+            "members": [{"id": self.member.id, "addr": self.member.addr, "region": self.member.region, "state": "alive"}],
+            "entries": self.store.entry_count(),
+            "bytes": self.store.weighted_size(),
+            "capacity": self.store.capacity(),
+            "requests": Stats::get(&s.requests),
+            "hits": Stats::get(&s.hits),
+            "misses": Stats::get(&s.misses),
+            "coalesced": Stats::get(&s.coalesced),
+            "origin_fetches": Stats::get(&s.origin_fetches),
+            "errors": Stats::get(&s.errors),
+        })
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        let s = &self.stats;
+        let id = self.config.id.clone();
+        let req = |outcome: &'static str, v: &AtomicU64| {
+            Metric::counter(
+                "cdn_node_requests_total",
+                "Requests by outcome.",
+                Stats::get(v),
+            )
+            .label("member", id.clone())
+            .label("outcome", outcome)
+        };
+        vec![
+            req("hit", &s.hits),
+            req("miss", &s.misses),
+            Metric::counter(
+                "cdn_node_coalesced_total",
+                "Requests that waited on another's fill.",
+                Stats::get(&s.coalesced),
+            )
+            .label("member", id.clone()),
+            Metric::counter(
+                "cdn_node_origin_fetches_total",
+                "Requests sent to the origin.",
+                Stats::get(&s.origin_fetches),
+            )
+            .label("member", id.clone()),
+            Metric::counter(
+                "cdn_node_errors_total",
+                "Streams ended in error.",
+                Stats::get(&s.errors),
+            )
+            .label("member", id.clone()),
+            Metric::counter(
+                "cdn_node_bytes_sent_total",
+                "Body bytes sent.",
+                Stats::get(&s.bytes_sent),
+            )
+            .label("member", id.clone()),
+            Metric::gauge(
+                "cdn_node_store_entries",
+                "Entries stored.",
+                self.store.entry_count(),
+            )
+            .label("member", id.clone()),
+            Metric::gauge(
+                "cdn_node_store_bytes",
+                "Bytes stored (weighed).",
+                self.store.weighted_size(),
+            )
+            .label("member", id.clone()),
+            Metric::gauge(
+                "cdn_node_store_capacity_bytes",
+                "Configured capacity.",
+                self.store.capacity(),
+            )
+            .label("member", id),
+        ]
+    }
+}
+
+/// A running node.
+pub struct NodeHandle {
+    /// Shared state and counters.
+    pub node: Arc<Node>,
+    /// The QUIC address it serves on.
+    pub quic_addr: SocketAddr,
+    /// The admin HTTP address.
+    pub admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl NodeHandle {
+    /// Stops the node and waits for it to close its connections.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> &str {
+        &self.node.config.id
+    }
+}
+
+/// Starts a node on already-bound sockets (port 0 in tests), until `shutdown` or
+/// [`NodeHandle::stop`].
+pub async fn start(
+    config: Config,
+    tls: &TlsMaterial,
+    udp: std::net::UdpSocket,
+    admin: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<NodeHandle, NodeError> {
+    config.validate()?;
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| NodeError::Io { what, source }
+    };
+    let quic_addr = udp.local_addr().map_err(io("reading QUIC address"))?;
+    let admin_addr = admin.local_addr().map_err(io("reading admin address"))?;
+    let transport = cdn_core::tls::transport(
+        config.max_streams,
+        Duration::from_millis(config.idle_timeout_ms),
+    );
+    let server_cfg = tls.quic_server(transport)?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_cfg),
+        udp,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(io("starting QUIC endpoint"))?;
+    let origin = Origin::new(
+        &config.origin,
+        Duration::from_millis(config.origin_connect_timeout_ms),
+        Duration::from_millis(config.origin_response_timeout_ms),
+    )
+    .map_err(|e| cdn_core::config::ConfigError::new("origin", e))?;
+    let member = Member {
+        id: config.id.clone(),
+        addr: quic_addr.to_string(),
+        region: config.region.clone(),
+    };
+    let node = Arc::new(Node {
+        store: Store::new(config.capacity.0, config.eviction),
+        fills: Coalescer::default(),
+        origin,
+        stats: Stats::default(),
+        member,
+        config,
+    });
+    let admin_task = tokio::spawn(cdn_core::admin::serve_admin(
+        admin,
+        node.clone() as Arc<dyn AdminState>,
+        shutdown.clone(),
+    ));
+    let n = node.clone();
+    let s = shutdown.clone();
+    let task = tokio::spawn(async move {
+        server::run(n, endpoint, s).await;
+        let _ = admin_task.await;
+    });
+    tracing::info!(id = %node.config.id, %quic_addr, %admin_addr, "cache node started");
+    Ok(NodeHandle {
+        node,
+        quic_addr,
+        admin_addr,
+        shutdown,
+        task,
+    })
+}

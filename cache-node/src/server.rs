@@ -1,0 +1,279 @@
+//! The QUIC side of a node: accept connections, one request per bidirectional stream.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use cdn_core::fill::{self, Coalescer, FillErrorKind, FlightReader, Head, Joined, Via};
+use cdn_core::quic::{
+    codes, fields_from_headers, headers_from_fields, send_data, send_entry, send_frame,
+    FrameReader, WireError,
+};
+use cdn_proto::{CacheStatus, ErrorCode, Frame};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Node, Stats};
+
+/// Time an edge has to send its request frame after opening a stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until `shutdown`, then closes the endpoint.
+pub async fn run(node: Arc<Node>, endpoint: quinn::Endpoint, shutdown: CancellationToken) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let node = node.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            match incoming.await {
+                Ok(conn) => serve_connection(node, conn, shutdown).await,
+                Err(e) => tracing::debug!(error = %e, "handshake failed"),
+            }
+        });
+    }
+    endpoint.close(0u32.into(), b"node shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+}
+
+async fn serve_connection(node: Arc<Node>, conn: quinn::Connection, shutdown: CancellationToken) {
+    let peer = conn.remote_address();
+    loop {
+        let (send, recv) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = conn.accept_bi() => match s {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "connection closed");
+                    return;
+                }
+            },
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_stream(&node, send, recv).await {
+                Stats::inc(&node.stats.errors);
+                tracing::debug!(%peer, error = %e, "stream failed");
+            }
+        });
+    }
+}
+
+async fn serve_stream(
+    node: &Arc<Node>,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> Result<(), WireError> {
+    let mut reader = FrameReader::new(recv);
+    let first = match tokio::time::timeout(REQUEST_TIMEOUT, reader.next()).await {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = send.reset(codes::PROTOCOL.into());
+            return Ok(());
+        }
+    };
+    match first {
+        Ok(Some(Frame::Request {
+            id, path, headers, ..
+        })) => {
+            Stats::inc(&node.stats.requests);
+            let headers = match headers_from_fields(headers) {
+                Ok(h) => h,
+                Err(e) => return refuse(&mut send, ErrorCode::BadRequest, e.to_string()).await,
+            };
+            if !path.starts_with('/') {
+                return refuse(
+                    &mut send,
+                    ErrorCode::BadRequest,
+                    format!("request target `{path}` must start with /"),
+                )
+                .await;
+            }
+            tracing::debug!(id, %path, "request");
+            serve_request(node, &path, &headers, &mut send).await
+        }
+        Ok(Some(Frame::MembersRequest)) => {
+            send_frame(
+                &mut send,
+                &Frame::Members {
+                    members: vec![node.member.clone()],
+                },
+            )
+            .await?;
+            send.finish()?;
+            Ok(())
+        }
+        Ok(Some(other)) => {
+            refuse(
+                &mut send,
+                ErrorCode::BadRequest,
+                format!("unexpected first frame {}", frame_name(&other)),
+            )
+            .await
+        }
+        Ok(None) => Ok(()),
+        Err(e) => {
+            let _ = send.reset(codes::PROTOCOL.into());
+            Err(e)
+        }
+    }
+}
+
+fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Request { .. } => "Request",
+        Frame::ResponseHead { .. } => "ResponseHead",
+        Frame::Data(_) => "Data",
+        Frame::End { .. } => "End",
+        Frame::Error { .. } => "Error",
+        Frame::MembersRequest => "MembersRequest",
+        Frame::Members { .. } => "Members",
+    }
+}
+
+async fn refuse(
+    send: &mut quinn::SendStream,
+    code: ErrorCode,
+    message: String,
+) -> Result<(), WireError> {
+    send_frame(send, &Frame::Error { code, message }).await?;
+    send.finish()?;
+    Ok(())
+}
+
+async fn serve_request(
+    node: &Arc<Node>,
+    key: &str,
+    headers: &http::HeaderMap,
+    send: &mut quinn::SendStream,
+) -> Result<(), WireError> {
+    let now = SystemTime::now();
+    if let Some(entry) = node.store.get(key).await {
+        if entry.is_fresh(now) {
+            Stats::inc(&node.stats.hits);
+            let n = send_entry(send, &entry, CacheStatus::Hit, &node.config.id, now).await?;
+            node.stats
+                .bytes_sent
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        }
+    }
+    Stats::inc(&node.stats.misses);
+    let reader = join_fill(node, key, headers).await;
+    match reader.head().await {
+        Err(e) if e.kind == FillErrorKind::NotShared => {
+            // Someone else's private response: fetch our own, unshared.
+            let (w, r) = Coalescer::solo();
+            spawn_origin_fetch(node.clone(), key.to_string(), headers.clone(), w);
+            stream_flight(node, r, send).await
+        }
+        _ => stream_flight(node, reader, send).await,
+    }
+}
+
+/// Joins (or leads) the fill for `key`; a leader starts the origin fetch in its own task, so
+/// the fill completes for the other waiters even if this request goes away.
+async fn join_fill(node: &Arc<Node>, key: &str, headers: &http::HeaderMap) -> FlightReader<Head> {
+    match node.fills.join(key) {
+        Joined::Leader(w, r) => {
+            let now = SystemTime::now();
+            match node.store.get(key).await {
+                Some(e) if e.is_fresh(now) => fill::complete_from_entry(w, &e, now),
+                _ => spawn_origin_fetch(node.clone(), key.to_string(), headers.clone(), w),
+            }
+            r
+        }
+        Joined::Follower(r) => {
+            Stats::inc(&node.stats.coalesced);
+            r
+        }
+    }
+}
+
+fn spawn_origin_fetch(
+    node: Arc<Node>,
+    key: String,
+    headers: http::HeaderMap,
+    w: fill::FlightWriter<Head>,
+) {
+    Stats::inc(&node.stats.origin_fetches);
+    tokio::spawn(async move {
+        let max = node.config.max_object();
+        if let Err(e) = fill::fetch_origin(&node.origin, &node.store, &key, &headers, max, w).await
+        {
+            tracing::warn!(%key, error = %e, "origin fill failed");
+        }
+    });
+}
+
+/// Streams a flight to the edge: head, each chunk as it arrives, `End`. A failure after the
+/// head sends `Error` and resets the stream, so the edge never takes a short body as whole.
+async fn stream_flight(
+    node: &Arc<Node>,
+    mut reader: FlightReader<Head>,
+    send: &mut quinn::SendStream,
+) -> Result<(), WireError> {
+    let head = match reader.head().await {
+        Ok(h) => h,
+        Err(e) => {
+            let code = match e.kind {
+                FillErrorKind::Unreachable => ErrorCode::OriginUnreachable,
+                _ => ErrorCode::OriginBroken,
+            };
+            Stats::inc(&node.stats.errors);
+            return refuse(send, code, e.message.to_string()).await;
+        }
+    };
+    let cache = match (&head.via, head.storable) {
+        (Via::Local, _) => CacheStatus::Hit,
+        (_, true) => CacheStatus::Miss,
+        (_, false) => CacheStatus::Pass,
+    };
+    let mut fields = fields_from_headers(&head.headers);
+    if !head.headers.contains_key(http::header::AGE) {
+        fields.push(("age".into(), Bytes::from_static(b"0")));
+    }
+    send_frame(
+        send,
+        &Frame::ResponseHead {
+            status: head.status.as_u16(),
+            cache,
+            node: node.config.id.clone(),
+            content_length: head.content_length,
+            headers: fields,
+        },
+    )
+    .await?;
+    let mut sent = 0u64;
+    while let Some(chunk) = reader.next_chunk().await {
+        match chunk {
+            Ok(c) => {
+                sent += c.len() as u64;
+                send_data(send, c).await?;
+            }
+            Err(e) => {
+                Stats::inc(&node.stats.errors);
+                let _ = send_frame(
+                    send,
+                    &Frame::Error {
+                        code: ErrorCode::OriginBroken,
+                        message: e.message.to_string(),
+                    },
+                )
+                .await;
+                let _ = send.reset(codes::ABORTED.into());
+                return Ok(());
+            }
+        }
+    }
+    send_frame(send, &Frame::End { len: sent }).await?;
+    send.finish()?;
+    node.stats
+        .bytes_sent
+        .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}

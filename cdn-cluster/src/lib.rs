@@ -1,0 +1,186 @@
+//! The whole system on one machine, in one process: origin-stub, N cache nodes, M edges.
+//!
+//! Layout: this one file. It only wires the component libraries together (no logic of its
+//! own); tests use the same [`Cluster`] as their harness, on ephemeral ports.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cache_node::NodeHandle;
+use cdn_core::tls::TlsMaterial;
+use edge::EdgeHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Front this origin instead of starting origin-stub.
+    pub origin: Option<String>,
+    /// Cache nodes.
+    pub nodes: usize,
+    /// Edges.
+    pub edges: usize,
+    /// Owners per key (R).
+    pub replicas: usize,
+    /// Edge i serves clients on this port + i (0: ephemeral ports).
+    pub edge_port: u16,
+    /// Edge i's admin API on this port + i, node j's on this port + 50 + j (0: ephemeral).
+    pub admin_port: u16,
+    /// Admin bearer token.
+    pub admin_token: String,
+    /// Template for every node (id, addresses and seeds are set per node).
+    pub node: cache_node::Config,
+    /// Template for every edge (id, addresses and seeds are set per edge).
+    pub edge: edge::Config,
+    /// Template for the origin-stub (its address is ephemeral).
+    pub origin_stub: origin_stub::Config,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            origin: None,
+            nodes: 3,
+            edges: 2,
+            replicas: 2,
+            edge_port: 0,
+            admin_port: 0,
+            admin_token: String::new(),
+            node: cache_node::Config::default(),
+            edge: edge::Config::default(),
+            origin_stub: origin_stub::Config::default(),
+        }
+    }
+}
+
+/// The origin-stub started by the cluster.
+pub struct StubHandle {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its request counters.
+    pub stats: Arc<origin_stub::Stats>,
+}
+
+/// A running cluster.
+pub struct Cluster {
+    /// The origin base URL every member uses.
+    pub origin_url: String,
+    /// The stub, when the cluster started one.
+    pub stub: Option<StubHandle>,
+    /// Cache nodes; `None` once stopped with [`Cluster::stop_node`].
+    pub nodes: Vec<Option<NodeHandle>>,
+    /// Edges.
+    pub edges: Vec<EdgeHandle>,
+    /// Admin bearer token.
+    pub admin_token: String,
+    shutdown: CancellationToken,
+}
+
+fn port(base: u16, offset: usize) -> anyhow::Result<u16> {
+    if base == 0 {
+        return Ok(0);
+    }
+    u16::try_from(base as usize + offset).context("port out of range")
+}
+
+impl Cluster {
+    /// Starts everything on 127.0.0.1 and waits until every edge knows every node.
+    pub async fn start(cfg: ClusterConfig) -> anyhow::Result<Self> {
+        cdn_core::install_crypto_provider();
+        let shutdown = CancellationToken::new();
+        let tls = TlsMaterial::generate().context("generating cluster certificates")?;
+        let (origin_url, stub) = match &cfg.origin {
+            Some(url) => (url.clone(), None),
+            None => {
+                let listener = TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .context("binding origin-stub")?;
+                let addr = listener.local_addr()?;
+                let stub = origin_stub::OriginStub::new(cfg.origin_stub.clone());
+                let stats = stub.stats();
+                tokio::spawn(stub.run(listener, shutdown.clone()));
+                (format!("http://{addr}"), Some(StubHandle { addr, stats }))
+            }
+        };
+        let mut nodes = Vec::new();
+        for j in 0..cfg.nodes {
+            let mut c = cfg.node.clone();
+            c.id = format!("node-{j}");
+            c.origin = origin_url.clone();
+            c.admin_token = Some(cfg.admin_token.clone());
+            let udp =
+                std::net::UdpSocket::bind("127.0.0.1:0").context("binding node QUIC socket")?;
+            c.listen = udp.local_addr()?;
+            let admin = TcpListener::bind(("127.0.0.1", port(cfg.admin_port, 50 + j)?))
+                .await
+                .with_context(|| format!("binding node-{j} admin port"))?;
+            c.admin = admin.local_addr()?;
+            let h = cache_node::start(c, &tls, udp, admin, shutdown.child_token())
+                .await
+                .with_context(|| format!("starting node-{j}"))?;
+            nodes.push(h);
+        }
+        let seeds: Vec<String> = nodes.iter().map(|n| n.quic_addr.to_string()).collect();
+        let mut edges = Vec::new();
+        for i in 0..cfg.edges {
+            let mut c = cfg.edge.clone();
+            c.id = format!("edge-{i}");
+            c.origin = origin_url.clone();
+            c.seeds = seeds.clone();
+            c.replicas = cfg.replicas;
+            c.admin_token = Some(cfg.admin_token.clone());
+            let http = TcpListener::bind(("127.0.0.1", port(cfg.edge_port, i)?))
+                .await
+                .with_context(|| format!("binding edge-{i} HTTP port"))?;
+            let admin = TcpListener::bind(("127.0.0.1", port(cfg.admin_port, i)?))
+                .await
+                .with_context(|| format!("binding edge-{i} admin port"))?;
+            c.listen = http.local_addr()?;
+            c.admin = admin.local_addr()?;
+            let h = edge::start(c, &tls, http, admin, shutdown.child_token())
+                .await
+                .with_context(|| format!("starting edge-{i}"))?;
+            edges.push(h);
+        }
+        for e in &edges {
+            e.wait_for_members(nodes.len()).await;
+        }
+        Ok(Self {
+            origin_url,
+            stub,
+            nodes: nodes.into_iter().map(Some).collect(),
+            edges,
+            admin_token: cfg.admin_token,
+            shutdown,
+        })
+    }
+
+    /// Stops node `j` (its connections close; edges route around it).
+    pub async fn stop_node(&mut self, j: usize) {
+        if let Some(n) = self.nodes.get_mut(j).and_then(Option::take) {
+            n.stop().await;
+        }
+    }
+
+    /// Origin requests for an exact path-and-query (stub only; 0 otherwise).
+    pub fn origin_count(&self, target: &str) -> u64 {
+        self.stub
+            .as_ref()
+            .map(|s| s.stats.target(target))
+            .unwrap_or(0)
+    }
+
+    /// Stops every member, edges first so in-flight requests drain.
+    pub async fn stop(self) {
+        for e in self.edges {
+            e.stop().await;
+        }
+        for n in self.nodes.into_iter().flatten() {
+            n.stop().await;
+        }
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,582 @@
+//! Coalescing: one upstream fetch per key, however many requests wait for it.
+//!
+//! A [`Flight`] is one fill in progress: a head (status and headers, once known), the body
+//! chunks received so far, and how it ended. The leader owns the [`FlightWriter`]; every
+//! request, the leader's own included, reads through a [`FlightReader`] that follows the
+//! chunks as they arrive, so a large object streams to all waiters while it fills.
+//!
+//! Failure semantics (written down because callers branch on them):
+//! - Exactly one leader per key at a time: [`Coalescer::join`] hands out one writer.
+//! - The leader re-checks the cache after winning (its caller does, before fetching), since a
+//!   fill may have completed between the miss and the join.
+//! - Waiters get the leader's result: its head and body, or its error.
+//! - A head the leader marks as not shareable (e.g. `private`) is never given to waiters: they
+//!   get [`FillError::NotShared`] and fetch on their own.
+//! - If the writer is dropped without finishing (the leader's task died), the flight fails
+//!   with [`FillErrorKind::Abandoned`] and leaves the map, so waiters can compete again
+//!   instead of hanging.
+//! - On success the caller stores the entry *before* finishing the flight, so no request can
+//!   miss both the store and the flight.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+/// Why a fill failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillErrorKind {
+    /// Upstream could not be reached or refused before sending a head; another upstream may work.
+    Unreachable,
+    /// Upstream broke off after the head (short body, reset, bad framing).
+    Broken,
+    /// The leader went away without finishing.
+    Abandoned,
+    /// The head was not shareable: fetch on your own.
+    NotShared,
+}
+
+/// A fill failure, cheap to clone to every waiter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct FillError {
+    /// What kind of failure.
+    pub kind: FillErrorKind,
+    /// Detail for logs.
+    pub message: Arc<str>,
+}
+
+impl FillError {
+    /// A new error.
+    pub fn new(kind: FillErrorKind, message: impl Into<Arc<str>>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The error waiters see for an unshareable head.
+    pub fn not_shared() -> Self {
+        Self::new(FillErrorKind::NotShared, "response is not shareable")
+    }
+}
+
+struct State<H> {
+    head: Option<(Arc<H>, bool)>,
+    chunks: Vec<Bytes>,
+    len: u64,
+    end: Option<Result<(), FillError>>,
+}
+
+/// One fill in progress. See the module docs.
+pub struct Flight<H> {
+    // A std mutex: every critical section is a few field reads or a push, never held across
+    // an await, and readers wake through `changed`.
+    state: Mutex<State<H>>,
+    changed: Notify,
+}
+
+impl<H> Flight<H> {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(State {
+                head: None,
+                chunks: Vec::new(),
+                len: 0,
+                end: None,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<H>> {
+        // A panic while holding this lock cannot leave the state half-updated (each update is
+        // one assignment or push), so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+type FlightMap<H> = Mutex<HashMap<String, Arc<Flight<H>>>>;
+
+/// The map of fills in progress, by cache key.
+pub struct Coalescer<H> {
+    inflight: Arc<FlightMap<H>>,
+}
+
+impl<H> Default for Coalescer<H> {
+    fn default() -> Self {
+        Self {
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+/// What [`Coalescer::join`] gave this request.
+pub enum Joined<H> {
+    /// This request leads: fetch, write through the writer, read through the reader.
+    Leader(FlightWriter<H>, FlightReader<H>),
+    /// Another request leads: read its result.
+    Follower(FlightReader<H>),
+}
+
+impl<H> Coalescer<H> {
+    /// Joins the fill for `key`, becoming its leader if none is in progress.
+    pub fn join(&self, key: &str) -> Joined<H> {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = map.get(key) {
+            return Joined::Follower(FlightReader {
+                flight: f.clone(),
+                next: 0,
+                leader: false,
+            });
+        }
+        let flight = Arc::new(Flight::new());
+        map.insert(key.to_string(), flight.clone());
+        drop(map);
+        Joined::Leader(
+            FlightWriter {
+                flight: flight.clone(),
+                map: Some((self.inflight.clone(), key.to_string())),
+                ended: false,
+            },
+            FlightReader {
+                flight,
+                next: 0,
+                leader: true,
+            },
+        )
+    }
+
+    /// A flight no one else can join: for fetches that must not be shared.
+    pub fn solo() -> (FlightWriter<H>, FlightReader<H>) {
+        let flight = Arc::new(Flight::new());
+        (
+            FlightWriter {
+                flight: flight.clone(),
+                map: None,
+                ended: false,
+            },
+            FlightReader {
+                flight,
+                next: 0,
+                leader: true,
+            },
+        )
+    }
+
+    /// Number of fills in progress.
+    pub fn len(&self) -> usize {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// No fill in progress.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The leader's side of a flight.
+pub struct FlightWriter<H> {
+    flight: Arc<Flight<H>>,
+    map: Option<(Arc<FlightMap<H>>, String)>,
+    ended: bool,
+}
+
+impl<H> FlightWriter<H> {
+    /// Publishes the head. `shareable: false` leaves the map at once (so no new request joins)
+    /// and tells current waiters to fetch on their own.
+    pub fn set_head(&mut self, head: H, shareable: bool) {
+        if !shareable {
+            self.leave_map();
+        }
+        self.flight.lock().head = Some((Arc::new(head), shareable));
+        self.flight.changed.notify_waiters();
+    }
+
+    /// Appends a body chunk.
+    pub fn push(&mut self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        {
+            let mut s = self.flight.lock();
+            s.len += chunk.len() as u64;
+            s.chunks.push(chunk);
+        }
+        self.flight.changed.notify_waiters();
+    }
+
+    /// Bytes pushed so far.
+    pub fn len(&self) -> u64 {
+        self.flight.lock().len
+    }
+
+    /// No bytes pushed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The body chunks pushed so far (cheap clones), for building the stored entry.
+    pub fn chunks(&self) -> Vec<Bytes> {
+        self.flight.lock().chunks.clone()
+    }
+
+    /// Marks the body complete. Call after storing the entry.
+    pub fn finish(mut self) {
+        self.end(Ok(()));
+    }
+
+    /// Fails the flight: waiters see `err`.
+    pub fn fail(mut self, err: FillError) {
+        self.end(Err(err));
+    }
+
+    fn leave_map(&mut self) {
+        if let Some((map, key)) = self.map.take() {
+            let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+            if m.get(&key).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
+                m.remove(&key);
+            }
+        }
+    }
+
+    fn end(&mut self, result: Result<(), FillError>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        self.leave_map();
+        self.flight.lock().end = Some(result);
+        self.flight.changed.notify_waiters();
+    }
+}
+
+impl<H> Drop for FlightWriter<H> {
+    fn drop(&mut self) {
+        self.end(Err(FillError::new(
+            FillErrorKind::Abandoned,
+            "fill abandoned before completion",
+        )));
+    }
+}
+
+/// One request's view of a flight.
+pub struct FlightReader<H> {
+    flight: Arc<Flight<H>>,
+    next: usize,
+    leader: bool,
+}
+
+impl<H> FlightReader<H> {
+    /// Waits for the head. Followers of an unshareable flight get [`FillErrorKind::NotShared`].
+    pub async fn head(&self) -> Result<Arc<H>, FillError> {
+        loop {
+            let notified = self.flight.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let s = self.flight.lock();
+                if let Some((h, shareable)) = &s.head {
+                    if !shareable && !self.leader {
+                        return Err(FillError::not_shared());
+                    }
+                    return Ok(h.clone());
+                }
+                if let Some(Err(e)) = &s.end {
+                    return Err(e.clone());
+                }
+                if let Some(Ok(())) = &s.end {
+                    return Err(FillError::new(
+                        FillErrorKind::Broken,
+                        "flight ended without a head",
+                    ));
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The next body chunk; `None` once the body is complete.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, FillError>> {
+        loop {
+            let notified = self.flight.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let s = self.flight.lock();
+                if let Some(c) = s.chunks.get(self.next) {
+                    self.next += 1;
+                    return Some(Ok(c.clone()));
+                }
+                match &s.end {
+                    Some(Ok(())) => return None,
+                    Some(Err(e)) => return Some(Err(e.clone())),
+                    None => {}
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether this reader belongs to the leader.
+    pub fn is_leader(&self) -> bool {
+        self.leader
+    }
+}
+
+/// Where a filled response came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// This member's own store (a fill that found the entry after winning leadership).
+    Local,
+    /// The origin, fetched by this member.
+    Origin,
+    /// A cache node, with what it did.
+    Node {
+        /// The node's id.
+        id: Arc<str>,
+        /// The node's outcome.
+        status: cdn_proto::CacheStatus,
+    },
+}
+
+/// The head of a filled response, as every waiter sees it.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// Status code.
+    pub status: http::StatusCode,
+    /// Header fields (hop-by-hop removed; `Age` as received from upstream).
+    pub headers: http::HeaderMap,
+    /// Body length when known up front.
+    pub content_length: Option<u64>,
+    /// Whether this tier stores it.
+    pub storable: bool,
+    /// Where it came from.
+    pub via: Via,
+}
+
+/// Completes a flight from a stored entry (the leader found it after winning).
+pub fn complete_from_entry(
+    mut w: FlightWriter<Head>,
+    entry: &crate::store::Entry,
+    now: std::time::SystemTime,
+) {
+    let mut headers = entry.headers.clone();
+    headers.insert(
+        http::header::AGE,
+        http::HeaderValue::from(entry.age(now).as_secs()),
+    );
+    w.set_head(
+        Head {
+            status: entry.status,
+            headers,
+            content_length: Some(entry.body_len),
+            storable: true,
+            via: Via::Local,
+        },
+        true,
+    );
+    for c in &entry.body {
+        w.push(c.clone());
+    }
+    w.finish();
+}
+
+/// Request fields a fill never forwards upstream: the cache fetches whole objects and does
+/// its own validation, so one client's conditionals or range must not shape what is stored.
+const FILL_DROPPED: [&str; 6] = [
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "if-range",
+    "range",
+];
+
+/// Fetches `key` from the origin into `w`, and stores the response if it is storable,
+/// complete and at most `max_object` bytes. The entry is stored before the flight finishes;
+/// a short, broken or oversized body is never stored.
+pub async fn fetch_origin(
+    origin: &crate::origin::Origin,
+    store: &crate::store::Store,
+    key: &str,
+    req_headers: &http::HeaderMap,
+    max_object: u64,
+    mut w: FlightWriter<Head>,
+) -> Result<(), FillError> {
+    use http_body_util::BodyExt;
+
+    let mut headers = req_headers.clone();
+    crate::http::strip_hop_by_hop(&mut headers);
+    headers.remove(http::header::HOST);
+    for f in FILL_DROPPED {
+        headers.remove(f);
+    }
+    let policy_req = crate::policy::policy_request(&http::Method::GET, key, &headers);
+    let mut req = http::Request::new(crate::http::empty());
+    *req.uri_mut() = key.parse().map_err(|_| {
+        FillError::new(
+            FillErrorKind::Unreachable,
+            format!("bad request target {key}"),
+        )
+    })?;
+    *req.headers_mut() = headers;
+    let resp = match origin.send(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let err = FillError::new(FillErrorKind::Unreachable, e.to_string());
+            w.fail(err.clone());
+            return Err(err);
+        }
+    };
+    let (parts, mut body) = resp.into_parts();
+    let now = std::time::SystemTime::now();
+    let decision = crate::policy::evaluate(&policy_req, &parts, now);
+    let content_length = http_body::Body::size_hint(&body).exact();
+    let mut storable = decision.storable && content_length.is_none_or(|l| l <= max_object);
+    let mut resp_headers = parts.headers;
+    crate::http::strip_hop_by_hop(&mut resp_headers);
+    w.set_head(
+        Head {
+            status: parts.status,
+            headers: resp_headers.clone(),
+            content_length,
+            storable,
+            via: Via::Origin,
+        },
+        decision.storable,
+    );
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    w.push(data);
+                }
+            }
+            Some(Err(e)) => {
+                let err = FillError::new(FillErrorKind::Broken, format!("origin body: {e}"));
+                w.fail(err.clone());
+                return Err(err);
+            }
+            None => break,
+        }
+    }
+    let got = w.len();
+    if let Some(expected) = content_length {
+        if got != expected {
+            let err = FillError::new(
+                FillErrorKind::Broken,
+                format!("origin sent {got} of {expected} bytes"),
+            );
+            w.fail(err.clone());
+            return Err(err);
+        }
+    }
+    storable &= got <= max_object;
+    if storable {
+        let entry = crate::store::Entry::new(parts.status, resp_headers, w.chunks(), decision, now);
+        store.insert(key, Arc::new(entry)).await;
+    }
+    w.finish();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_leader_and_followers_see_head_and_every_chunk() {
+        let c = Coalescer::<u16>::default();
+        let Joined::Leader(mut w, mut lr) = c.join("/k") else {
+            panic!("first must lead")
+        };
+        let mut followers: Vec<_> = (0..10)
+            .map(|_| match c.join("/k") {
+                Joined::Follower(r) => r,
+                Joined::Leader(..) => panic!("second leader"),
+            })
+            .collect();
+        let readers = tokio::spawn(async move {
+            let mut out = vec![];
+            for r in followers.iter_mut() {
+                let h = r.head().await.unwrap();
+                let mut body = vec![];
+                while let Some(c) = r.next_chunk().await {
+                    body.extend_from_slice(&c.unwrap());
+                }
+                out.push((*h, body));
+            }
+            out
+        });
+        w.set_head(200, true);
+        w.push(Bytes::from_static(b"hel"));
+        w.push(Bytes::from_static(b"lo"));
+        assert_eq!(c.len(), 1);
+        w.finish();
+        assert!(c.is_empty());
+        for (h, body) in readers.await.unwrap() {
+            assert_eq!(h, 200);
+            assert_eq!(body, b"hello");
+        }
+        assert_eq!(*lr.head().await.unwrap(), 200);
+        assert_eq!(lr.next_chunk().await.unwrap().unwrap(), "hel");
+    }
+
+    #[tokio::test]
+    async fn dropped_writer_fails_waiters_and_frees_the_key() {
+        let c = Coalescer::<u16>::default();
+        let Joined::Leader(w, _) = c.join("/k") else {
+            panic!()
+        };
+        let Joined::Follower(r) = c.join("/k") else {
+            panic!()
+        };
+        let waiting = tokio::spawn(async move { r.head().await });
+        drop(w);
+        let err = waiting.await.unwrap().unwrap_err();
+        assert_eq!(err.kind, FillErrorKind::Abandoned);
+        assert!(
+            matches!(c.join("/k"), Joined::Leader(..)),
+            "waiters can compete again"
+        );
+    }
+
+    #[tokio::test]
+    async fn unshareable_heads_are_not_given_to_followers() {
+        let c = Coalescer::<u16>::default();
+        let Joined::Leader(mut w, lr) = c.join("/p") else {
+            panic!()
+        };
+        let Joined::Follower(r) = c.join("/p") else {
+            panic!()
+        };
+        w.set_head(200, false);
+        assert_eq!(r.head().await.unwrap_err().kind, FillErrorKind::NotShared);
+        assert_eq!(*lr.head().await.unwrap(), 200);
+        assert!(
+            matches!(c.join("/p"), Joined::Leader(..)),
+            "left the map at once"
+        );
+    }
+
+    #[tokio::test]
+    async fn failure_mid_body_reaches_readers_after_the_chunks() {
+        let c = Coalescer::<u16>::default();
+        let Joined::Leader(mut w, mut r) = c.join("/b") else {
+            panic!()
+        };
+        w.set_head(200, true);
+        w.push(Bytes::from_static(b"part"));
+        w.fail(FillError::new(FillErrorKind::Broken, "origin closed"));
+        assert_eq!(r.next_chunk().await.unwrap().unwrap(), "part");
+        assert_eq!(
+            r.next_chunk().await.unwrap().unwrap_err().kind,
+            FillErrorKind::Broken
+        );
+    }
+}

@@ -1,0 +1,62 @@
+//! Runtime pieces shared by edges and cache nodes.
+//!
+//! Layout:
+//! - [`config`]: TOML loading with errors that name the key, byte sizes, the exit-2 convention.
+//! - [`http`]: body type, hop-by-hop header removal, the HTTP accept loop with graceful shutdown.
+//! - [`policy`]: the one place HTTP cache policy is evaluated (both tiers call it).
+//! - [`store`]: the byte-bounded moka store of complete responses ([`store::Entry`]).
+//! - [`fill`]: coalescing of concurrent misses into one upstream fetch, streamed to every
+//!   waiter while it fills (read-while-writer).
+//! - [`origin`]: the HTTP client to the origin.
+//! - [`quic`]: frame I/O over quinn streams.
+//! - [`tls`]: cluster CA, member certificates, mutual-TLS QUIC configurations.
+//! - [`admin`]: the admin HTTP API every member serves (`/healthz`, `/status`, `/metrics`).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod fill;
+pub mod http;
+pub mod origin;
+pub mod policy;
+pub mod quic;
+pub mod store;
+pub mod tls;
+
+/// Installs the ring crypto provider as rustls' process default. Configs built here pass the
+/// provider explicitly; this guards any library that asks rustls for the default.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Sets up `tracing` from `RUST_LOG` (default `info`). Safe to call more than once.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,149 @@
+//! Frame I/O over quinn streams: the thin async shell around `cdn_proto::Frame`.
+
+use bytes::{Bytes, BytesMut};
+use cdn_proto::frame::{encode_data_header, HEADER_LEN, MAX_DATA};
+use cdn_proto::{DecodeError, Frame};
+
+/// A stream failed or carried something that is not a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// Reading failed (reset, connection lost).
+    #[error("read: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// Writing failed (stopped, connection lost).
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The stream was already finished.
+    #[error("stream closed")]
+    Closed(#[from] quinn::ClosedStream),
+    /// The peer sent bytes that are not a valid frame.
+    #[error("decode: {0}")]
+    Decode(#[from] DecodeError),
+    /// The stream ended inside a frame.
+    #[error("stream ended mid-frame")]
+    Truncated,
+}
+
+/// Reads frames from a receive stream.
+pub struct FrameReader {
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+}
+
+impl FrameReader {
+    /// Wraps a receive stream.
+    pub fn new(recv: quinn::RecvStream) -> Self {
+        Self {
+            recv,
+            buf: BytesMut::with_capacity(16 * 1024),
+        }
+    }
+
+    /// The next frame; `Ok(None)` when the peer finished the stream cleanly between frames.
+    pub async fn next(&mut self) -> Result<Option<Frame>, WireError> {
+        loop {
+            if let Some(f) = Frame::decode(&mut self.buf)? {
+                return Ok(Some(f));
+            }
+            match self.recv.read_chunk(256 * 1024, true).await? {
+                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+                None if self.buf.is_empty() => return Ok(None),
+                None => return Err(WireError::Truncated),
+            }
+        }
+    }
+
+    /// Tells the peer to stop sending (e.g. the request was abandoned).
+    pub fn stop(&mut self, code: u32) {
+        let _ = self.recv.stop(code.into());
+    }
+}
+
+/// Writes one non-data frame.
+pub async fn send_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), WireError> {
+    send.write_chunk(frame.to_bytes()).await?;
+    Ok(())
+}
+
+/// Writes `data` as `Data` frames without copying it.
+pub async fn send_data(send: &mut quinn::SendStream, mut data: Bytes) -> Result<(), WireError> {
+    while !data.is_empty() {
+        let piece = data.split_to(data.len().min(MAX_DATA));
+        let mut header = BytesMut::with_capacity(HEADER_LEN);
+        encode_data_header(piece.len(), &mut header);
+        let mut chunks = [header.freeze(), piece];
+        send.write_all_chunks(&mut chunks).await?;
+    }
+    Ok(())
+}
+
+/// Stream error codes sent with RESET_STREAM / STOP_SENDING.
+pub mod codes {
+    /// The response could not be completed; whatever arrived must be discarded.
+    pub const ABORTED: u32 = 1;
+    /// The requester no longer wants the response.
+    pub const CANCELLED: u32 = 2;
+    /// The peer broke the protocol.
+    pub const PROTOCOL: u32 = 3;
+}
+
+/// Header fields as frame fields.
+pub fn fields_from_headers(h: &http::HeaderMap) -> Vec<cdn_proto::frame::Field> {
+    h.iter()
+        .filter(|(_, v)| v.len() <= u16::MAX as usize)
+        .map(|(k, v)| (k.as_str().to_string(), Bytes::copy_from_slice(v.as_bytes())))
+        .collect()
+}
+
+/// Frame fields as a header map; a field that is not valid HTTP is a protocol error.
+pub fn headers_from_fields(
+    fields: Vec<cdn_proto::frame::Field>,
+) -> Result<http::HeaderMap, DecodeError> {
+    let mut h = http::HeaderMap::with_capacity(fields.len());
+    for (k, v) in fields {
+        let name = http::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| DecodeError::Malformed("invalid header name"))?;
+        let value = http::HeaderValue::from_maybe_shared(v)
+            .map_err(|_| DecodeError::Malformed("invalid header value"))?;
+        h.append(name, value);
+    }
+    Ok(h)
+}
+
+/// Sends a stored entry on a stream: head (with `Age` at `now`), body, `End`, finish.
+pub async fn send_entry(
+    send: &mut quinn::SendStream,
+    entry: &crate::store::Entry,
+    cache: cdn_proto::CacheStatus,
+    node: &str,
+    now: std::time::SystemTime,
+) -> Result<u64, WireError> {
+    let mut headers = fields_from_headers(&entry.headers);
+    headers.push((
+        "age".into(),
+        Bytes::from(entry.age(now).as_secs().to_string()),
+    ));
+    send_frame(
+        send,
+        &Frame::ResponseHead {
+            status: entry.status.as_u16(),
+            cache,
+            node: node.to_string(),
+            content_length: Some(entry.body_len),
+            headers,
+        },
+    )
+    .await?;
+    for chunk in &entry.body {
+        send_data(send, chunk.clone()).await?;
+    }
+    send_frame(
+        send,
+        &Frame::End {
+            len: entry.body_len,
+        },
+    )
+    .await?;
+    send.finish()?;
+    Ok(entry.body_len)
+}

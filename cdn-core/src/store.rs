@@ -1,0 +1,261 @@
+//! The store: complete responses in a moka cache bounded in bytes.
+//!
+//! moka bounds memory (byte weigher, TinyLFU or LRU) and drops entries past their freshness
+//! lifetime. moka's clock cannot be mocked, so freshness decisions never rely on it: each
+//! [`Entry`] keeps its own `stored_at`, `ttl` and initial age, and callers ask
+//! [`Entry::is_fresh`] with their `now`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_cache_semantics::CachePolicy;
+use moka::policy::EvictionPolicy;
+use serde::{Deserialize, Serialize};
+
+/// Fixed cost charged per entry on top of its bytes: the key's and entry's allocations, the
+/// policy's copies of the header maps, moka's node. An estimate; the memory benchmark keeps it
+/// honest.
+const ENTRY_OVERHEAD: u64 = 512;
+
+/// A stored response, complete and immutable.
+#[derive(Debug)]
+pub struct Entry {
+    /// Response status.
+    pub status: StatusCode,
+    /// Response header fields as stored (hop-by-hop fields and `Age` removed).
+    pub headers: HeaderMap,
+    /// The body, as the chunks it arrived in (served without copying).
+    pub body: Vec<Bytes>,
+    /// Total body bytes.
+    pub body_len: u64,
+    /// The cache policy, for later revalidation.
+    pub policy: CachePolicy,
+    /// When the entry was stored.
+    pub stored_at: SystemTime,
+    /// Age of the response when stored.
+    pub initial_age: Duration,
+    /// Freshness remaining when stored.
+    pub ttl: Duration,
+    weight: u32,
+}
+
+impl Entry {
+    /// Builds an entry; `headers` should already be free of hop-by-hop fields.
+    pub fn new(
+        status: StatusCode,
+        mut headers: HeaderMap,
+        body: Vec<Bytes>,
+        decision: crate::policy::Decision,
+        stored_at: SystemTime,
+    ) -> Self {
+        headers.remove(http::header::AGE);
+        let body_len: u64 = body.iter().map(|b| b.len() as u64).sum();
+        let header_bytes: u64 = headers
+            .iter()
+            .map(|(k, v)| (k.as_str().len() + v.len() + 32) as u64)
+            .sum();
+        // The policy holds its own copy of the response headers (and the request's).
+        let weight = body_len + 2 * header_bytes + ENTRY_OVERHEAD;
+        Self {
+            status,
+            headers,
+            body,
+            body_len,
+            policy: decision.policy,
+            stored_at,
+            initial_age: decision.age,
+            ttl: decision.ttl,
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Still fresh at `now`.
+    pub fn is_fresh(&self, now: SystemTime) -> bool {
+        now.duration_since(self.stored_at)
+            .map(|held| held < self.ttl)
+            .unwrap_or(true)
+    }
+
+    /// The `Age` to send at `now`: age when stored plus time held here.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.initial_age + now.duration_since(self.stored_at).unwrap_or_default()
+    }
+
+    /// Bytes this entry is charged in the store.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+}
+
+/// Which entries the store keeps when full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Eviction {
+    /// Window TinyLFU: admits a new key only if it is likely to be used more than the victim;
+    /// resists scans and one-hit wonders.
+    #[default]
+    TinyLfu,
+    /// Least recently used.
+    Lru,
+}
+
+impl std::str::FromStr for Eviction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tiny-lfu" | "tinylfu" => Ok(Eviction::TinyLfu),
+            "lru" => Ok(Eviction::Lru),
+            _ => Err(format!("`{s}` is not an eviction policy (tiny-lfu, lru)")),
+        }
+    }
+}
+
+struct ExpireAtTtl;
+
+impl moka::Expiry<Arc<str>, Arc<Entry>> for ExpireAtTtl {
+    fn expire_after_create(
+        &self,
+        _k: &Arc<str>,
+        v: &Arc<Entry>,
+        _created: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(v.ttl)
+    }
+
+    // A replaced entry gets the new entry's lifetime, not the old deadline (moka's default).
+    fn expire_after_update(
+        &self,
+        _k: &Arc<str>,
+        v: &Arc<Entry>,
+        _updated: std::time::Instant,
+        _remaining: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.ttl)
+    }
+}
+
+/// A byte-bounded cache of [`Entry`]s keyed by path-and-query.
+#[derive(Clone)]
+pub struct Store {
+    cache: moka::future::Cache<Arc<str>, Arc<Entry>>,
+    capacity: u64,
+}
+
+impl Store {
+    /// A store holding at most `capacity` bytes (as weighed by [`Entry::weight`]).
+    pub fn new(capacity: u64, eviction: Eviction) -> Self {
+        let policy = match eviction {
+            Eviction::TinyLfu => EvictionPolicy::tiny_lfu(),
+            Eviction::Lru => EvictionPolicy::lru(),
+        };
+        let cache = moka::future::Cache::builder()
+            .max_capacity(capacity)
+            .weigher(|k: &Arc<str>, v: &Arc<Entry>| {
+                v.weight()
+                    .saturating_add(u32::try_from(k.len()).unwrap_or(u32::MAX))
+            })
+            .expire_after(ExpireAtTtl)
+            .eviction_policy(policy)
+            .build();
+        Self { cache, capacity }
+    }
+
+    /// The entry for `key`, fresh or not (moka drops it some time after its TTL).
+    pub async fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        self.cache.get(key).await
+    }
+
+    /// Stores `entry` under `key`, replacing what was there.
+    pub async fn insert(&self, key: &str, entry: Arc<Entry>) {
+        self.cache.insert(Arc::from(key), entry).await;
+    }
+
+    /// Removes `key`.
+    pub async fn remove(&self, key: &str) {
+        self.cache.invalidate(key).await;
+    }
+
+    /// Applies pending evictions so the counters below are exact (tests, status).
+    pub async fn sync(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+
+    /// Entries held (approximate until [`Store::sync`]).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Bytes held as weighed (approximate until [`Store::sync`]).
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
+    /// Configured capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Every entry's body length, for checking what is actually held.
+    pub fn held_body_bytes(&self) -> u64 {
+        self.cache.iter().map(|(_, e)| e.body_len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{evaluate, policy_request};
+
+    fn entry(body_len: usize, cc: &str, now: SystemTime) -> Arc<Entry> {
+        let req = policy_request(&http::Method::GET, "/", &HeaderMap::new());
+        let resp = http::Response::builder()
+            .header("cache-control", cc)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let d = evaluate(&req, &resp, now);
+        Arc::new(Entry::new(
+            StatusCode::OK,
+            resp.headers.clone(),
+            vec![Bytes::from(vec![7u8; body_len])],
+            d,
+            now,
+        ))
+    }
+
+    #[test]
+    fn freshness_uses_our_clock_not_mokas() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let e = entry(10, "max-age=60", t0);
+        assert!(e.is_fresh(t0 + Duration::from_secs(59)));
+        assert!(!e.is_fresh(t0 + Duration::from_secs(60)));
+        assert_eq!(e.age(t0 + Duration::from_secs(7)), Duration::from_secs(7));
+    }
+
+    #[tokio::test]
+    async fn never_holds_more_than_capacity() {
+        for eviction in [Eviction::TinyLfu, Eviction::Lru] {
+            let cap = 1 << 20;
+            let store = Store::new(cap, eviction);
+            let now = SystemTime::now();
+            // 4x the capacity, in 64 KiB objects, some read back to give TinyLFU frequencies.
+            for i in 0..64 {
+                store
+                    .insert(&format!("/o/{i}"), entry(64 * 1024, "max-age=600", now))
+                    .await;
+                store.get(&format!("/o/{}", i / 2)).await;
+                store.sync().await;
+                assert!(
+                    store.weighted_size() <= cap,
+                    "{eviction:?}: {}",
+                    store.weighted_size()
+                );
+                assert!(store.held_body_bytes() <= cap);
+            }
+            assert!(store.entry_count() > 0);
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! Frames of protocol version 1 (ALPN `cdn/1`).
+//!
+//! Every frame is `type: u8`, `length: u32` (big-endian, payload bytes), then the payload.
+//! Strings and header fields are length-prefixed with a `u16`. One request per bidirectional
+//! QUIC stream: the edge sends `Request`; the node answers `ResponseHead`, zero or more `Data`,
+//! then `End` (whose length must match the bytes sent), or `Error` at any point. A stream that
+//! finishes without `End` was truncated, and its body is never treated as complete.
+//!
+//! `decode` takes a `BytesMut` so that a `Data` payload is split off without copying.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::CacheStatus;
+
+/// Largest payload accepted in one frame. Bodies are cut into `Data` frames of at most
+/// [`MAX_DATA`]; header frames are far smaller. A peer sending more is broken or hostile.
+pub const MAX_PAYLOAD: usize = 1 << 20;
+/// Largest `Data` payload a sender produces.
+pub const MAX_DATA: usize = 256 * 1024;
+/// Bytes of the frame header (type + length).
+pub const HEADER_LEN: usize = 5;
+
+const T_REQUEST: u8 = 1;
+const T_RESPONSE_HEAD: u8 = 2;
+const T_DATA: u8 = 3;
+const T_END: u8 = 4;
+const T_ERROR: u8 = 5;
+const T_MEMBERS_REQUEST: u8 = 6;
+const T_MEMBERS: u8 = 7;
+
+/// Request methods a node serves. Anything else never leaves the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// GET: the body is wanted.
+    Get,
+    /// HEAD: only the head is wanted; the node still fills the full object.
+    Head,
+}
+
+/// Why a node could not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The origin could not be reached or timed out; another node would likely fail too.
+    OriginUnreachable,
+    /// The origin broke off the response (e.g. closed mid-body).
+    OriginBroken,
+    /// The request was malformed.
+    BadRequest,
+    /// The node is shutting down or overloaded: retry on another owner.
+    Unavailable,
+    /// A bug or resource failure inside the node.
+    Internal,
+    /// A code this version does not know (from a newer peer).
+    Unknown(u16),
+}
+
+impl ErrorCode {
+    fn code(self) -> u16 {
+        match self {
+            ErrorCode::OriginUnreachable => 1,
+            ErrorCode::OriginBroken => 2,
+            ErrorCode::BadRequest => 3,
+            ErrorCode::Unavailable => 4,
+            ErrorCode::Internal => 5,
+            ErrorCode::Unknown(c) => c,
+        }
+    }
+
+    fn from_code(c: u16) -> Self {
+        match c {
+            1 => ErrorCode::OriginUnreachable,
+            2 => ErrorCode::OriginBroken,
+            3 => ErrorCode::BadRequest,
+            4 => ErrorCode::Unavailable,
+            5 => ErrorCode::Internal,
+            c => ErrorCode::Unknown(c),
+        }
+    }
+}
+
+/// One cache node as members see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Stable identity, the input of placement.
+    pub id: String,
+    /// QUIC address (`ip:port`).
+    pub addr: String,
+    /// Region name, empty when none is set.
+    pub region: String,
+}
+
+/// A header field: lowercase name, raw value bytes.
+pub type Field = (String, Bytes);
+
+/// A protocol frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Edge → node: the request that opens a stream.
+    Request {
+        /// Request id, carried into logs on both sides.
+        id: u64,
+        /// GET or HEAD.
+        method: Method,
+        /// Path and query as the client sent it; the cache key.
+        path: String,
+        /// End-to-end request header fields to forward upstream.
+        headers: Vec<Field>,
+    },
+    /// Node → edge: status and header fields of the response.
+    ResponseHead {
+        /// HTTP status code.
+        status: u16,
+        /// What the node did.
+        cache: CacheStatus,
+        /// The node that answered.
+        node: String,
+        /// Body length when known up front.
+        content_length: Option<u64>,
+        /// Response header fields, `Age` included.
+        headers: Vec<Field>,
+    },
+    /// A piece of the body.
+    Data(Bytes),
+    /// The body is complete; `len` is its total length, checked by the receiver.
+    End {
+        /// Total body bytes sent in `Data` frames.
+        len: u64,
+    },
+    /// The node cannot answer (or finish answering) this request.
+    Error {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// Human-readable detail for logs.
+        message: String,
+    },
+    /// Edge → node: which cache nodes do you know?
+    MembersRequest,
+    /// Node → edge: the members the node knows, itself included.
+    Members {
+        /// Known members.
+        members: Vec<Member>,
+    },
+}
+
+/// A frame could not be decoded; the stream it came from must be closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The type byte names no frame of this version.
+    #[error("unknown frame type {0}")]
+    UnknownType(u8),
+    /// The length prefix exceeds [`MAX_PAYLOAD`].
+    #[error("frame payload of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// The payload does not match the frame's layout.
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+}
+
+impl Frame {
+    /// Appends the encoded frame to `dst`.
+    ///
+    /// # Panics
+    /// If a string or header field exceeds 65,535 bytes, or a header list 65,535 fields: the
+    /// sender validates those limits before building a frame.
+    pub fn encode(&self, dst: &mut impl BufMut) {
+        let mut payload = BytesMut::new();
+        let ty = match self {
+            Frame::Request {
+                id,
+                method,
+                path,
+                headers,
+            } => {
+                payload.put_u64(*id);
+                payload.put_u8(match method {
+                    Method::Get => 1,
+                    Method::Head => 2,
+                });
+                put_str(&mut payload, path.as_bytes());
+                put_fields(&mut payload, headers);
+                T_REQUEST
+            }
+            Frame::ResponseHead {
+                status,
+                cache,
+                node,
+                content_length,
+                headers,
+            } => {
+                payload.put_u16(*status);
+                payload.put_u8(cache.code());
+                put_str(&mut payload, node.as_bytes());
+                match content_length {
+                    Some(n) => {
+                        payload.put_u8(1);
+                        payload.put_u64(*n);
+                    }
+                    None => payload.put_u8(0),
+                }
+                put_fields(&mut payload, headers);
+                T_RESPONSE_HEAD
+            }
+            Frame::Data(data) => {
+                encode_data_header(data.len(), dst);
+                dst.put_slice(data);
+                return;
+            }
+            Frame::End { len } => {
+                payload.put_u64(*len);
+                T_END
+            }
+            Frame::Error { code, message } => {
+                payload.put_u16(code.code());
+                put_str(
+                    &mut payload,
+                    truncate_utf8(message, u16::MAX as usize).as_bytes(),
+                );
+                T_ERROR
+            }
+            Frame::MembersRequest => T_MEMBERS_REQUEST,
+            Frame::Members { members } => {
+                payload.put_u16(len_u16(members.len()));
+                for m in members {
+                    put_str(&mut payload, m.id.as_bytes());
+                    put_str(&mut payload, m.addr.as_bytes());
+                    put_str(&mut payload, m.region.as_bytes());
+                }
+                T_MEMBERS
+            }
+        };
+        dst.put_u8(ty);
+        dst.put_u32(payload.len() as u32);
+        dst.put_slice(&payload);
+    }
+
+    /// The encoded frame as bytes.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut b = BytesMut::new();
+        self.encode(&mut b);
+        b.freeze()
+    }
+
+    /// Decodes one frame from the front of `src`, consuming it.
+    ///
+    /// `Ok(None)`: `src` does not hold a whole frame yet (nothing is consumed).
+    pub fn decode(src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        if src.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let ty = src[0];
+        let len = u32::from_be_bytes([src[1], src[2], src[3], src[4]]) as usize;
+        if !(T_REQUEST..=T_MEMBERS).contains(&ty) {
+            return Err(DecodeError::UnknownType(ty));
+        }
+        if len > MAX_PAYLOAD {
+            return Err(DecodeError::TooLarge(len));
+        }
+        if src.len() < HEADER_LEN + len {
+            src.reserve(HEADER_LEN + len - src.len());
+            return Ok(None);
+        }
+        src.advance(HEADER_LEN);
+        let mut p = src.split_to(len).freeze();
+        let frame = match ty {
+            T_REQUEST => {
+                let id = get_u64(&mut p)?;
+                let method = match get_u8(&mut p)? {
+                    1 => Method::Get,
+                    2 => Method::Head,
+                    _ => return Err(DecodeError::Malformed("unknown method")),
+                };
+                let path = get_string(&mut p)?;
+                let headers = get_fields(&mut p)?;
+                Frame::Request {
+                    id,
+                    method,
+                    path,
+                    headers,
+                }
+            }
+            T_RESPONSE_HEAD => {
+                let status = get_u16(&mut p)?;
+                if !(100..=999).contains(&status) {
+                    return Err(DecodeError::Malformed("status out of range"));
+                }
+                let cache = CacheStatus::from_code(get_u8(&mut p)?)
+                    .ok_or(DecodeError::Malformed("unknown cache status"))?;
+                let node = get_string(&mut p)?;
+                let content_length = match get_u8(&mut p)? {
+                    0 => None,
+                    1 => Some(get_u64(&mut p)?),
+                    _ => return Err(DecodeError::Malformed("bad content-length flag")),
+                };
+                let headers = get_fields(&mut p)?;
+                Frame::ResponseHead {
+                    status,
+                    cache,
+                    node,
+                    content_length,
+                    headers,
+                }
+            }
+            T_DATA => return Ok(Some(Frame::Data(p))),
+            T_END => Frame::End {
+                len: get_u64(&mut p)?,
+            },
+            T_ERROR => Frame::Error {
+                code: ErrorCode::from_code(get_u16(&mut p)?),
+                message: get_string(&mut p)?,
+            },
+            T_MEMBERS_REQUEST => Frame::MembersRequest,
+            T_MEMBERS => {
+                let n = get_u16(&mut p)? as usize;
+                let mut members = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    members.push(Member {
+                        id: get_string(&mut p)?,
+                        addr: get_string(&mut p)?,
+                        region: get_string(&mut p)?,
+                    });
+                }
+                Frame::Members { members }
+            }
+            _ => return Err(DecodeError::UnknownType(ty)),
+        };
+        if p.has_remaining() {
+            return Err(DecodeError::Malformed("trailing bytes in frame"));
+        }
+        Ok(Some(frame))
+    }
+}
+
+/// Writes the header of a `Data` frame of `len` bytes, so a sender can follow it with a
+/// cached `Bytes` without copying the body into a frame buffer.
+pub fn encode_data_header(len: usize, dst: &mut impl BufMut) {
+    assert!(len <= MAX_PAYLOAD, "data frame larger than MAX_PAYLOAD");
+    dst.put_u8(T_DATA);
+    dst.put_u32(len as u32);
+}
+
+fn len_u16(n: usize) -> u16 {
+    u16::try_from(n).expect("field longer than 65535 bytes: checked by the sender")
+}
+
+fn put_str(dst: &mut BytesMut, s: &[u8]) {
+    dst.put_u16(len_u16(s.len()));
+    dst.put_slice(s);
+}
+
+fn put_fields(dst: &mut BytesMut, fields: &[Field]) {
+    dst.put_u16(len_u16(fields.len()));
+    for (name, value) in fields {
+        put_str(dst, name.as_bytes());
+        put_str(dst, value);
+    }
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn need(p: &Bytes, n: usize) -> Result<(), DecodeError> {
+    if p.remaining() < n {
+        Err(DecodeError::Malformed("payload shorter than its fields"))
+    } else {
+        Ok(())
+    }
+}
+
+fn get_u8(p: &mut Bytes) -> Result<u8, DecodeError> {
+    need(p, 1)?;
+    Ok(p.get_u8())
+}
+
+fn get_u16(p: &mut Bytes) -> Result<u16, DecodeError> {
+    need(p, 2)?;
+    Ok(p.get_u16())
+}
+
+fn get_u64(p: &mut Bytes) -> Result<u64, DecodeError> {
+    need(p, 8)?;
+    Ok(p.get_u64())
+}
+
+fn get_bytes(p: &mut Bytes) -> Result<Bytes, DecodeError> {
+    let n = get_u16(p)? as usize;
+    need(p, n)?;
+    Ok(p.split_to(n))
+}
+
+fn get_string(p: &mut Bytes) -> Result<String, DecodeError> {
+    let b = get_bytes(p)?;
+    String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Malformed("string is not UTF-8"))
+}
+
+fn get_fields(p: &mut Bytes) -> Result<Vec<Field>, DecodeError> {
+    let n = get_u16(p)? as usize;
+    let mut fields = Vec::with_capacity(n.min(256));
+    for _ in 0..n {
+        let name = get_string(p)?;
+        let value = get_bytes(p)?;
+        fields.push((name, value));
+    }
+    Ok(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Frame> {
+        vec![
+            Frame::Request {
+                id: 42,
+                method: Method::Get,
+                path: "/img/a.png?v=2".into(),
+                headers: vec![("accept".into(), Bytes::from_static(b"*/*"))],
+            },
+            Frame::Request {
+                id: u64::MAX,
+                method: Method::Head,
+                path: String::new(),
+                headers: vec![],
+            },
+            Frame::ResponseHead {
+                status: 200,
+                cache: CacheStatus::Miss,
+                node: "node-1".into(),
+                content_length: Some(1 << 40),
+                headers: vec![
+                    ("content-type".into(), Bytes::from_static(b"text/plain")),
+                    ("x-bin".into(), Bytes::from_static(&[0xff, 0x00, 0x80])),
+                ],
+            },
+            Frame::ResponseHead {
+                status: 404,
+                cache: CacheStatus::Pass,
+                node: "n".into(),
+                content_length: None,
+                headers: vec![],
+            },
+            Frame::Data(Bytes::from_static(b"hello")),
+            Frame::Data(Bytes::new()),
+            Frame::End { len: 5 },
+            Frame::Error {
+                code: ErrorCode::OriginBroken,
+                message: "origin closed mid-body".into(),
+            },
+            Frame::Error {
+                code: ErrorCode::Unknown(999),
+                message: String::new(),
+            },
+            Frame::MembersRequest,
+            Frame::Members {
+                members: vec![Member {
+                    id: "node-0".into(),
+                    addr: "127.0.0.1:4433".into(),
+                    region: "eu".into(),
+                }],
+            },
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        for f in samples() {
+            let mut buf = BytesMut::new();
+            f.encode(&mut buf);
+            let got = Frame::decode(&mut buf).unwrap().unwrap();
+            assert_eq!(got, f);
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn partial_input_needs_more_bytes_and_consumes_nothing() {
+        for f in samples() {
+            let full = f.to_bytes();
+            for cut in 0..full.len() {
+                let mut buf = BytesMut::from(&full[..cut]);
+                assert_eq!(Frame::decode(&mut buf), Ok(None), "{f:?} cut at {cut}");
+                assert_eq!(buf.len(), cut);
+            }
+        }
+    }
+
+    #[test]
+    fn back_to_back_frames_decode_in_order() {
+        let mut buf = BytesMut::new();
+        for f in samples() {
+            f.encode(&mut buf);
+        }
+        for f in samples() {
+            assert_eq!(Frame::decode(&mut buf).unwrap().unwrap(), f);
+        }
+        assert_eq!(Frame::decode(&mut buf), Ok(None));
+    }
+
+    #[test]
+    fn data_header_matches_frame_encoding() {
+        let body = Bytes::from_static(b"zero-copy");
+        let mut a = BytesMut::new();
+        encode_data_header(body.len(), &mut a);
+        a.extend_from_slice(&body);
+        assert_eq!(a.freeze(), Frame::Data(body).to_bytes());
+    }
+
+    #[test]
+    fn garbage_is_rejected() {
+        let mut unknown = BytesMut::from(&[0u8, 0, 0, 0, 0][..]);
+        assert_eq!(
+            Frame::decode(&mut unknown),
+            Err(DecodeError::UnknownType(0))
+        );
+        let mut huge = BytesMut::from(&[T_DATA, 0xff, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(
+            Frame::decode(&mut huge),
+            Err(DecodeError::TooLarge(_))
+        ));
+        // A request whose path length runs past the payload.
+        let mut short =
+            BytesMut::from(&[T_REQUEST, 0, 0, 0, 11, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 9][..]);
+        assert!(matches!(
+            Frame::decode(&mut short),
+            Err(DecodeError::Malformed(_))
+        ));
+        // Trailing bytes after a complete End.
+        let mut trailing = BytesMut::from(&[T_END, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 7][..]);
+        assert!(matches!(
+            Frame::decode(&mut trailing),
+            Err(DecodeError::Malformed(_))
+        ));
+        // A status outside 100..=999.
+        let mut bad_status = BytesMut::new();
+        Frame::ResponseHead {
+            status: 200,
+            cache: CacheStatus::Hit,
+            node: String::new(),
+            content_length: None,
+            headers: vec![],
+        }
+        .encode(&mut bad_status);
+        bad_status[5] = 0;
+        bad_status[6] = 5;
+        assert!(matches!(
+            Frame::decode(&mut bad_status),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn every_truncation_or_bit_flip_is_an_error_or_a_frame_never_a_panic() {
+        for f in samples() {
+            let full = f.to_bytes();
+            for i in 0..full.len() {
+                for bit in 0..8 {
+                    let mut v = full.to_vec();
+                    v[i] ^= 1 << bit;
+                    let mut buf = BytesMut::from(&v[..]);
+                    let _ = Frame::decode(&mut buf);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Edge configuration: TOML file, then flags on top, then `validate()`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cdn_core::config::{ByteSize, ConfigError};
+use cdn_core::store::Eviction;
+use serde::{Deserialize, Serialize};
+
+/// Everything an edge is configured with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Edge identity, shown in `/status` and logs.
+    pub id: String,
+    /// HTTP address clients connect to (HTTP/1.1 and h2c).
+    pub listen: SocketAddr,
+    /// Admin HTTP address.
+    pub admin: SocketAddr,
+    /// Cache nodes' QUIC addresses; the edge learns the member list from them.
+    pub seeds: Vec<String>,
+    /// Origin base URL, used for non-GET methods and when no cache node answers.
+    pub origin: String,
+    /// L1 capacity in bytes: small, the node tier holds the working set.
+    pub capacity: ByteSize,
+    /// Largest object kept in L1 (0: a quarter of the capacity).
+    pub max_object_size: ByteSize,
+    /// L1 eviction policy.
+    pub eviction: Eviction,
+    /// Owners tried per key, best first (R).
+    pub replicas: usize,
+    /// Bearer token for mutating admin calls and `PURGE`.
+    pub admin_token: Option<String>,
+    /// Directory with the cluster certificates.
+    pub tls_dir: Option<PathBuf>,
+    /// Region name.
+    pub region: String,
+    /// QUIC handshake deadline: loopback and LAN handshakes take milliseconds, so a node that
+    /// has not answered in a second is treated as down.
+    pub node_connect_timeout_ms: u64,
+    /// Time for a node's response head: covers the node's own origin fetch.
+    pub node_response_timeout_ms: u64,
+    /// How long a node that failed to connect is skipped before it is tried again.
+    pub node_retry_ms: u64,
+    /// Origin TCP connect timeout.
+    pub origin_connect_timeout_ms: u64,
+    /// Time to wait for the origin's response head.
+    pub origin_response_timeout_ms: u64,
+    /// QUIC idle timeout to nodes.
+    pub idle_timeout_ms: u64,
+    /// Time a client has to send request headers.
+    pub header_read_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            id: "edge-0".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            seeds: vec![],
+            origin: "http://127.0.0.1:8080".into(),
+            capacity: ByteSize(64 << 20),
+            max_object_size: ByteSize(0),
+            eviction: Eviction::TinyLfu,
+            replicas: 2,
+            admin_token: None,
+            tls_dir: None,
+            region: String::new(),
+            node_connect_timeout_ms: 1_000,
+            node_response_timeout_ms: 35_000,
+            node_retry_ms: 1_000,
+            origin_connect_timeout_ms: 2_000,
+            origin_response_timeout_ms: 30_000,
+            idle_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Checks values serde cannot: the first problem found, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id.is_empty() {
+            return Err(ConfigError::new("id", "must not be empty"));
+        }
+        if self.capacity.0 == 0 {
+            return Err(ConfigError::new("capacity", "must be greater than 0"));
+        }
+        cdn_core::origin::check_url(&self.origin).map_err(|e| ConfigError::new("origin", e))?;
+        if self.replicas == 0 {
+            return Err(ConfigError::new("replicas", "must be at least 1"));
+        }
+        for (key, v) in [
+            ("node_connect_timeout_ms", self.node_connect_timeout_ms),
+            ("node_response_timeout_ms", self.node_response_timeout_ms),
+            (
+                "origin_response_timeout_ms",
+                self.origin_response_timeout_ms,
+            ),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::new(key, "must be greater than 0"));
+            }
+        }
+        if self.idle_timeout_ms < 100 {
+            return Err(ConfigError::new("idle_timeout_ms", "must be at least 100"));
+        }
+        for s in &self.seeds {
+            if s.parse::<SocketAddr>().is_err() {
+                return Err(ConfigError::new(
+                    "seeds",
+                    format!("`{s}` is not an ip:port address"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The largest object kept in L1.
+    pub fn max_object(&self) -> u64 {
+        if self.max_object_size.0 == 0 {
+            self.capacity.0 / 4
+        } else {
+            self.max_object_size.0
+        }
+    }
+}

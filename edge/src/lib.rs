@@ -1,0 +1,312 @@
+//! An edge: serves clients over HTTP/1.1 and HTTP/2 from a small L1 cache, pulling misses
+//! from the owning cache node over QUIC, and from the origin when no node answers.
+//!
+//! Layout:
+//! - [`config`]: the typed config (TOML + flags) and its validation.
+//! - [`upstream`]: member list, pooled QUIC connections, owner selection, node fills.
+//! - [`server`]: the HTTP request handling (hit, coalesced miss, pass).
+//! - this file: [`Edge`] (shared state and counters), [`start`] and its [`EdgeHandle`].
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod server;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cdn_core::admin::{AdminState, Metric};
+use cdn_core::fill::{Coalescer, Head};
+use cdn_core::origin::Origin;
+use cdn_core::store::Store;
+use cdn_core::tls::TlsMaterial;
+pub use config::Config;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use upstream::{Timeouts, Upstream};
+
+/// Why an edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// A bad config value.
+    #[error(transparent)]
+    Config(#[from] cdn_core::config::ConfigError),
+    /// TLS material could not be used.
+    #[error(transparent)]
+    Tls(#[from] cdn_core::tls::TlsError),
+    /// A socket could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Counters named after events.
+#[derive(Default, Debug)]
+pub struct Stats {
+    /// Client requests.
+    pub requests: AtomicU64,
+    /// Served fresh from L1.
+    pub hits: AtomicU64,
+    /// Filled from upstream.
+    pub misses: AtomicU64,
+    /// Not cacheable (other methods, or uncacheable responses).
+    pub passes: AtomicU64,
+    /// Requests that waited on another request's fill.
+    pub coalesced: AtomicU64,
+    /// Fills sent to a cache node.
+    pub node_fetches: AtomicU64,
+    /// Requests sent to the origin directly (no node answered, or pass).
+    pub origin_fetches: AtomicU64,
+    /// Node requests that failed before a head (each tried the next owner).
+    pub node_failures: AtomicU64,
+    /// Responses that could not be completed (the client saw an error).
+    pub errors: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// An edge's shared state.
+pub struct Edge {
+    config: Config,
+    l1: Store,
+    fills: Coalescer<Head>,
+    upstream: Arc<Upstream>,
+    origin: Origin,
+    stats: Stats,
+    next_request_id: AtomicU64,
+}
+
+impl Edge {
+    /// The L1 store.
+    pub fn l1(&self) -> &Store {
+        &self.l1
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The node tier.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// Config in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl AdminState for Edge {
+    fn status(&self) -> serde_json::Value {
+        let s = &self.stats;
+        let members: Vec<_> = self
+            .upstream
+            .members()
+            .iter()
+            .map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "region": m.region}))
+            .collect();
+        serde_json::json!({
+            "id": self.config.id,
+            "role": "edge",
+            "region": self.config.region,
+            "members": members,
+            "entries": self.l1.entry_count(),
+            "bytes": self.l1.weighted_size(),
+            "capacity": self.l1.capacity(),
+            "requests": Stats::get(&s.requests),
+            "hits": Stats::get(&s.hits),
+            "misses": Stats::get(&s.misses),
+            "passes": Stats::get(&s.passes),
+            "coalesced": Stats::get(&s.coalesced),
+            "node_fetches": Stats::get(&s.node_fetches),
+            "origin_fetches": Stats::get(&s.origin_fetches),
+            "node_failures": Stats::get(&s.node_failures),
+            "errors": Stats::get(&s.errors),
+        })
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        let s = &self.stats;
+        let id = self.config.id.clone();
+        let req = |outcome: &'static str, v: &AtomicU64| {
+            Metric::counter(
+                "cdn_edge_requests_total",
+                "Client requests by outcome.",
+                Stats::get(v),
+            )
+            .label("member", id.clone())
+            .label("outcome", outcome)
+        };
+        vec![
+            req("hit", &s.hits),
+            req("miss", &s.misses),
+            req("pass", &s.passes),
+            Metric::counter(
+                "cdn_edge_coalesced_total",
+                "Requests that waited on another's fill.",
+                Stats::get(&s.coalesced),
+            )
+            .label("member", id.clone()),
+            Metric::counter(
+                "cdn_edge_node_fetches_total",
+                "Fills sent to cache nodes.",
+                Stats::get(&s.node_fetches),
+            )
+            .label("member", id.clone()),
+            Metric::counter(
+                "cdn_edge_origin_fetches_total",
+                "Requests sent to the origin directly.",
+                Stats::get(&s.origin_fetches),
+            )
+            .label("member", id.clone()),
+            Metric::counter(
+                "cdn_edge_node_failures_total",
+                "Node requests that failed before a head.",
+                Stats::get(&s.node_failures),
+            )
+            .label("member", id.clone()),
+            Metric::counter(
+                "cdn_edge_errors_total",
+                "Responses that could not be completed.",
+                Stats::get(&s.errors),
+            )
+            .label("member", id.clone()),
+            Metric::gauge(
+                "cdn_edge_members",
+                "Cache nodes known.",
+                self.upstream.members().len() as u64,
+            )
+            .label("member", id.clone()),
+            Metric::gauge(
+                "cdn_edge_l1_entries",
+                "Entries in L1.",
+                self.l1.entry_count(),
+            )
+            .label("member", id.clone()),
+            Metric::gauge(
+                "cdn_edge_l1_bytes",
+                "Bytes in L1 (weighed).",
+                self.l1.weighted_size(),
+            )
+            .label("member", id),
+        ]
+    }
+}
+
+/// A running edge.
+pub struct EdgeHandle {
+    /// Shared state and counters.
+    pub edge: Arc<Edge>,
+    /// Client HTTP address.
+    pub http_addr: SocketAddr,
+    /// Admin HTTP address.
+    pub admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl EdgeHandle {
+    /// Stops the edge: stops accepting, drains in-flight requests, closes node connections.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Waits until the edge knows at least `n` cache nodes.
+    pub async fn wait_for_members(&self, n: usize) {
+        let mut rx = self.edge.upstream.watch_members();
+        let _ = rx.wait_for(|m| m.len() >= n).await;
+    }
+}
+
+/// Starts an edge on already-bound listeners, until `shutdown` or [`EdgeHandle::stop`].
+pub async fn start(
+    config: Config,
+    tls: &TlsMaterial,
+    http: TcpListener,
+    admin: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<EdgeHandle, EdgeError> {
+    config.validate()?;
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| EdgeError::Io { what, source }
+    };
+    let http_addr = http.local_addr().map_err(io("reading HTTP address"))?;
+    let admin_addr = admin.local_addr().map_err(io("reading admin address"))?;
+    let transport = cdn_core::tls::transport(1024, Duration::from_millis(config.idle_timeout_ms));
+    let client_cfg = tls.quic_client(transport)?;
+    let bind: SocketAddr = if http_addr.is_ipv6() {
+        "[::]:0".parse()
+    } else {
+        "0.0.0.0:0".parse()
+    }
+    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(io("binding QUIC client endpoint"))?;
+    endpoint.set_default_client_config(client_cfg);
+    let origin = Origin::new(
+        &config.origin,
+        Duration::from_millis(config.origin_connect_timeout_ms),
+        Duration::from_millis(config.origin_response_timeout_ms),
+    )
+    .map_err(|e| cdn_core::config::ConfigError::new("origin", e))?;
+    let upstream = Arc::new(Upstream::new(
+        endpoint,
+        config.replicas,
+        Timeouts {
+            connect: Duration::from_millis(config.node_connect_timeout_ms),
+            response: Duration::from_millis(config.node_response_timeout_ms),
+            retry: Duration::from_millis(config.node_retry_ms),
+        },
+    ));
+    let seeds: Vec<SocketAddr> = config.seeds.iter().filter_map(|s| s.parse().ok()).collect();
+    let edge = Arc::new(Edge {
+        l1: Store::new(config.capacity.0, config.eviction),
+        fills: Coalescer::default(),
+        upstream: upstream.clone(),
+        origin,
+        stats: Stats::default(),
+        next_request_id: AtomicU64::new(1),
+        config,
+    });
+    let discover = tokio::spawn(upstream.clone().discover(seeds, shutdown.clone()));
+    let admin_task = tokio::spawn(cdn_core::admin::serve_admin(
+        admin,
+        edge.clone() as Arc<dyn AdminState>,
+        shutdown.clone(),
+    ));
+    let e = edge.clone();
+    let s = shutdown.clone();
+    let task = tokio::spawn(async move {
+        server::run(e.clone(), http, s).await;
+        e.upstream.close();
+        let _ = admin_task.await;
+        let _ = discover.await;
+    });
+    tracing::info!(id = %edge.config.id, %http_addr, %admin_addr, "edge started");
+    Ok(EdgeHandle {
+        edge,
+        http_addr,
+        admin_addr,
+        shutdown,
+        task,
+    })
+}

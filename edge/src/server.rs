@@ -1,0 +1,260 @@
+//! Client-facing HTTP: L1 hits, coalesced misses filled from the node tier (or the origin),
+//! and pass-through of every other method.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use cdn_core::fill::{
+    self, Coalescer, FillErrorKind, FlightReader, FlightWriter, Head, Joined, Via,
+};
+use cdn_core::http::{empty, serve, strip_hop_by_hop, text, Body, BoxError, ServerLimits};
+use cdn_core::store::Entry;
+use cdn_proto::CacheStatus;
+use futures::stream;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Edge, Stats};
+
+const X_CACHE: &str = "x-cache";
+
+/// Serves clients until `shutdown`, then drains in-flight requests for up to 10 s.
+pub async fn run(edge: Arc<Edge>, listener: TcpListener, shutdown: CancellationToken) {
+    let limits = ServerLimits {
+        header_read_timeout: Duration::from_millis(edge.config.header_read_timeout_ms),
+        ..ServerLimits::default()
+    };
+    serve(
+        listener,
+        limits,
+        shutdown,
+        Duration::from_secs(10),
+        move |req, _peer| handle(edge.clone(), req),
+    )
+    .await
+}
+
+async fn handle(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
+    Stats::inc(&edge.stats.requests);
+    match *req.method() {
+        Method::GET | Method::HEAD => cached(&edge, req).await,
+        _ => pass(&edge, req).await,
+    }
+}
+
+/// GET and HEAD: L1, then a coalesced fill. HEAD is answered from the full GET object.
+async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
+    let head_only = req.method() == Method::HEAD;
+    let key = match req.uri().path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => pq.as_str().to_string(),
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "request target must be an absolute path",
+            )
+        }
+    };
+    let now = SystemTime::now();
+    if let Some(entry) = edge.l1.get(&key).await {
+        if entry.is_fresh(now) {
+            Stats::inc(&edge.stats.hits);
+            return entry_response(&entry, now, head_only);
+        }
+    }
+    Stats::inc(&edge.stats.misses);
+    let headers = req.headers().clone();
+    let mut reader = join_fill(edge, &key, &headers).await;
+    let head = match reader.head().await {
+        Ok(h) => h,
+        Err(e) if e.kind == FillErrorKind::NotShared => {
+            let (w, r) = Coalescer::solo();
+            spawn_fill(edge.clone(), key.clone(), headers, w);
+            reader = r;
+            match reader.head().await {
+                Ok(h) => h,
+                Err(e) => return upstream_failed(edge, &e.to_string()),
+            }
+        }
+        Err(e) => return upstream_failed(edge, &e.to_string()),
+    };
+    if !head.storable && head.via != Via::Local {
+        Stats::inc(&edge.stats.passes);
+    }
+    flight_response(&head, reader, head_only)
+}
+
+fn upstream_failed(edge: &Edge, reason: &str) -> Response<Body> {
+    Stats::inc(&edge.stats.errors);
+    let mut r = text(
+        StatusCode::BAD_GATEWAY,
+        format!("upstream failed: {reason}"),
+    );
+    r.headers_mut()
+        .insert(X_CACHE, HeaderValue::from_static("MISS"));
+    r.headers_mut()
+        .insert(header::AGE, HeaderValue::from_static("0"));
+    r
+}
+
+async fn join_fill(edge: &Arc<Edge>, key: &str, headers: &http::HeaderMap) -> FlightReader<Head> {
+    match edge.fills.join(key) {
+        Joined::Leader(w, r) => {
+            let now = SystemTime::now();
+            match edge.l1.get(key).await {
+                Some(e) if e.is_fresh(now) => fill::complete_from_entry(w, &e, now),
+                _ => spawn_fill(edge.clone(), key.to_string(), headers.clone(), w),
+            }
+            r
+        }
+        Joined::Follower(r) => {
+            Stats::inc(&edge.stats.coalesced);
+            r
+        }
+    }
+}
+
+/// Fills `key` in its own task (it completes for every waiter even if the leader's client
+/// goes away): owners first, then the origin when no owner produced a head.
+fn spawn_fill(edge: Arc<Edge>, key: String, headers: http::HeaderMap, w: FlightWriter<Head>) {
+    tokio::spawn(async move {
+        let id = edge.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let max = edge.config.max_object();
+        let w = if edge.upstream.members().is_empty() {
+            w
+        } else {
+            Stats::inc(&edge.stats.node_fetches);
+            match edge
+                .upstream
+                .fill(id, &key, &headers, &edge.l1, max, w)
+                .await
+            {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => {
+                    tracing::warn!(%key, error = %e, "node fill failed after the head");
+                    return;
+                }
+                Err((w, failures)) => {
+                    edge.stats
+                        .node_failures
+                        .fetch_add(failures.len() as u64, Ordering::Relaxed);
+                    for f in &failures {
+                        tracing::debug!(%key, error = %f, "owner failed");
+                    }
+                    w
+                }
+            }
+        };
+        Stats::inc(&edge.stats.origin_fetches);
+        if let Err(e) = fill::fetch_origin(&edge.origin, &edge.l1, &key, &headers, max, w).await {
+            tracing::warn!(%key, error = %e, "origin fill failed");
+        }
+    });
+}
+
+fn x_cache(head: &Head) -> HeaderValue {
+    let edge = match (&head.via, head.storable) {
+        (Via::Local, _) => CacheStatus::Hit,
+        (_, true) => CacheStatus::Miss,
+        (_, false) => CacheStatus::Pass,
+    };
+    match &head.via {
+        Via::Local => HeaderValue::from_static("HIT"),
+        Via::Origin => HeaderValue::from_str(&format!("{edge}, origin"))
+            .unwrap_or(HeaderValue::from_static("MISS")),
+        Via::Node { id, status } => HeaderValue::from_str(&format!("{edge}, {status} from {id}"))
+            .unwrap_or(HeaderValue::from_static("MISS")),
+    }
+}
+
+fn entry_response(entry: &Entry, now: SystemTime, head_only: bool) -> Response<Body> {
+    let mut r = Response::new(if head_only {
+        empty()
+    } else {
+        chunks_body(entry.body.clone())
+    });
+    *r.status_mut() = entry.status;
+    let h = r.headers_mut();
+    *h = entry.headers.clone();
+    h.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
+    h.insert(X_CACHE, HeaderValue::from_static("HIT"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body_len));
+    r
+}
+
+fn chunks_body(chunks: Vec<Bytes>) -> Body {
+    if chunks.len() == 1 {
+        return cdn_core::http::full(chunks.into_iter().next().unwrap_or_default());
+    }
+    StreamBody::new(stream::iter(
+        chunks
+            .into_iter()
+            .map(|c| Ok::<_, BoxError>(Frame::data(c))),
+    ))
+    .boxed()
+}
+
+/// A response that streams a flight's body as it arrives. If the fill fails mid-body the
+/// body errors, and hyper aborts the connection: the client never gets a short body that
+/// looks complete.
+fn flight_response(head: &Head, reader: FlightReader<Head>, head_only: bool) -> Response<Body> {
+    let body = if head_only {
+        empty()
+    } else {
+        StreamBody::new(stream::unfold(reader, |mut r| async move {
+            let c = r.next_chunk().await?;
+            Some((c.map(Frame::data).map_err(|e| Box::new(e) as BoxError), r))
+        }))
+        .boxed()
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = head.status;
+    let h = r.headers_mut();
+    *h = head.headers.clone();
+    if !h.contains_key(header::AGE) {
+        h.insert(header::AGE, HeaderValue::from_static("0"));
+    }
+    h.insert(X_CACHE, x_cache(head));
+    if let Some(len) = head.content_length {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    r
+}
+
+/// Every other method goes to the origin, uncached, body streamed both ways.
+async fn pass(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
+    Stats::inc(&edge.stats.passes);
+    Stats::inc(&edge.stats.origin_fetches);
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let req = Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
+    match edge.origin.send(req).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            if !parts.headers.contains_key(header::AGE) {
+                parts
+                    .headers
+                    .insert(header::AGE, HeaderValue::from_static("0"));
+            }
+            parts
+                .headers
+                .insert(X_CACHE, HeaderValue::from_static("PASS"));
+            Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+        }
+        Err(e) => {
+            Stats::inc(&edge.stats.errors);
+            let mut r = text(StatusCode::BAD_GATEWAY, e.to_string());
+            r.headers_mut()
+                .insert(X_CACHE, HeaderValue::from_static("PASS"));
+            r.headers_mut()
+                .insert(header::AGE, HeaderValue::from_static("0"));
+            r
+        }
+    }
+}
