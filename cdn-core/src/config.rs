@@ -51,7 +51,7 @@ pub fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
         } else {
             key
         };
-        ConfigError::new(key, one_line(&e.into_inner().message().to_string()))
+        ConfigError::new(key, one_line(e.into_inner().message()))
     })
 }
 
@@ -146,6 +146,7 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // fields exist to be parsed
     struct Sample {
         #[serde(default)]
         capacity: Option<ByteSize>,
@@ -154,8 +155,8 @@ mod tests {
     }
 
     #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
     struct Inner {
-        #[allow(dead_code)]
         port: u16,
     }
 

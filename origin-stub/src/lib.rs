@@ -11,7 +11,8 @@
 //! (Cache-Control), `cdn_cc` (CDN-Cache-Control), `etag` (`none` omits it), `lm`
 //! (Last-Modified, Unix seconds), `vary`, `tags` (Surrogate-Key), `ct` (Content-Type),
 //! `latency_ms` (before the head), `body_delay_ms` (between head and body), `fail_after`
-//! (abort the connection after that many body bytes), `chunked=1` (no Content-Length), and
+//! (abort the connection after that many body bytes), `fail_times` (only the first that-many
+//! requests for the target fail), `chunked=1` (no Content-Length), and
 //! `h_<name>=<value>` for any other response header.
 #![forbid(unsafe_code)]
 
@@ -147,6 +148,8 @@ pub struct Shape {
     pub body_delay: Duration,
     /// Abort after this many body bytes.
     pub fail_after: Option<u64>,
+    /// Apply `fail_after` only to the first this-many requests for the target (0: always).
+    pub fail_times: u64,
     /// Omit Content-Length.
     pub chunked: bool,
 }
@@ -164,6 +167,7 @@ impl Shape {
             latency: Duration::from_millis(config.latency_ms),
             body_delay: Duration::ZERO,
             fail_after: None,
+            fail_times: 0,
             chunked: false,
         };
         let mut cc = Some(config.cache_control.clone());
@@ -218,6 +222,7 @@ impl Shape {
                 "latency_ms" => s.latency = Duration::from_millis(num(&k, &v)?),
                 "body_delay_ms" => s.body_delay = Duration::from_millis(num(&k, &v)?),
                 "fail_after" => s.fail_after = Some(num(&k, &v)?),
+                "fail_times" => s.fail_times = num(&k, &v)?,
                 "chunked" => s.chunked = v == "1" || v == "true",
                 other => {
                     if let Some(name) = other.strip_prefix("h_") {
@@ -328,10 +333,13 @@ async fn handle(req: Request<Incoming>, config: Arc<Config>, stats: Arc<Stats>) 
         return r;
     }
     stats.record(&path, &target);
-    let shape = match Shape::parse(&target, &config) {
+    let mut shape = match Shape::parse(&target, &config) {
         Ok(s) => s,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
+    if shape.fail_times > 0 && stats.target(&target) > shape.fail_times {
+        shape.fail_after = None;
+    }
     if !shape.latency.is_zero() {
         tokio::time::sleep(shape.latency).await;
     }

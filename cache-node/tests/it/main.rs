@@ -1,0 +1,3 @@
+//! The `cache-node` binary as a real process.
+
+mod process;

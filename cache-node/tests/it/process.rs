@@ -1,0 +1,114 @@
+//! Config errors and start-up of the real binary.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cache-node"))
+}
+
+fn tls_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["init-tls", "--dir"])
+        .arg(dir.path().join("tls"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+fn one_line_exit_2(out: std::process::Output, key: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(key), "names `{key}`: {err}");
+}
+
+#[test]
+fn a_bad_flag_value_exits_2_naming_the_key() {
+    let dir = tls_dir();
+    let out = bin()
+        .args(["--capacity", "lots", "--tls-dir"])
+        .arg(dir.path().join("tls"))
+        .output()
+        .unwrap();
+    one_line_exit_2(out, "--capacity");
+    let out = bin()
+        .args(["--origin", "ftp://x", "--tls-dir"])
+        .arg(dir.path().join("tls"))
+        .output()
+        .unwrap();
+    one_line_exit_2(out, "origin");
+}
+
+#[test]
+fn a_bad_config_file_value_exits_2_naming_the_key() {
+    let dir = tls_dir();
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, "id = \"n1\"\ncapacity = \"a lot\"\n").unwrap();
+    let out = bin().arg("--config").arg(&file).output().unwrap();
+    one_line_exit_2(out, "capacity");
+    std::fs::write(&file, "eviction = \"fifo\"\n").unwrap();
+    let out = bin().arg("--config").arg(&file).output().unwrap();
+    one_line_exit_2(out, "eviction");
+    std::fs::write(&file, "listen = \"not an address\"\n").unwrap();
+    let out = bin().arg("--config").arg(&file).output().unwrap();
+    one_line_exit_2(out, "listen");
+    let out = bin()
+        .args(["--check-config", "--tls-dir", "/nonexistent/tls"])
+        .output()
+        .unwrap();
+    one_line_exit_2(out, "tls_dir");
+}
+
+#[test]
+fn the_binary_starts_and_serves_its_admin_api_then_stops_on_sigterm() {
+    let dir = tls_dir();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    drop(admin);
+    let mut child = bin()
+        .args([
+            "--id",
+            "proc-node",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            &admin_addr.to_string(),
+            "--tls-dir",
+        ])
+        .arg(dir.path().join("tls"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(admin_addr) {
+            use std::io::{Read, Write};
+            s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            break out;
+        }
+        assert!(Instant::now() < deadline, "admin port never opened");
+        assert!(child.try_wait().unwrap().is_none(), "node exited early");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(status.contains("\"id\": \"proc-node\""), "{status}");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let code = child.wait().unwrap();
+    assert!(code.success(), "clean exit on SIGTERM: {code:?}");
+}

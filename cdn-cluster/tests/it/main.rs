@@ -1,0 +1,4 @@
+//! End-to-end tests through real sockets: origin-stub, cache nodes over QUIC, edges over HTTP.
+
+mod pull_through;
+mod support;

@@ -1,0 +1,3 @@
+//! The `edge` binary as a real process.
+
+mod process;
