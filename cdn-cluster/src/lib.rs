@@ -146,7 +146,12 @@ impl Cluster {
             edges.push(h);
         }
         for e in &edges {
-            e.wait_for_members(nodes.len()).await;
+            tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                e.wait_for_members(nodes.len()),
+            )
+            .await
+            .context("edges did not learn every node within 30 s")?;
         }
         Ok(Self {
             origin_url,
