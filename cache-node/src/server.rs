@@ -111,7 +111,7 @@ async fn serve_stream(
             refuse(
                 &mut send,
                 ErrorCode::BadRequest,
-                format!("unexpected first frame {}", frame_name(&other)),
+                format!("unexpected first frame {}", other.name()),
             )
             .await
         }
@@ -120,18 +120,6 @@ async fn serve_stream(
             let _ = send.reset(codes::PROTOCOL.into());
             Err(e)
         }
-    }
-}
-
-fn frame_name(f: &Frame) -> &'static str {
-    match f {
-        Frame::Request { .. } => "Request",
-        Frame::ResponseHead { .. } => "ResponseHead",
-        Frame::Data(_) => "Data",
-        Frame::End { .. } => "End",
-        Frame::Error { .. } => "Error",
-        Frame::MembersRequest => "MembersRequest",
-        Frame::Members { .. } => "Members",
     }
 }
 

@@ -353,7 +353,8 @@ pub struct Head {
     pub headers: http::HeaderMap,
     /// Body length when known up front.
     pub content_length: Option<u64>,
-    /// Whether this tier stores it.
+    /// Cacheable by policy and shareable with other clients (it may still be too large to
+    /// store at this tier).
     pub storable: bool,
     /// Where it came from.
     pub via: Via,
@@ -445,7 +446,7 @@ pub async fn fetch_origin(
             status: parts.status,
             headers: resp_headers.clone(),
             content_length,
-            storable,
+            storable: decision.storable,
             via: Via::Origin,
         },
         decision.storable,

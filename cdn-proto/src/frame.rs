@@ -27,6 +27,10 @@ const T_END: u8 = 4;
 const T_ERROR: u8 = 5;
 const T_MEMBERS_REQUEST: u8 = 6;
 const T_MEMBERS: u8 = 7;
+const T_HELLO: u8 = 8;
+const T_PURGE: u8 = 9;
+const T_PURGE_ACK: u8 = 10;
+const T_LAST: u8 = T_PURGE_ACK;
 
 /// Request methods a node serves. Anything else never leaves the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +93,30 @@ pub struct Member {
     pub region: String,
 }
 
+/// What kind of member is speaking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An edge (serves clients, holds an L1).
+    Edge,
+    /// A cache node.
+    Node,
+}
+
+/// What a purge removes (hard) or marks stale (soft).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Invalidation {
+    /// Exact path-and-query keys.
+    pub urls: Vec<String>,
+    /// Key prefixes.
+    pub prefixes: Vec<String>,
+    /// Surrogate keys (tags).
+    pub tags: Vec<String>,
+    /// Everything.
+    pub all: bool,
+    /// Mark stale instead of removing.
+    pub soft: bool,
+}
+
 /// A header field: lowercase name, raw value bytes.
 pub type Field = (String, Bytes);
 
@@ -140,6 +168,34 @@ pub enum Frame {
         /// Known members.
         members: Vec<Member>,
     },
+    /// A member introduces itself on a new connection; answered with `Members`. The node
+    /// then knows the connection belongs to `id` and sends it invalidations.
+    Hello {
+        /// The member's id.
+        id: String,
+        /// Edge or node.
+        role: Role,
+        /// Its region.
+        region: String,
+    },
+    /// An invalidation. `forward`: the receiver (a node) passes it on to every edge connected
+    /// to it before acknowledging.
+    Purge {
+        /// Identifies the purge in logs and acknowledgements.
+        id: u64,
+        /// Pass on to connected edges.
+        forward: bool,
+        /// What to invalidate.
+        inv: Invalidation,
+    },
+    /// The answer to `Purge`: members that applied it, and members that should have but did
+    /// not acknowledge in time.
+    PurgeAck {
+        /// Members that applied the purge.
+        acked: Vec<String>,
+        /// Members that did not acknowledge.
+        missing: Vec<String>,
+    },
 }
 
 /// A frame could not be decoded; the stream it came from must be closed.
@@ -157,6 +213,22 @@ pub enum DecodeError {
 }
 
 impl Frame {
+    /// The frame's type name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Request { .. } => "Request",
+            Frame::ResponseHead { .. } => "ResponseHead",
+            Frame::Data(_) => "Data",
+            Frame::End { .. } => "End",
+            Frame::Error { .. } => "Error",
+            Frame::MembersRequest => "MembersRequest",
+            Frame::Members { .. } => "Members",
+            Frame::Hello { .. } => "Hello",
+            Frame::Purge { .. } => "Purge",
+            Frame::PurgeAck { .. } => "PurgeAck",
+        }
+    }
+
     /// Appends the encoded frame to `dst`.
     ///
     /// # Panics
@@ -227,6 +299,29 @@ impl Frame {
                 }
                 T_MEMBERS
             }
+            Frame::Hello { id, role, region } => {
+                put_str(&mut payload, id.as_bytes());
+                payload.put_u8(match role {
+                    Role::Edge => 1,
+                    Role::Node => 2,
+                });
+                put_str(&mut payload, region.as_bytes());
+                T_HELLO
+            }
+            Frame::Purge { id, forward, inv } => {
+                payload.put_u64(*id);
+                payload
+                    .put_u8(u8::from(*forward) | u8::from(inv.all) << 1 | u8::from(inv.soft) << 2);
+                put_list(&mut payload, &inv.urls);
+                put_list(&mut payload, &inv.prefixes);
+                put_list(&mut payload, &inv.tags);
+                T_PURGE
+            }
+            Frame::PurgeAck { acked, missing } => {
+                put_list(&mut payload, acked);
+                put_list(&mut payload, missing);
+                T_PURGE_ACK
+            }
         };
         dst.put_u8(ty);
         dst.put_u32(payload.len() as u32);
@@ -249,7 +344,7 @@ impl Frame {
         }
         let ty = src[0];
         let len = u32::from_be_bytes([src[1], src[2], src[3], src[4]]) as usize;
-        if !(T_REQUEST..=T_MEMBERS).contains(&ty) {
+        if !(T_REQUEST..=T_LAST).contains(&ty) {
             return Err(DecodeError::UnknownType(ty));
         }
         if len > MAX_PAYLOAD {
@@ -321,6 +416,37 @@ impl Frame {
                 }
                 Frame::Members { members }
             }
+            T_HELLO => Frame::Hello {
+                id: get_string(&mut p)?,
+                role: match get_u8(&mut p)? {
+                    1 => Role::Edge,
+                    2 => Role::Node,
+                    _ => return Err(DecodeError::Malformed("unknown role")),
+                },
+                region: get_string(&mut p)?,
+            },
+            T_PURGE => {
+                let id = get_u64(&mut p)?;
+                let flags = get_u8(&mut p)?;
+                if flags > 0b111 {
+                    return Err(DecodeError::Malformed("unknown purge flags"));
+                }
+                Frame::Purge {
+                    id,
+                    forward: flags & 1 != 0,
+                    inv: Invalidation {
+                        all: flags & 2 != 0,
+                        soft: flags & 4 != 0,
+                        urls: get_list(&mut p)?,
+                        prefixes: get_list(&mut p)?,
+                        tags: get_list(&mut p)?,
+                    },
+                }
+            }
+            T_PURGE_ACK => Frame::PurgeAck {
+                acked: get_list(&mut p)?,
+                missing: get_list(&mut p)?,
+            },
             _ => return Err(DecodeError::UnknownType(ty)),
         };
         if p.has_remaining() {
@@ -353,6 +479,22 @@ fn put_fields(dst: &mut BytesMut, fields: &[Field]) {
         put_str(dst, name.as_bytes());
         put_str(dst, value);
     }
+}
+
+fn put_list(dst: &mut BytesMut, items: &[String]) {
+    dst.put_u16(len_u16(items.len()));
+    for i in items {
+        put_str(dst, i.as_bytes());
+    }
+}
+
+fn get_list(p: &mut Bytes) -> Result<Vec<String>, DecodeError> {
+    let n = get_u16(p)? as usize;
+    let mut out = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        out.push(get_string(p)?);
+    }
+    Ok(out)
 }
 
 fn truncate_utf8(s: &str, max: usize) -> &str {
@@ -464,6 +606,34 @@ mod tests {
                     addr: "127.0.0.1:4433".into(),
                     region: "eu".into(),
                 }],
+            },
+            Frame::Hello {
+                id: "edge-1".into(),
+                role: Role::Edge,
+                region: "us".into(),
+            },
+            Frame::Purge {
+                id: 7,
+                forward: true,
+                inv: Invalidation {
+                    urls: vec!["/a?b=1".into()],
+                    prefixes: vec!["/img/".into(), "/css/".into()],
+                    tags: vec!["product-1".into()],
+                    all: false,
+                    soft: true,
+                },
+            },
+            Frame::Purge {
+                id: 8,
+                forward: false,
+                inv: Invalidation {
+                    all: true,
+                    ..Invalidation::default()
+                },
+            },
+            Frame::PurgeAck {
+                acked: vec!["node-0".into(), "edge-1".into()],
+                missing: vec!["edge-2".into()],
             },
         ]
     }

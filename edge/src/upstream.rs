@@ -346,13 +346,12 @@ impl Upstream {
             };
             let policy_req = cdn_core::policy::policy_request(&http::Method::GET, key, headers);
             let decision = cdn_core::policy::evaluate(&policy_req, &parts, now);
-            head.storable =
-                decision.storable && head.content_length.is_none_or(|l| l <= max_object);
+            head.storable = decision.storable;
             let shareable = decision.storable;
             let status = head.status;
             let resp_headers = head.headers.clone();
             let expected = head.content_length;
-            let storable = head.storable;
+            let storable = decision.storable && head.content_length.is_none_or(|l| l <= max_object);
             w.set_head(head, shareable);
             return Ok(self
                 .stream_body(
