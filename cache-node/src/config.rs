@@ -43,6 +43,9 @@ pub struct Config {
     pub max_streams: u32,
     /// QUIC idle timeout: a silent peer is dropped after this (keep-alives go every third).
     pub idle_timeout_ms: u64,
+    /// Deadline for every member to acknowledge a purge: on loopback or a LAN they answer in
+    /// milliseconds, so 5 s means a member is down or partitioned.
+    pub purge_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -63,6 +66,7 @@ impl Default for Config {
             origin_response_timeout_ms: 30_000,
             max_streams: 1024,
             idle_timeout_ms: 10_000,
+            purge_timeout_ms: 5_000,
         }
     }
 }
@@ -82,6 +86,20 @@ impl Config {
         }
         if self.idle_timeout_ms < 100 {
             return Err(ConfigError::new("idle_timeout_ms", "must be at least 100"));
+        }
+        if self.purge_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "purge_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        for s in &self.seeds {
+            if s.parse::<SocketAddr>().is_err() {
+                return Err(ConfigError::new(
+                    "seeds",
+                    format!("`{s}` is not an ip:port address"),
+                ));
+            }
         }
         if self.origin_response_timeout_ms == 0 {
             return Err(ConfigError::new(

@@ -3,25 +3,30 @@
 //!
 //! Layout:
 //! - [`config`]: the typed config (TOML + flags) and its validation.
+//! - [`links`]: edges connected to this node, and the fan-out of invalidations to them.
 //! - [`server`]: the QUIC listener and the per-stream request handling.
 //! - this file: [`Node`] (shared state and counters), [`start`] and its [`NodeHandle`].
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod links;
 pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use cdn_core::admin::{AdminState, Metric};
 use cdn_core::fill::{Coalescer, Head};
 use cdn_core::origin::Origin;
+use cdn_core::peers::{Me, PeerPool, PurgeReport, Timeouts};
 use cdn_core::store::Store;
 use cdn_core::tls::TlsMaterial;
-use cdn_proto::Member;
+use cdn_proto::{Invalidation, Member};
 pub use config::Config;
+use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +67,10 @@ pub struct Stats {
     pub errors: AtomicU64,
     /// Body bytes sent to edges.
     pub bytes_sent: AtomicU64,
+    /// Invalidations applied.
+    pub purges: AtomicU64,
+    /// Entries removed or marked stale by invalidations.
+    pub purged: AtomicU64,
 }
 
 impl Stats {
@@ -83,6 +92,9 @@ pub struct Node {
     origin: Origin,
     stats: Stats,
     member: Member,
+    links: Arc<links::Links>,
+    peers: Arc<PeerPool>,
+    next_purge_id: AtomicU64,
 }
 
 impl Node {
@@ -105,16 +117,95 @@ impl Node {
     pub fn config(&self) -> &Config {
         &self.config
     }
+
+    /// Edges connected to this node.
+    pub fn links(&self) -> &links::Links {
+        &self.links
+    }
+
+    /// Connections to the other nodes, and the member list.
+    pub fn peers(&self) -> &PeerPool {
+        &self.peers
+    }
+
+    /// Applies an invalidation to the store and detaches matching fills in progress.
+    pub async fn apply_purge(&self, inv: &Invalidation) -> u64 {
+        self.fills.detach_if(|key, head| {
+            let tags = head.map(|h| cdn_core::purge::surrogate_keys(&h.headers));
+            cdn_core::purge::matches(inv, key, tags.as_deref().unwrap_or(&[]))
+                || (head.is_none() && !inv.tags.is_empty())
+        });
+        let n = self.store.purge(inv).await;
+        Stats::inc(&self.stats.purges);
+        self.stats.purged.fetch_add(n, Ordering::Relaxed);
+        n
+    }
+
+    /// A purge received from another member: apply it, and when `forward`, pass it to every
+    /// connected edge. The answer lists this node and the edges that acknowledged.
+    pub async fn receive_purge(&self, id: u64, forward: bool, inv: &Invalidation) -> PurgeReport {
+        let started = Instant::now();
+        self.apply_purge(inv).await;
+        let mut report = PurgeReport {
+            acked: vec![self.config.id.clone()],
+            ..PurgeReport::default()
+        };
+        if forward {
+            self.links
+                .fan_out(id, inv, self.purge_deadline(), &mut report)
+                .await;
+        }
+        report.settle(started);
+        report
+    }
+
+    /// A purge accepted here (admin API): apply, send to every connected edge and every other
+    /// node (which send it to their edges), and report who acknowledged.
+    pub async fn coordinate_purge(&self, inv: &Invalidation) -> PurgeReport {
+        let started = Instant::now();
+        let id = self.next_purge_id.fetch_add(1, Ordering::Relaxed);
+        let others: Vec<Member> = self
+            .peers
+            .members()
+            .iter()
+            .filter(|m| m.id != self.config.id)
+            .cloned()
+            .collect();
+        let deadline = self.purge_deadline();
+        let mut local = self.receive_purge(id, true, inv).await;
+        let mut remote = PurgeReport::default();
+        cdn_core::peers::fan_out_purge(&self.peers, &others, id, inv, deadline, &mut remote).await;
+        local.merge(remote.acked, remote.missing);
+        local.settle(started);
+        local
+    }
+
+    fn purge_deadline(&self) -> Duration {
+        Duration::from_millis(self.config.purge_timeout_ms)
+    }
 }
 
 impl AdminState for Node {
+    fn token(&self) -> Option<&str> {
+        self.config.admin_token.as_deref()
+    }
+
+    fn purge(
+        self: Arc<Self>,
+        inv: Invalidation,
+    ) -> futures::future::BoxFuture<'static, PurgeReport> {
+        Box::pin(async move { self.coordinate_purge(&inv).await })
+    }
+
     fn status(&self) -> serde_json::Value {
         let s = &self.stats;
         serde_json::json!({
             "id": self.config.id,
             "role": "cache-node",
             "region": self.config.region,
-            "members": [{"id": self.member.id, "addr": self.member.addr, "region": self.member.region, "state": "alive"}],
+            "members": self.peers.members().iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "region": m.region})).collect::<Vec<_>>(),
+            "edges": self.links.connected_edges(),
+            "purges": Stats::get(&s.purges),
             "entries": self.store.entry_count(),
             "bytes": self.store.weighted_size(),
             "capacity": self.store.capacity(),
@@ -233,14 +324,17 @@ pub async fn start(
         config.max_streams,
         Duration::from_millis(config.idle_timeout_ms),
     );
-    let server_cfg = tls.quic_server(transport)?;
-    let endpoint = quinn::Endpoint::new(
+    let server_cfg = tls.quic_server(transport.clone())?;
+    let client_cfg = tls.quic_client(transport)?;
+    let mut endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server_cfg),
         udp,
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(io("starting QUIC endpoint"))?;
+    // The same socket dials other nodes, so they see this node's listen address.
+    endpoint.set_default_client_config(client_cfg);
     let origin = Origin::new(
         &config.origin,
         Duration::from_millis(config.origin_connect_timeout_ms),
@@ -252,14 +346,35 @@ pub async fn start(
         addr: quic_addr.to_string(),
         region: config.region.clone(),
     };
+    let peers = Arc::new(PeerPool::new(
+        endpoint.clone(),
+        Me {
+            id: config.id.clone(),
+            role: cdn_proto::Role::Node,
+            region: config.region.clone(),
+            addr: quic_addr.to_string(),
+        },
+        Timeouts {
+            connect: Duration::from_millis(1_000),
+            response: Duration::from_millis(config.origin_response_timeout_ms + 5_000),
+            retry: Duration::from_millis(1_000),
+        },
+    ));
+    peers.merge_members(vec![member.clone()]);
+    let seeds: Vec<std::net::SocketAddr> =
+        config.seeds.iter().filter_map(|s| s.parse().ok()).collect();
     let node = Arc::new(Node {
         store: Store::new(config.capacity.0, config.eviction),
         fills: Coalescer::default(),
         origin,
         stats: Stats::default(),
         member,
+        links: Arc::default(),
+        peers: peers.clone(),
+        next_purge_id: AtomicU64::new(1),
         config,
     });
+    let maintain = tokio::spawn(peers.maintain(seeds, shutdown.clone()));
     let admin_task = tokio::spawn(cdn_core::admin::serve_admin(
         admin,
         node.clone() as Arc<dyn AdminState>,
@@ -270,6 +385,7 @@ pub async fn start(
     let task = tokio::spawn(async move {
         server::run(n, endpoint, s).await;
         let _ = admin_task.await;
+        let _ = maintain.await;
     });
     tracing::info!(id = %node.config.id, %quic_addr, %admin_addr, "cache node started");
     Ok(NodeHandle {

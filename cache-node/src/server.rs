@@ -9,7 +9,7 @@ use cdn_core::quic::{
     codes, fields_from_headers, headers_from_fields, send_data, send_entry, send_frame,
     FrameReader, WireError,
 };
-use cdn_proto::{CacheStatus, ErrorCode, Frame};
+use cdn_proto::{CacheStatus, ErrorCode, Frame, Member, Role};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Node, Stats};
@@ -54,8 +54,9 @@ async fn serve_connection(node: Arc<Node>, conn: quinn::Connection, shutdown: Ca
             },
         };
         let node = node.clone();
+        let conn = conn.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_stream(&node, send, recv).await {
+            if let Err(e) = serve_stream(&node, &conn, send, recv).await {
                 Stats::inc(&node.stats.errors);
                 tracing::debug!(%peer, error = %e, "stream failed");
             }
@@ -65,6 +66,7 @@ async fn serve_connection(node: Arc<Node>, conn: quinn::Connection, shutdown: Ca
 
 async fn serve_stream(
     node: &Arc<Node>,
+    conn: &quinn::Connection,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) -> Result<(), WireError> {
@@ -96,11 +98,26 @@ async fn serve_stream(
             tracing::debug!(id, %path, "request");
             serve_request(node, &path, &headers, &mut send).await
         }
-        Ok(Some(Frame::MembersRequest)) => {
+        Ok(Some(Frame::MembersRequest)) => send_members(node, &mut send).await,
+        Ok(Some(Frame::Hello {
+            id,
+            role,
+            region,
+            addr,
+        })) => {
+            match role {
+                Role::Edge => node.links.register_edge(id, conn.clone()),
+                Role::Node => node.peers.merge_members(vec![Member { id, addr, region }]),
+            }
+            send_members(node, &mut send).await
+        }
+        Ok(Some(Frame::Purge { id, forward, inv })) => {
+            let report = node.receive_purge(id, forward, &inv).await;
             send_frame(
                 &mut send,
-                &Frame::Members {
-                    members: vec![node.member.clone()],
+                &Frame::PurgeAck {
+                    acked: report.acked,
+                    missing: report.missing,
                 },
             )
             .await?;
@@ -121,6 +138,13 @@ async fn serve_stream(
             Err(e)
         }
     }
+}
+
+async fn send_members(node: &Node, send: &mut quinn::SendStream) -> Result<(), WireError> {
+    let members = node.peers.members().as_ref().clone();
+    send_frame(send, &Frame::Members { members }).await?;
+    send.finish()?;
+    Ok(())
 }
 
 async fn refuse(

@@ -105,14 +105,24 @@ impl Cluster {
                 (format!("http://{addr}"), Some(StubHandle { addr, stats }))
             }
         };
+        // Bind every node's socket first, so each can be given the others as seeds.
+        let mut udps = Vec::new();
+        for _ in 0..cfg.nodes {
+            udps.push(
+                std::net::UdpSocket::bind("127.0.0.1:0").context("binding node QUIC socket")?,
+            );
+        }
+        let seeds: Vec<String> = udps
+            .iter()
+            .map(|u| u.local_addr().map(|a| a.to_string()))
+            .collect::<Result<_, _>>()?;
         let mut nodes = Vec::new();
-        for j in 0..cfg.nodes {
+        for (j, udp) in udps.into_iter().enumerate() {
             let mut c = cfg.node.clone();
             c.id = format!("node-{j}");
+            c.seeds = seeds.clone();
             c.origin = origin_url.clone();
             c.admin_token = Some(cfg.admin_token.clone());
-            let udp =
-                std::net::UdpSocket::bind("127.0.0.1:0").context("binding node QUIC socket")?;
             c.listen = udp.local_addr()?;
             let admin = TcpListener::bind(("127.0.0.1", port(cfg.admin_port, 50 + j)?))
                 .await
@@ -123,7 +133,6 @@ impl Cluster {
                 .with_context(|| format!("starting node-{j}"))?;
             nodes.push(h);
         }
-        let seeds: Vec<String> = nodes.iter().map(|n| n.quic_addr.to_string()).collect();
         let mut edges = Vec::new();
         for i in 0..cfg.edges {
             let mut c = cfg.edge.clone();

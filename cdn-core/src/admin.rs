@@ -6,7 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cdn_proto::Invalidation;
+use futures::future::BoxFuture;
 use http::{header, Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use crate::peers::PurgeReport;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +25,104 @@ pub trait AdminState: Send + Sync + 'static {
     fn status(&self) -> serde_json::Value;
     /// Metric samples for `/metrics`.
     fn metrics(&self) -> Vec<Metric>;
+    /// The bearer token mutating calls need; `None` refuses them all.
+    fn token(&self) -> Option<&str>;
+    /// Accepts a purge and fans it out; resolves when every member acknowledged or the
+    /// deadline passed.
+    fn purge(self: Arc<Self>, inv: Invalidation) -> BoxFuture<'static, PurgeReport>;
+}
+
+/// Largest admin request body read.
+const MAX_ADMIN_BODY: usize = 1 << 20;
+
+/// The JSON body of `POST /purge`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// Exact paths with query, as clients request them.
+    pub urls: Vec<String>,
+    /// Path prefixes.
+    pub prefixes: Vec<String>,
+    /// Surrogate keys.
+    pub tags: Vec<String>,
+    /// Mark stale instead of removing.
+    pub soft: bool,
+    /// Everything.
+    pub all: bool,
+}
+
+impl PurgeRequest {
+    /// Checks the request and turns it into an invalidation; errors name the field.
+    pub fn into_invalidation(self) -> Result<Invalidation, String> {
+        for (field, list) in [("urls", &self.urls), ("prefixes", &self.prefixes)] {
+            if let Some(bad) = list.iter().find(|u| !u.starts_with('/')) {
+                return Err(format!("`{field}`: `{bad}` must be a path starting with /"));
+            }
+        }
+        for (field, list) in [
+            ("urls", &self.urls),
+            ("prefixes", &self.prefixes),
+            ("tags", &self.tags),
+        ] {
+            if list.len() > 1000 {
+                return Err(format!("`{field}`: at most 1000 per call"));
+            }
+            if list.iter().any(|s| s.is_empty() || s.len() > 8192) {
+                return Err(format!("`{field}`: entries must be 1 to 8192 bytes"));
+            }
+        }
+        if self.urls.is_empty() && self.prefixes.is_empty() && self.tags.is_empty() && !self.all {
+            return Err("nothing to purge: give urls, prefixes, tags or all".into());
+        }
+        Ok(Invalidation {
+            urls: self.urls,
+            prefixes: self.prefixes,
+            tags: self.tags,
+            all: self.all,
+            soft: self.soft,
+        })
+    }
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>`, compared in constant time.
+pub fn authorized(headers: &http::HeaderMap, token: Option<&str>) -> bool {
+    let Some(token) = token else { return false };
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    constant_time_eq(given, token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // Length is not secret; contents are compared without an early exit.
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A 401 that says what is needed, and never echoes what was sent.
+pub fn unauthorized() -> Response<Body> {
+    let mut r = text(
+        StatusCode::UNAUTHORIZED,
+        "admin token required: Authorization: Bearer <token>",
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
+    let mut r = Response::new(full(serde_json::to_vec_pretty(v).unwrap_or_default()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// One metric sample.
@@ -107,17 +212,41 @@ pub async fn serve_admin(
         Duration::from_secs(2),
         move |req, _peer: SocketAddr| {
             let state = state.clone();
-            async move { route(&state, req.method(), req.uri().path()) }
+            async move { route(state, req).await }
         },
     )
     .await
 }
 
-fn route(state: &Arc<dyn AdminState>, method: &Method, path: &str) -> Response<Body> {
-    if method != Method::GET && method != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "admin API: use GET");
+async fn route(state: Arc<dyn AdminState>, req: http::Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    if method == Method::POST && path == "/purge" {
+        if !authorized(req.headers(), state.token()) {
+            return unauthorized();
+        }
+        let body = match read_body(req.into_body()).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let parsed: PurgeRequest = match serde_json::from_slice(&body) {
+            Ok(p) => p,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("purge request: {e}")),
+        };
+        let inv = match parsed.into_invalidation() {
+            Ok(i) => i,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("purge request: {e}")),
+        };
+        let report = state.purge(inv).await;
+        return json(StatusCode::OK, &report);
     }
-    match path {
+    if method != Method::GET && method != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("admin API: {method} {path} is not a route"),
+        );
+    }
+    match path.as_str() {
         "/healthz" => text(StatusCode::OK, "ok"),
         "/status" => {
             let body = serde_json::to_vec_pretty(&state.status()).unwrap_or_default();
@@ -140,9 +269,54 @@ fn route(state: &Arc<dyn AdminState>, method: &Method, path: &str) -> Response<B
     }
 }
 
+async fn read_body(body: Incoming) -> Result<bytes::Bytes, Response<Body>> {
+    match http_body_util::Limited::new(body, MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {MAX_ADMIN_BODY} bytes"),
+        )),
+        Err(e) => Err(text(StatusCode::BAD_REQUEST, format!("reading body: {e}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_tokens_compare_exactly() {
+        let mut h = http::HeaderMap::new();
+        assert!(!authorized(&h, Some("t0k")));
+        h.insert("authorization", "Bearer t0k".parse().unwrap());
+        assert!(authorized(&h, Some("t0k")));
+        assert!(!authorized(&h, Some("t0")));
+        assert!(!authorized(&h, Some("t0kk")));
+        assert!(!authorized(&h, None));
+        h.insert("authorization", "Basic t0k".parse().unwrap());
+        assert!(!authorized(&h, Some("t0k")));
+    }
+
+    #[test]
+    fn purge_requests_are_validated_naming_the_field() {
+        let bad = PurgeRequest {
+            urls: vec!["nope".into()],
+            ..Default::default()
+        };
+        assert!(bad.into_invalidation().unwrap_err().contains("urls"));
+        assert!(PurgeRequest::default().into_invalidation().is_err());
+        let ok = PurgeRequest {
+            tags: vec!["t".into()],
+            soft: true,
+            ..Default::default()
+        };
+        let inv = ok.into_invalidation().unwrap();
+        assert!(inv.soft);
+        assert_eq!(inv.tags, vec!["t"]);
+    }
 
     #[test]
     fn renders_prometheus_text() {

@@ -165,6 +165,20 @@ impl<H> Coalescer<H> {
         )
     }
 
+    /// Detaches the fills for which `pred(key, head)` holds (`head` is `None` until known):
+    /// requests arriving from now on start a new fill, while the readers already attached
+    /// finish with the old one. Used by purges. Returns how many were detached.
+    pub fn detach_if(&self, pred: impl Fn(&str, Option<&H>) -> bool) -> usize {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let before = map.len();
+        map.retain(|k, f| {
+            let s = f.lock();
+            let head = s.head.as_ref().map(|(h, _)| h.as_ref());
+            !pred(k, head)
+        });
+        before - map.len()
+    }
+
     /// Number of fills in progress.
     pub fn len(&self) -> usize {
         self.inflight
@@ -399,8 +413,8 @@ const FILL_DROPPED: [&str; 6] = [
 ];
 
 /// Fetches `key` from the origin into `w`, and stores the response if it is storable,
-/// complete and at most `max_object` bytes. The entry is stored before the flight finishes;
-/// a short, broken or oversized body is never stored.
+/// complete, at most `max_object` bytes, and not purged while it was in flight. The entry is
+/// stored before the flight finishes; a short, broken or oversized body is never stored.
 pub async fn fetch_origin(
     origin: &crate::origin::Origin,
     store: &crate::store::Store,
@@ -418,6 +432,7 @@ pub async fn fetch_origin(
         headers.remove(f);
     }
     let policy_req = crate::policy::policy_request(&http::Method::GET, key, &headers);
+    let mark = store.fill_mark();
     let mut req = http::Request::new(crate::http::empty());
     *req.uri_mut() = key.parse().map_err(|_| {
         FillError::new(
@@ -480,7 +495,7 @@ pub async fn fetch_origin(
     storable &= got <= max_object;
     if storable {
         let entry = crate::store::Entry::new(parts.status, resp_headers, w.chunks(), decision, now);
-        store.insert(key, Arc::new(entry)).await;
+        store.insert_filled(key, Arc::new(entry), mark).await;
     }
     w.finish();
     Ok(())

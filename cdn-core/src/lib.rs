@@ -4,10 +4,12 @@
 //! - [`config`]: TOML loading with errors that name the key, byte sizes, the exit-2 convention.
 //! - [`http`]: body type, hop-by-hop header removal, the HTTP accept loop with graceful shutdown.
 //! - [`policy`]: the one place HTTP cache policy is evaluated (both tiers call it).
+//! - [`purge`]: what an invalidation matches, and the log that closes the purge/fill race.
 //! - [`store`]: the byte-bounded moka store of complete responses ([`store::Entry`]).
 //! - [`fill`]: coalescing of concurrent misses into one upstream fetch, streamed to every
 //!   waiter while it fills (read-while-writer).
 //! - [`origin`]: the HTTP client to the origin.
+//! - [`peers`]: pooled QUIC connections to cache nodes, `Hello`, member list, inbound streams.
 //! - [`quic`]: frame I/O over quinn streams.
 //! - [`tls`]: cluster CA, member certificates, mutual-TLS QUIC configurations.
 //! - [`admin`]: the admin HTTP API every member serves (`/healthz`, `/status`, `/metrics`).
@@ -18,7 +20,9 @@ pub mod config;
 pub mod fill;
 pub mod http;
 pub mod origin;
+pub mod peers;
 pub mod policy;
+pub mod purge;
 pub mod quic;
 pub mod store;
 pub mod tls;

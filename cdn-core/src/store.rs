@@ -5,6 +5,7 @@
 //! [`Entry`] keeps its own `stored_at`, `ttl` and initial age, and callers ask
 //! [`Entry::is_fresh`] with their `now`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -38,6 +39,10 @@ pub struct Entry {
     pub initial_age: Duration,
     /// Freshness remaining when stored.
     pub ttl: Duration,
+    /// Surrogate keys (from `Surrogate-Key`), for purge by tag.
+    pub tags: Vec<String>,
+    /// Set by a soft purge: the entry is stale from then on, whatever its TTL said.
+    stale: AtomicBool,
     weight: u32,
 }
 
@@ -58,6 +63,7 @@ impl Entry {
             .sum();
         // The policy holds its own copy of the response headers (and the request's).
         let weight = body_len + 2 * header_bytes + ENTRY_OVERHEAD;
+        let tags = crate::purge::surrogate_keys(&headers);
         Self {
             status,
             headers,
@@ -67,12 +73,22 @@ impl Entry {
             stored_at,
             initial_age: decision.age,
             ttl: decision.ttl,
+            tags,
+            stale: AtomicBool::new(false),
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
         }
     }
 
-    /// Still fresh at `now`.
+    /// Marks the entry stale (soft purge).
+    pub fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
+    /// Still fresh at `now` (and not soft-purged).
     pub fn is_fresh(&self, now: SystemTime) -> bool {
+        if self.stale.load(Ordering::Acquire) {
+            return false;
+        }
         now.duration_since(self.stored_at)
             .map(|held| held < self.ttl)
             .unwrap_or(true)
@@ -141,6 +157,7 @@ impl moka::Expiry<Arc<str>, Arc<Entry>> for ExpireAtTtl {
 pub struct Store {
     cache: moka::future::Cache<Arc<str>, Arc<Entry>>,
     capacity: u64,
+    log: Arc<crate::purge::PurgeLog>,
 }
 
 impl Store {
@@ -159,7 +176,66 @@ impl Store {
             .expire_after(ExpireAtTtl)
             .eviction_policy(policy)
             .build();
-        Self { cache, capacity }
+        Self {
+            cache,
+            capacity,
+            log: Arc::default(),
+        }
+    }
+
+    /// The mark a fill takes when it starts; pass it to [`Store::insert_filled`].
+    pub fn fill_mark(&self) -> u64 {
+        self.log.mark()
+    }
+
+    /// Stores a filled entry unless a purge matching it was accepted since `mark` (the fill
+    /// began before that purge, so its body may be the purged one). Returns whether it stays.
+    pub async fn insert_filled(&self, key: &str, entry: Arc<Entry>, mark: u64) -> bool {
+        if self.log.purged_since(mark, key, &entry.tags) {
+            return false;
+        }
+        let tags = entry.tags.clone();
+        self.insert(key, entry).await;
+        // A purge may have been logged between the check and the insert: see crate::purge.
+        if self.log.purged_since(mark, key, &tags) {
+            self.remove(key).await;
+            return false;
+        }
+        true
+    }
+
+    /// Applies an invalidation: hard removes, soft marks stale. Returns entries affected.
+    pub async fn purge(&self, inv: &cdn_proto::Invalidation) -> u64 {
+        self.log.append(inv.clone());
+        let mut n = 0;
+        let scan = inv.all || !inv.prefixes.is_empty() || !inv.tags.is_empty();
+        if !scan {
+            for url in &inv.urls {
+                if let Some(e) = self.cache.get(url.as_str()).await {
+                    n += 1;
+                    if inv.soft {
+                        e.mark_stale();
+                    } else {
+                        self.cache.invalidate(url.as_str()).await;
+                    }
+                }
+            }
+            return n;
+        }
+        let hit: Vec<(Arc<Arc<str>>, Arc<Entry>)> = self
+            .cache
+            .iter()
+            .filter(|(k, e)| crate::purge::matches(inv, k, &e.tags))
+            .collect();
+        for (k, e) in hit {
+            n += 1;
+            if inv.soft {
+                e.mark_stale();
+            } else {
+                self.cache.invalidate(k.as_ref()).await;
+            }
+        }
+        n
     }
 
     /// The entry for `key`, fresh or not (moka drops it some time after its TTL).

@@ -177,6 +177,8 @@ pub enum Frame {
         role: Role,
         /// Its region.
         region: String,
+        /// The QUIC address it serves on (nodes), empty for edges.
+        addr: String,
     },
     /// An invalidation. `forward`: the receiver (a node) passes it on to every edge connected
     /// to it before acknowledging.
@@ -299,13 +301,19 @@ impl Frame {
                 }
                 T_MEMBERS
             }
-            Frame::Hello { id, role, region } => {
+            Frame::Hello {
+                id,
+                role,
+                region,
+                addr,
+            } => {
                 put_str(&mut payload, id.as_bytes());
                 payload.put_u8(match role {
                     Role::Edge => 1,
                     Role::Node => 2,
                 });
                 put_str(&mut payload, region.as_bytes());
+                put_str(&mut payload, addr.as_bytes());
                 T_HELLO
             }
             Frame::Purge { id, forward, inv } => {
@@ -424,6 +432,7 @@ impl Frame {
                     _ => return Err(DecodeError::Malformed("unknown role")),
                 },
                 region: get_string(&mut p)?,
+                addr: get_string(&mut p)?,
             },
             T_PURGE => {
                 let id = get_u64(&mut p)?;
@@ -611,6 +620,7 @@ mod tests {
                 id: "edge-1".into(),
                 role: Role::Edge,
                 region: "us".into(),
+                addr: String::new(),
             },
             Frame::Purge {
                 id: 7,

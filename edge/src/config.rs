@@ -50,6 +50,8 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// Time a client has to send request headers.
     pub header_read_timeout_ms: u64,
+    /// Deadline for every member to acknowledge a purge (see the node's setting).
+    pub purge_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -74,6 +76,7 @@ impl Default for Config {
             origin_response_timeout_ms: 30_000,
             idle_timeout_ms: 10_000,
             header_read_timeout_ms: 10_000,
+            purge_timeout_ms: 5_000,
         }
     }
 }
@@ -99,6 +102,7 @@ impl Config {
                 self.origin_response_timeout_ms,
             ),
             ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("purge_timeout_ms", self.purge_timeout_ms),
         ] {
             if v == 0 {
                 return Err(ConfigError::new(key, "must be greater than 0"));

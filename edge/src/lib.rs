@@ -3,12 +3,14 @@
 //!
 //! Layout:
 //! - [`config`]: the typed config (TOML + flags) and its validation.
+//! - [`inbound`]: streams nodes open towards the edge (invalidations).
 //! - [`upstream`]: member list, pooled QUIC connections, owner selection, node fills.
 //! - [`server`]: the HTTP request handling (hit, coalesced miss, pass).
 //! - this file: [`Edge`] (shared state and counters), [`start`] and its [`EdgeHandle`].
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod inbound;
 pub mod server;
 pub mod upstream;
 
@@ -20,13 +22,15 @@ use std::time::Duration;
 use cdn_core::admin::{AdminState, Metric};
 use cdn_core::fill::{Coalescer, Head};
 use cdn_core::origin::Origin;
+use cdn_core::peers::{Me, PeerPool, PurgeReport, Timeouts};
 use cdn_core::store::Store;
 use cdn_core::tls::TlsMaterial;
 pub use config::Config;
+use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use upstream::{Timeouts, Upstream};
+use upstream::Upstream;
 
 /// Why an edge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,11 +72,19 @@ pub struct Stats {
     pub node_failures: AtomicU64,
     /// Responses that could not be completed (the client saw an error).
     pub errors: AtomicU64,
+    /// Invalidations applied.
+    pub purges: AtomicU64,
+    /// Entries removed or marked stale by invalidations.
+    pub purged: AtomicU64,
 }
 
 impl Stats {
     pub(crate) fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Reads a counter.
@@ -112,9 +124,60 @@ impl Edge {
     pub fn config(&self) -> &Config {
         &self.config
     }
+
+    /// A purge accepted here (admin API or `PURGE`): apply to L1, send to every cache node
+    /// (each passes it to its edges), and report who acknowledged.
+    pub async fn coordinate_purge(&self, inv: &cdn_proto::Invalidation) -> PurgeReport {
+        let started = Instant::now();
+        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        self.apply_purge(inv).await;
+        let mut report = PurgeReport {
+            acked: vec![self.config.id.clone()],
+            ..PurgeReport::default()
+        };
+        let nodes = self.upstream.members();
+        let deadline = Duration::from_millis(self.config.purge_timeout_ms);
+        cdn_core::peers::fan_out_purge(
+            self.upstream.pool(),
+            &nodes,
+            id,
+            inv,
+            deadline,
+            &mut report,
+        )
+        .await;
+        report.settle(started);
+        report
+    }
+
+    /// Applies an invalidation to L1 and detaches matching fills in progress, so no request
+    /// arriving after this returns is served the purged body. Returns entries affected.
+    pub async fn apply_purge(&self, inv: &cdn_proto::Invalidation) -> u64 {
+        self.fills.detach_if(|key, head| {
+            let tags = head.map(|h| cdn_core::purge::surrogate_keys(&h.headers));
+            // A fill whose head has not arrived yet might carry a purged tag: detach it.
+            cdn_core::purge::matches(inv, key, tags.as_deref().unwrap_or(&[]))
+                || (head.is_none() && !inv.tags.is_empty())
+        });
+        let n = self.l1.purge(inv).await;
+        Stats::add(&self.stats.purged, n);
+        Stats::inc(&self.stats.purges);
+        n
+    }
 }
 
 impl AdminState for Edge {
+    fn token(&self) -> Option<&str> {
+        self.config.admin_token.as_deref()
+    }
+
+    fn purge(
+        self: Arc<Self>,
+        inv: cdn_proto::Invalidation,
+    ) -> futures::future::BoxFuture<'static, PurgeReport> {
+        Box::pin(async move { self.coordinate_purge(&inv).await })
+    }
+
     fn status(&self) -> serde_json::Value {
         let s = &self.stats;
         let members: Vec<_> = self
@@ -268,15 +331,21 @@ pub async fn start(
         Duration::from_millis(config.origin_response_timeout_ms),
     )
     .map_err(|e| cdn_core::config::ConfigError::new("origin", e))?;
-    let upstream = Arc::new(Upstream::new(
+    let pool = Arc::new(PeerPool::new(
         endpoint,
-        config.replicas,
+        Me {
+            id: config.id.clone(),
+            role: cdn_proto::Role::Edge,
+            region: config.region.clone(),
+            addr: String::new(),
+        },
         Timeouts {
             connect: Duration::from_millis(config.node_connect_timeout_ms),
             response: Duration::from_millis(config.node_response_timeout_ms),
             retry: Duration::from_millis(config.node_retry_ms),
         },
     ));
+    let upstream = Arc::new(Upstream::new(pool.clone(), config.replicas));
     let seeds: Vec<SocketAddr> = config.seeds.iter().filter_map(|s| s.parse().ok()).collect();
     let edge = Arc::new(Edge {
         l1: Store::new(config.capacity.0, config.eviction),
@@ -287,7 +356,8 @@ pub async fn start(
         next_request_id: AtomicU64::new(1),
         config,
     });
-    let discover = tokio::spawn(upstream.clone().discover(seeds, shutdown.clone()));
+    pool.set_inbound(Arc::new(inbound::FromNodes(Arc::downgrade(&edge))));
+    let discover = tokio::spawn(pool.clone().maintain(seeds, shutdown.clone()));
     let admin_task = tokio::spawn(cdn_core::admin::serve_admin(
         admin,
         edge.clone() as Arc<dyn AdminState>,
@@ -297,7 +367,7 @@ pub async fn start(
     let s = shutdown.clone();
     let task = tokio::spawn(async move {
         server::run(e.clone(), http, s).await;
-        e.upstream.close();
+        e.upstream.pool().close();
         let _ = admin_task.await;
         let _ = discover.await;
     });

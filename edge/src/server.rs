@@ -44,6 +44,7 @@ async fn handle(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     Stats::inc(&edge.stats.requests);
     match *req.method() {
         Method::GET | Method::HEAD => cached(&edge, req).await,
+        _ if req.method().as_str() == "PURGE" => purge(&edge, req).await,
         _ => pass(&edge, req).await,
     }
 }
@@ -224,6 +225,36 @@ fn flight_response(head: &Head, reader: FlightReader<Head>, head_only: bool) -> 
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     r
+}
+
+/// `PURGE /path` with the admin token: a hard purge of that URL everywhere (`Soft-Purge: 1`
+/// makes it soft), answered with who acknowledged, as Varnish and Fastly users expect.
+async fn purge(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
+    if !cdn_core::admin::authorized(req.headers(), edge.config.admin_token.as_deref()) {
+        return cdn_core::admin::unauthorized();
+    }
+    let Some(key) = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .filter(|k| k.starts_with('/'))
+    else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "PURGE target must be an absolute path",
+        );
+    };
+    let soft = req
+        .headers()
+        .get("soft-purge")
+        .is_some_and(|v| v.as_bytes() == b"1");
+    let inv = cdn_proto::Invalidation {
+        urls: vec![key],
+        soft,
+        ..Default::default()
+    };
+    let report = edge.coordinate_purge(&inv).await;
+    cdn_core::admin::json(StatusCode::OK, &report)
 }
 
 /// Every other method goes to the origin, uncached, body streamed both ways.

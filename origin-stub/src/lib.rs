@@ -12,8 +12,12 @@
 //! (Last-Modified, Unix seconds), `vary`, `tags` (Surrogate-Key), `ct` (Content-Type),
 //! `latency_ms` (before the head), `body_delay_ms` (between head and body), `fail_after`
 //! (abort the connection after that many body bytes), `fail_times` (only the first that-many
-//! requests for the target fail), `chunked=1` (no Content-Length), and
+//! requests for the target fail), `delay_times` (only the first N are delayed), `chunked=1`
+//! (no Content-Length), and
 //! `h_<name>=<value>` for any other response header.
+//!
+//! `POST /_stub/generation` republishes every object (new bodies and ETags), so tests can tell
+//! a purged old version from the new one.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -65,9 +69,18 @@ impl Default for Config {
 /// The deterministic body of `target` (path and query as requested): `len` bytes starting at
 /// `offset`. The bytes are blake3's extendable output keyed by the target.
 pub fn body_bytes(target: &str, offset: u64, len: usize) -> Vec<u8> {
-    let mut xof = blake3::Hasher::new()
-        .update(target.as_bytes())
-        .finalize_xof();
+    versioned_body_bytes(target, 0, offset, len)
+}
+
+/// The body of `target` at content generation `generation` (see [`Stats::bump_generation`]):
+/// generation 0 is [`body_bytes`]; every later one differs throughout.
+pub fn versioned_body_bytes(target: &str, generation: u64, offset: u64, len: usize) -> Vec<u8> {
+    let mut h = blake3::Hasher::new();
+    h.update(target.as_bytes());
+    if generation > 0 {
+        h.update(format!("#{generation}").as_bytes());
+    }
+    let mut xof = h.finalize_xof();
     xof.set_position(offset);
     let mut out = vec![0u8; len];
     xof.fill(&mut out);
@@ -79,9 +92,14 @@ pub fn expected_body(target: &str, size: usize) -> Vec<u8> {
     body_bytes(target, 0, size)
 }
 
-/// The strong ETag origin-stub sends for `target` unless told otherwise.
+/// The strong ETag origin-stub sends for `target` at generation 0 unless told otherwise.
 pub fn default_etag(target: &str) -> String {
-    let h = blake3::hash(target.as_bytes());
+    versioned_etag(target, 0)
+}
+
+/// The ETag for `target` at `generation`.
+pub fn versioned_etag(target: &str, generation: u64) -> String {
+    let h = blake3::hash(format!("{target}#{generation}").as_bytes());
     format!("\"{}\"", &h.to_hex()[..16])
 }
 
@@ -89,6 +107,7 @@ pub fn default_etag(target: &str) -> String {
 #[derive(Default)]
 pub struct Stats {
     total: AtomicU64,
+    generation: AtomicU64,
     // A std mutex: one map update per request, never held across an await.
     by_path: Mutex<HashMap<String, u64>>,
     by_target: Mutex<HashMap<String, u64>>,
@@ -110,6 +129,17 @@ impl Stats {
         lock(&self.by_target).get(target).copied().unwrap_or(0)
     }
 
+    /// The content generation: every body and default ETag changes when it does, as if the
+    /// whole site were republished.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Republishes everything: returns the new generation.
+    pub fn bump_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
     fn record(&self, path: &str, target: &str) {
         self.total.fetch_add(1, Ordering::SeqCst);
         *lock(&self.by_path).entry(path.to_string()).or_default() += 1;
@@ -119,6 +149,7 @@ impl Stats {
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "total": self.total(),
+            "generation": self.generation(),
             "paths": *lock(&self.by_path),
             "targets": *lock(&self.by_target),
         })
@@ -150,24 +181,31 @@ pub struct Shape {
     pub fail_after: Option<u64>,
     /// Apply `fail_after` only to the first this-many requests for the target (0: always).
     pub fail_times: u64,
+    /// Apply `latency_ms` and `body_delay_ms` only to the first this-many requests for the
+    /// target (0: always).
+    pub delay_times: u64,
     /// Omit Content-Length.
     pub chunked: bool,
+    /// Content generation the body is made from.
+    pub generation: u64,
 }
 
 impl Shape {
     /// Parses the query of `target`; an unusable parameter is an error naming it.
-    pub fn parse(target: &str, config: &Config) -> Result<Self, String> {
+    pub fn parse(target: &str, config: &Config, generation: u64) -> Result<Self, String> {
         let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
         let mut s = Shape {
             size: config.size.0,
             status: StatusCode::OK,
             headers: vec![],
-            etag: Some(default_etag(target)),
+            etag: Some(versioned_etag(target, generation)),
+            generation,
             last_modified: None,
             latency: Duration::from_millis(config.latency_ms),
             body_delay: Duration::ZERO,
             fail_after: None,
             fail_times: 0,
+            delay_times: 0,
             chunked: false,
         };
         let mut cc = Some(config.cache_control.clone());
@@ -223,6 +261,7 @@ impl Shape {
                 "body_delay_ms" => s.body_delay = Duration::from_millis(num(&k, &v)?),
                 "fail_after" => s.fail_after = Some(num(&k, &v)?),
                 "fail_times" => s.fail_times = num(&k, &v)?,
+                "delay_times" => s.delay_times = num(&k, &v)?,
                 "chunked" => s.chunked = v == "1" || v == "true",
                 other => {
                     if let Some(name) = other.strip_prefix("h_") {
@@ -322,6 +361,10 @@ async fn handle(req: Request<Incoming>, config: Arc<Config>, stats: Arc<Stats>) 
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     let path = req.uri().path().to_string();
+    if path == "/_stub/generation" && req.method() == Method::POST {
+        let g = stats.bump_generation();
+        return text(StatusCode::OK, g.to_string());
+    }
     if path == "/_stub/stats" {
         let mut r = Response::new(full(serde_json::to_vec(&stats.json()).unwrap_or_default()));
         r.headers_mut().insert(
@@ -333,12 +376,17 @@ async fn handle(req: Request<Incoming>, config: Arc<Config>, stats: Arc<Stats>) 
         return r;
     }
     stats.record(&path, &target);
-    let mut shape = match Shape::parse(&target, &config) {
+    let mut shape = match Shape::parse(&target, &config, stats.generation()) {
         Ok(s) => s,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
-    if shape.fail_times > 0 && stats.target(&target) > shape.fail_times {
+    let served = stats.target(&target);
+    if shape.fail_times > 0 && served > shape.fail_times {
         shape.fail_after = None;
+    }
+    if shape.delay_times > 0 && served > shape.delay_times {
+        shape.latency = Duration::ZERO;
+        shape.body_delay = Duration::ZERO;
     }
     if !shape.latency.is_zero() {
         tokio::time::sleep(shape.latency).await;
@@ -388,6 +436,7 @@ async fn handle(req: Request<Incoming>, config: Arc<Config>, stats: Arc<Stats>) 
 fn body_stream(target: String, shape: &Shape) -> Body {
     struct St {
         target: String,
+        generation: u64,
         pos: u64,
         size: u64,
         fail_after: Option<u64>,
@@ -395,6 +444,7 @@ fn body_stream(target: String, shape: &Shape) -> Body {
     }
     let st = St {
         target,
+        generation: shape.generation,
         pos: 0,
         size: shape.size,
         fail_after: shape.fail_after,
@@ -415,7 +465,7 @@ fn body_stream(target: String, shape: &Shape) -> Body {
             return Some((Err(err), st));
         }
         let n = (st.size - st.pos).min(CHUNK as u64).min(limit - st.pos) as usize;
-        let chunk = Bytes::from(body_bytes(&st.target, st.pos, n));
+        let chunk = Bytes::from(versioned_body_bytes(&st.target, st.generation, st.pos, n));
         st.pos += n as u64;
         Some((Ok(Frame::data(chunk)), st))
     });
@@ -432,6 +482,7 @@ mod tests {
         assert_eq!(whole, body_bytes("/a?size=100", 0, 100));
         assert_eq!(&whole[40..70], &body_bytes("/a?size=100", 40, 30)[..]);
         assert_ne!(whole, body_bytes("/b?size=100", 0, 100));
+        assert_ne!(whole, versioned_body_bytes("/a?size=100", 1, 0, 100));
     }
 
     #[test]
@@ -440,6 +491,7 @@ mod tests {
         let s = Shape::parse(
             "/x?size=2KiB&cc=max-age%3D5&status=404&tags=a%20b&h_x-test=1&etag=none",
             &c,
+            0,
         )
         .unwrap();
         assert_eq!(s.size, 2048);
@@ -454,7 +506,7 @@ mod tests {
         assert_eq!(get("cache-control").as_deref(), Some("max-age=5"));
         assert_eq!(get("surrogate-key").as_deref(), Some("a b"));
         assert_eq!(get("x-test").as_deref(), Some("1"));
-        assert!(Shape::parse("/x?size=lots", &c)
+        assert!(Shape::parse("/x?size=lots", &c, 0)
             .unwrap_err()
             .contains("size"));
     }

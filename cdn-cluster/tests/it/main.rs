@@ -1,4 +1,5 @@
 //! End-to-end tests through real sockets: origin-stub, cache nodes over QUIC, edges over HTTP.
 
 mod pull_through;
+mod purge;
 mod support;

@@ -57,26 +57,36 @@ pub async fn send(
     h2: bool,
     body: Option<&'static str>,
 ) -> Result<Got, String> {
+    request(addr, method, path, h2, &[], body.map(str::to_string)).await
+}
+
+/// Sends a request with extra header fields and an optional body.
+pub async fn request(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    h2: bool,
+    fields: &[(&str, &str)],
+    body: Option<String>,
+) -> Result<Got, String> {
     let uri = format!("http://{addr}{path}");
-    let resp = if let Some(b) = body {
+    let mut b = Request::builder().method(method).uri(uri);
+    for (k, v) in fields {
+        b = b.header(*k, *v);
+    }
+    let resp = if let Some(body) = body {
         let client = Client::builder(TokioExecutor::new())
             .http2_only(h2)
             .build_http::<Full<Bytes>>();
-        let req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(Full::new(Bytes::from_static(b.as_bytes())))
+        let req = b
+            .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
         client.request(req).await.map_err(|e| format!("{e:?}"))?
     } else {
         let client = Client::builder(TokioExecutor::new())
             .http2_only(h2)
             .build_http::<Empty<Bytes>>();
-        let req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
+        let req = b.body(Empty::new()).map_err(|e| e.to_string())?;
         client.request(req).await.map_err(|e| format!("{e:?}"))?
     };
     let (parts, body) = resp.into_parts();
@@ -102,4 +112,66 @@ pub async fn get(addr: SocketAddr, path: &str) -> Got {
 /// The body origin-stub sends for `target` of `size` bytes.
 pub fn expected(target: &str, size: usize) -> Vec<u8> {
     origin_stub::expected_body(target, size)
+}
+
+/// The body origin-stub sends for `target` of `size` bytes at content `generation`.
+pub fn expected_gen(target: &str, generation: u64, size: usize) -> Vec<u8> {
+    origin_stub::versioned_body_bytes(target, generation, 0, size)
+}
+
+/// `POST /purge` on an admin address with the test token; returns the JSON answer.
+pub async fn admin_purge(
+    admin: SocketAddr,
+    body: serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    admin_purge_with(admin, body, Some("test-token")).await
+}
+
+/// `POST /purge` with the given token (or none).
+pub async fn admin_purge_with(
+    admin: SocketAddr,
+    body: serde_json::Value,
+    token: Option<&str>,
+) -> (StatusCode, serde_json::Value) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut fields = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        fields.push(("authorization", a.as_str()));
+    }
+    let g = request(
+        admin,
+        Method::POST,
+        "/purge",
+        false,
+        &fields,
+        Some(body.to_string()),
+    )
+    .await
+    .expect("admin answers");
+    let v = serde_json::from_slice(&g.body).unwrap_or(serde_json::Value::Null);
+    (g.status, v)
+}
+
+/// The ids in a purge report's list `field`, sorted.
+pub fn ids(report: &serde_json::Value, field: &str) -> Vec<String> {
+    let mut v: Vec<String> = report[field]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Every member of a cluster with `nodes` nodes and `edges` edges, sorted as reports sort.
+pub fn everyone(nodes: usize, edges: usize) -> Vec<String> {
+    let mut v: Vec<String> = (0..nodes)
+        .map(|j| format!("node-{j}"))
+        .chain((0..edges).map(|i| format!("edge-{i}")))
+        .collect();
+    v.sort();
+    v
 }

@@ -1,0 +1,293 @@
+//! Purge fan-out: accepted anywhere, applied at every node and edge, acknowledged.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use http::{Method, StatusCode};
+use serde_json::json;
+
+use crate::support::{
+    admin_purge, admin_purge_with, cluster, everyone, expected_gen, get, ids, request,
+};
+
+/// Warms `target` into every edge's L1 (and its owner node): the second GET at each edge hits.
+async fn warm(c: &cdn_cluster::Cluster, target: &str) {
+    for e in &c.edges {
+        get(e.http_addr, target).await;
+        assert_eq!(
+            get(e.http_addr, target).await.edge_cache(),
+            "HIT",
+            "{target} warm at {}",
+            e.http_addr
+        );
+    }
+}
+
+fn republish(c: &cdn_cluster::Cluster) -> u64 {
+    c.stub.as_ref().expect("stub").stats.bump_generation()
+}
+
+#[tokio::test]
+async fn after_a_hard_purge_no_edge_serves_the_old_body() {
+    let c = cluster(3, 2, |_| {}).await;
+    let target = "/p/hard?size=4000&cc=max-age=600";
+    warm(&c, target).await;
+    let generation = republish(&c);
+    // Accepted by a node that may not even own the key.
+    let admin = c.nodes[2].as_ref().unwrap().admin_addr;
+    let (status, report) = admin_purge(admin, json!({"urls": [target]})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(ids(&report, "acked"), everyone(3, 2), "{report}");
+    assert!(ids(&report, "missing").is_empty(), "{report}");
+    assert!(report["elapsed_ms"].as_u64().is_some());
+    let new = expected_gen(target, generation, 4000);
+    let addrs: Vec<_> = c.edges.iter().map(|e| e.http_addr).collect();
+    let gets = (0..1000).map(|i| get(addrs[i % 2], target));
+    let old = join_all(gets)
+        .await
+        .iter()
+        .filter(|g| g.body != new)
+        .count();
+    assert_eq!(
+        old, 0,
+        "responses with the old body after the purge was acknowledged"
+    );
+    assert_eq!(
+        c.origin_count(target),
+        2,
+        "one refetch for the whole cluster"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn purge_method_on_an_edge_needs_the_token_and_soft_purge_refetches() {
+    let c = cluster(3, 2, |_| {}).await;
+    let target = "/p/method?size=300&cc=max-age=600";
+    warm(&c, target).await;
+    let edge = c.edges[1].http_addr;
+    let denied = request(
+        edge,
+        Method::from_bytes(b"PURGE").unwrap(),
+        target,
+        false,
+        &[],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
+    let wrong = request(
+        edge,
+        Method::from_bytes(b"PURGE").unwrap(),
+        target,
+        false,
+        &[("authorization", "Bearer nope")],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    for e in &c.edges {
+        assert_eq!(
+            get(e.http_addr, target).await.edge_cache(),
+            "HIT",
+            "a refused purge changes nothing"
+        );
+    }
+    let generation = republish(&c);
+    let ok = request(
+        edge,
+        Method::from_bytes(b"PURGE").unwrap(),
+        target,
+        false,
+        &[("authorization", "Bearer test-token"), ("soft-purge", "1")],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status, StatusCode::OK);
+    let report: serde_json::Value = serde_json::from_slice(&ok.body).unwrap();
+    assert_eq!(ids(&report, "acked"), everyone(3, 2), "{report}");
+    // Soft: the next GET at each edge does not serve the stale copy as a hit.
+    for e in &c.edges {
+        let g = get(e.http_addr, target).await;
+        assert_eq!(g.edge_cache(), "MISS", "{}", g.header("x-cache"));
+        assert_eq!(g.body, expected_gen(target, generation, 300));
+    }
+    assert_eq!(c.origin_count(target), 2);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn purge_by_tag_removes_exactly_the_tagged_objects_everywhere() {
+    let c = cluster(3, 2, |_| {}).await;
+    let a = "/p/tag/1?size=100&tags=red%20round&cc=max-age=600";
+    let b = "/p/tag/2?size=100&tags=red&cc=max-age=600";
+    let other = "/p/tag/3?size=100&tags=blue&cc=max-age=600";
+    for t in [a, b, other] {
+        warm(&c, t).await;
+    }
+    let (status, report) = admin_purge(c.edges[0].admin_addr, json!({"tags": ["red"]})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&report, "acked"), everyone(3, 2));
+    for e in &c.edges {
+        for t in [a, b] {
+            let g = get(e.http_addr, t).await;
+            assert_ne!(g.edge_cache(), "HIT", "{t} was purged");
+        }
+        assert_eq!(
+            get(e.http_addr, other).await.edge_cache(),
+            "HIT",
+            "untagged object kept"
+        );
+    }
+    assert_eq!(c.origin_count(a), 2);
+    assert_eq!(c.origin_count(b), 2);
+    assert_eq!(c.origin_count(other), 1);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn purge_by_prefix_removes_exactly_what_is_under_it() {
+    let c = cluster(3, 2, |_| {}).await;
+    let inside = ["/p/img/a?size=10", "/p/img/b/c?size=10"];
+    let outside = "/p/imgx?size=10";
+    for t in inside.iter().chain([&outside]) {
+        warm(&c, t).await;
+    }
+    let (status, report) = admin_purge(
+        c.nodes[0].as_ref().unwrap().admin_addr,
+        json!({"prefixes": ["/p/img/"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&report, "acked"), everyone(3, 2));
+    for e in &c.edges {
+        for t in inside {
+            assert_ne!(get(e.http_addr, t).await.edge_cache(), "HIT", "{t}");
+        }
+        assert_eq!(get(e.http_addr, outside).await.edge_cache(), "HIT");
+    }
+    for t in inside {
+        assert_eq!(c.origin_count(t), 2, "{t}");
+    }
+    assert_eq!(c.origin_count(outside), 1);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_purge_during_a_slow_fill_keeps_the_old_body_out() {
+    let c = cluster(3, 2, |_| {}).await;
+    // Only the first fill is slow: the refill after the purge finishes first, so a slow fill
+    // that stored its old body on completion would overwrite the new one.
+    let target = "/p/slow?size=50000&body_delay_ms=600&delay_times=1&cc=max-age=600";
+    let edge = c.edges[0].http_addr;
+    let in_flight = tokio::spawn(async move { get(edge, target).await });
+    // Wait until the origin has the request (the fill is under way), then republish + purge.
+    let stats = c.stub.as_ref().unwrap().stats.clone();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while stats.target(target) == 0 {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the fill reached the origin");
+    let generation = republish(&c);
+    let (status, report) = admin_purge(c.edges[1].admin_addr, json!({"urls": [target]})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&report, "acked"), everyone(3, 2));
+    let new = expected_gen(target, generation, 50000);
+    // After the acknowledgement, no edge serves the body of the fill that began before it.
+    for e in &c.edges {
+        let g = get(e.http_addr, target).await;
+        assert!(
+            g.body == new,
+            "old body served after the purge at {}",
+            e.http_addr
+        );
+    }
+    let old = in_flight.await.unwrap();
+    assert!(
+        old.body == expected_gen(target, 0, 50000),
+        "the request made before the purge completes whole"
+    );
+    for e in &c.edges {
+        let g = get(e.http_addr, target).await;
+        assert!(
+            g.body == new,
+            "the slow fill did not store its old body afterwards"
+        );
+    }
+    for n in c.nodes.iter().flatten() {
+        n.node.store().sync().await;
+        if let Some(entry) = n.node.store().get(target).await {
+            let body: Vec<u8> = entry.body.iter().flat_map(|b| b.iter().copied()).collect();
+            assert!(body == new, "{} stored the old body", n.id());
+        }
+    }
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn purging_what_is_cached_nowhere_succeeds() {
+    let c = cluster(3, 2, |_| {}).await;
+    let (status, report) = admin_purge(
+        c.edges[0].admin_addr,
+        json!({"urls": ["/never/cached"], "prefixes": ["/nothing/"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&report, "acked"), everyone(3, 2));
+    assert!(ids(&report, "missing").is_empty());
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn mutating_admin_calls_need_the_token_and_bad_requests_say_why() {
+    let c = cluster(3, 2, |_| {}).await;
+    let target = "/p/auth?size=10&cc=max-age=600";
+    warm(&c, target).await;
+    let admin = c.nodes[0].as_ref().unwrap().admin_addr;
+    for token in [None, Some("wrong"), Some("")] {
+        let (status, _) = admin_purge_with(admin, json!({"all": true}), token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+    }
+    for e in &c.edges {
+        assert_eq!(
+            get(e.http_addr, target).await.edge_cache(),
+            "HIT",
+            "nothing changed"
+        );
+    }
+    assert_eq!(c.origin_count(target), 1);
+    let (status, _) = admin_purge(admin, json!({"urls": ["no-slash"]})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = admin_purge(admin, json!({"colour": "red"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_purge_reports_a_stopped_node_as_missing() {
+    let mut c = cluster(3, 2, |cfg| {
+        cfg.edge.purge_timeout_ms = 1_000;
+        cfg.node.purge_timeout_ms = 1_000;
+    })
+    .await;
+    c.stop_node(1).await;
+    let (status, report) = admin_purge(c.edges[0].admin_addr, json!({"all": true})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        ids(&report, "missing"),
+        vec!["node-1".to_string()],
+        "{report}"
+    );
+    assert_eq!(
+        ids(&report, "acked"),
+        vec!["edge-0", "edge-1", "node-0", "node-2"],
+        "{report}"
+    );
+    c.stop().await;
+}

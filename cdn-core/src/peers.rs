@@ -1,0 +1,429 @@
+//! Outgoing QUIC connections to cache nodes, one pooled connection per node, shared by edges
+//! (to reach owners) and nodes (to reach their peers).
+//!
+//! A new connection starts with `Hello` (who we are) answered by `Members` (who the node
+//! knows), so the member list is refreshed on every (re)connect. The node may open streams back
+//! on the connection (invalidations, pushes); those go to the [`Inbound`] handler.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use cdn_proto::{Frame, Member, Role};
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::quic::{send_frame, FrameReader};
+
+/// How talking to one node failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// Recently failed to connect; skipped until the retry time.
+    #[error("node {0} is marked down")]
+    Down(String),
+    /// Could not connect or open a stream.
+    #[error("connecting to {node}: {reason}")]
+    Connect {
+        /// Node id or address.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// The node answered with an error, broke the protocol, or did not answer in time.
+    #[error("node {node}: {reason}")]
+    Refused {
+        /// Node id or address.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Timeouts for talking to nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// QUIC handshake.
+    pub connect: Duration,
+    /// From request to the first answer frame.
+    pub response: Duration,
+    /// Skip a node this long after a failed connect.
+    pub retry: Duration,
+}
+
+/// Handles streams a node opens on a connection we made.
+pub trait Inbound: Send + Sync + 'static {
+    /// Serves one stream opened by the node `from`.
+    fn serve(
+        &self,
+        from: Arc<str>,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> BoxFuture<'static, ()>;
+}
+
+struct Peer {
+    addr: SocketAddr,
+    // Async mutex: held across the handshake so concurrent requests share one connect.
+    conn: tokio::sync::Mutex<Option<quinn::Connection>>,
+    // Std mutex: a timestamp read or written, never across an await.
+    down_until: Mutex<Option<Instant>>,
+}
+
+/// Who we are, as sent in `Hello`.
+#[derive(Debug, Clone)]
+pub struct Me {
+    /// Our id.
+    pub id: String,
+    /// Edge or node.
+    pub role: Role,
+    /// Our region.
+    pub region: String,
+    /// Our QUIC address (nodes), empty for edges.
+    pub addr: String,
+}
+
+/// The pool of connections to cache nodes, and the member list learned through them.
+pub struct PeerPool {
+    endpoint: quinn::Endpoint,
+    me: Me,
+    members: watch::Sender<Arc<Vec<Member>>>,
+    // Std mutex: a map lookup or insert, never held across an await.
+    peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
+    timeouts: Timeouts,
+    inbound: OnceLock<Arc<dyn Inbound>>,
+}
+
+impl PeerPool {
+    /// A pool dialing from `endpoint` (which has the cluster's client config as default).
+    pub fn new(endpoint: quinn::Endpoint, me: Me, timeouts: Timeouts) -> Self {
+        Self {
+            endpoint,
+            me,
+            members: watch::Sender::new(Arc::new(Vec::new())),
+            peers: Mutex::new(HashMap::new()),
+            timeouts,
+            inbound: OnceLock::new(),
+        }
+    }
+
+    /// Sets the handler for streams nodes open towards us (once).
+    pub fn set_inbound(&self, h: Arc<dyn Inbound>) {
+        let _ = self.inbound.set(h);
+    }
+
+    /// Timeouts in force.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// The current member list (cache nodes), sorted by id.
+    pub fn members(&self) -> Arc<Vec<Member>> {
+        self.members.borrow().clone()
+    }
+
+    /// Follows changes of the member list.
+    pub fn watch_members(&self) -> watch::Receiver<Arc<Vec<Member>>> {
+        self.members.subscribe()
+    }
+
+    fn peer(&self, addr: SocketAddr) -> Arc<Peer> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers
+            .entry(addr)
+            .or_insert_with(|| {
+                Arc::new(Peer {
+                    addr,
+                    conn: tokio::sync::Mutex::new(None),
+                    down_until: Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+
+    /// Whether the pool currently holds an open connection to `addr`.
+    pub fn is_connected(&self, addr: SocketAddr) -> bool {
+        let peer = self.peer(addr);
+        let slot = peer.conn.try_lock();
+        matches!(slot.as_deref(), Ok(Some(c)) if c.close_reason().is_none())
+    }
+
+    /// The pooled connection to the node at `addr` (named `name` in errors), connecting and
+    /// introducing ourselves if needed.
+    pub async fn connection(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, PeerError> {
+        let peer = self.peer(addr);
+        if let Some(until) = *peer.down_until.lock().unwrap_or_else(|p| p.into_inner()) {
+            if Instant::now() < until {
+                return Err(PeerError::Down(name.to_string()));
+            }
+        }
+        let mut slot = peer.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let fail = |reason: String| {
+            *peer.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Instant::now() + self.timeouts.retry);
+            PeerError::Connect {
+                node: name.to_string(),
+                reason,
+            }
+        };
+        let connecting = self
+            .endpoint
+            .connect(peer.addr, crate::tls::SERVER_NAME)
+            .map_err(|e| fail(e.to_string()))?;
+        let conn = match tokio::time::timeout(self.timeouts.connect, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(fail(e.to_string())),
+            Err(_) => {
+                return Err(fail(format!(
+                    "no handshake within {:?}",
+                    self.timeouts.connect
+                )))
+            }
+        };
+        let members = match tokio::time::timeout(
+            self.timeouts.connect.max(self.timeouts.response),
+            self.hello(&conn),
+        )
+        .await
+        {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return Err(fail(format!("hello: {e}"))),
+            Err(_) => return Err(fail("no answer to hello".into())),
+        };
+        let node_id: Arc<str> = members
+            .iter()
+            .find(|m| m.addr == addr.to_string())
+            .map(|m| Arc::from(m.id.as_str()))
+            .unwrap_or_else(|| Arc::from(addr.to_string()));
+        self.merge_members(members);
+        *peer.down_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *slot = Some(conn.clone());
+        if let Some(h) = self.inbound.get().cloned() {
+            let c = conn.clone();
+            tokio::spawn(async move {
+                while let Ok((send, recv)) = c.accept_bi().await {
+                    tokio::spawn(h.serve(node_id.clone(), send, recv));
+                }
+            });
+        }
+        Ok(conn)
+    }
+
+    async fn hello(&self, conn: &quinn::Connection) -> Result<Vec<Member>, String> {
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let hello = Frame::Hello {
+            id: self.me.id.clone(),
+            role: self.me.role,
+            region: self.me.region.clone(),
+            addr: self.me.addr.clone(),
+        };
+        send_frame(&mut send, &hello)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        match FrameReader::new(recv).next().await {
+            Ok(Some(Frame::Members { members })) => Ok(members),
+            Ok(Some(other)) => Err(format!("unexpected answer {}", other.name())),
+            Ok(None) => Err("stream closed".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Opens a request stream to `member` and sends `frame`; returns the stream halves.
+    pub async fn open(
+        &self,
+        member: &Member,
+        frame: &Frame,
+    ) -> Result<(quinn::SendStream, FrameReader), PeerError> {
+        let addr: SocketAddr = member.addr.parse().map_err(|_| PeerError::Refused {
+            node: member.id.clone(),
+            reason: format!("bad address {}", member.addr),
+        })?;
+        let conn = self.connection(&member.id, addr).await?;
+        let refused = |reason: String| PeerError::Refused {
+            node: member.id.clone(),
+            reason,
+        };
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| refused(e.to_string()))?;
+        send_frame(&mut send, frame)
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        Ok((send, FrameReader::new(recv)))
+    }
+
+    /// Sends `frame` to `member` and waits (up to `deadline`) for one answer frame.
+    pub async fn call(
+        &self,
+        member: &Member,
+        frame: &Frame,
+        deadline: Duration,
+    ) -> Result<Frame, PeerError> {
+        let refused = |reason: String| PeerError::Refused {
+            node: member.id.clone(),
+            reason,
+        };
+        let work = async {
+            let (mut send, mut reader) = self.open(member, frame).await?;
+            let _ = send.finish();
+            match reader.next().await {
+                Ok(Some(f)) => Ok(f),
+                Ok(None) => Err(refused("stream closed without an answer".into())),
+                Err(e) => Err(refused(e.to_string())),
+            }
+        };
+        tokio::time::timeout(deadline, work)
+            .await
+            .unwrap_or_else(|_| Err(refused(format!("no answer within {deadline:?}"))))
+    }
+
+    /// Merges members into the list (by id; the newest address wins).
+    pub fn merge_members(&self, learned: Vec<Member>) {
+        self.members.send_if_modified(|list| {
+            let mut changed = false;
+            let mut next: Vec<Member> = list.as_ref().clone();
+            for m in learned {
+                match next.iter_mut().find(|x| x.id == m.id) {
+                    Some(x) if *x == m => {}
+                    Some(x) => {
+                        *x = m;
+                        changed = true;
+                    }
+                    None => {
+                        next.push(m);
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                next.sort_by(|a, b| a.id.cmp(&b.id));
+                *list = Arc::new(next);
+            }
+            changed
+        });
+    }
+
+    /// Keeps a connection to every seed and every known member other than `skip_id` (our own
+    /// id, for nodes), reconnecting as needed, until `shutdown`. Connections carry
+    /// invalidations back to us, so they are held open, not only opened on demand.
+    pub async fn maintain(self: Arc<Self>, seeds: Vec<SocketAddr>, shutdown: CancellationToken) {
+        loop {
+            let mut targets: Vec<(String, SocketAddr)> =
+                seeds.iter().map(|a| (a.to_string(), *a)).collect();
+            for m in self.members().iter() {
+                if m.id == self.me.id {
+                    continue;
+                }
+                if let Ok(a) = m.addr.parse::<SocketAddr>() {
+                    if !targets.iter().any(|(_, t)| *t == a) {
+                        targets.push((m.id.clone(), a));
+                    }
+                }
+            }
+            let mut all_up = true;
+            for (name, addr) in targets {
+                if self.me.role == Role::Node
+                    && self
+                        .members()
+                        .iter()
+                        .any(|m| m.id == self.me.id && m.addr == addr.to_string())
+                {
+                    continue;
+                }
+                if let Err(e) = self.connection(&name, addr).await {
+                    all_up = false;
+                    tracing::debug!(peer = %name, error = %e, "peer not reachable");
+                }
+            }
+            // Quickly while something is missing, then at a relaxed pace.
+            let wait = if all_up {
+                Duration::from_secs(2)
+            } else {
+                Duration::from_millis(250)
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Closes every connection.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutting down");
+    }
+}
+
+/// Who acknowledged an invalidation, who did not, and how long it took.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Members that applied it.
+    pub acked: Vec<String>,
+    /// Members that should have and did not acknowledge in time.
+    pub missing: Vec<String>,
+    /// Time from acceptance to the last acknowledgement (or the deadline).
+    pub elapsed_ms: u64,
+}
+
+impl PurgeReport {
+    /// Folds in one acknowledgement.
+    pub fn merge(&mut self, acked: Vec<String>, missing: Vec<String>) {
+        self.acked.extend(acked);
+        self.missing.extend(missing);
+    }
+
+    /// Sorts, removes duplicates, and drops from `missing` whoever acknowledged after all
+    /// (an edge reached through another node).
+    pub fn settle(&mut self, started: Instant) {
+        self.acked.sort();
+        self.acked.dedup();
+        self.missing.sort();
+        self.missing.dedup();
+        let acked = &self.acked;
+        self.missing.retain(|m| acked.binary_search(m).is_err());
+        self.elapsed_ms = started.elapsed().as_millis() as u64;
+    }
+}
+
+/// Sends `Purge { forward: true }` to each of `nodes` in parallel and folds their answers
+/// into `report`; a node that does not answer by `deadline` is reported missing.
+pub async fn fan_out_purge(
+    pool: &PeerPool,
+    nodes: &[Member],
+    id: u64,
+    inv: &cdn_proto::Invalidation,
+    deadline: Duration,
+    report: &mut PurgeReport,
+) {
+    let frame = Frame::Purge {
+        id,
+        forward: true,
+        inv: inv.clone(),
+    };
+    let calls = nodes.iter().map(|m| {
+        let frame = &frame;
+        async move { (m.id.clone(), pool.call(m, frame, deadline).await) }
+    });
+    for (node, answer) in futures::future::join_all(calls).await {
+        match answer {
+            Ok(Frame::PurgeAck { acked, missing }) => report.merge(acked, missing),
+            Ok(other) => {
+                tracing::warn!(%node, frame = other.name(), "unexpected answer to purge");
+                report.missing.push(node);
+            }
+            Err(e) => {
+                tracing::warn!(%node, error = %e, "purge not acknowledged");
+                report.missing.push(node);
+            }
+        }
+    }
+}
