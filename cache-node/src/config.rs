@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use cdn_core::config::{ByteSize, ConfigError};
+use cdn_core::config::{ByteSize, ConfigError, Consistency};
 use cdn_core::store::Eviction;
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +46,8 @@ pub struct Config {
     /// Deadline for every member to acknowledge a purge: on loopback or a LAN they answer in
     /// milliseconds, so 5 s means a member is down or partitioned.
     pub purge_timeout_ms: u64,
+    /// `available` (default) or `strict`: what happens when invalidations may not arrive.
+    pub consistency: Consistency,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
             max_streams: 1024,
             idle_timeout_ms: 10_000,
             purge_timeout_ms: 5_000,
+            consistency: Consistency::Available,
         }
     }
 }

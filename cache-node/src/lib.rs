@@ -190,6 +190,10 @@ impl AdminState for Node {
         self.config.admin_token.as_deref()
     }
 
+    fn strict(&self) -> bool {
+        self.config.consistency == cdn_core::config::Consistency::Strict
+    }
+
     fn purge(
         self: Arc<Self>,
         inv: Invalidation,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use cdn_core::peers::PurgeReport;
 use cdn_core::quic::{send_frame, FrameReader};
-use cdn_proto::{Frame, Invalidation};
+use cdn_proto::{Frame, Invalidation, Position};
 
 /// How long a disconnected edge still counts as expected to acknowledge purges.
 pub const REMEMBER: Duration = Duration::from_secs(300);
@@ -20,12 +20,26 @@ struct Link {
     last_seen: Instant,
 }
 
-/// Edges connected (or recently connected) to this node.
+/// Invalidations kept for edges that reconnect: at thousands of purges per second this is
+/// seconds of history, at the usual few per minute it is days.
+pub const LOG_LEN: usize = 10_000;
+
+/// Edges connected (or recently connected) to this node, and the numbered log of the
+/// invalidations sent to them.
 pub struct Links {
     // A std mutex: inserts and snapshots, never held across an await.
     edges: Mutex<HashMap<String, Link>>,
     // The number of connected edges, for whoever waits for a topology (tests, readiness).
     connected: tokio::sync::watch::Sender<usize>,
+    epoch: u64,
+    // A std mutex: numbering and a bounded append, or a scan for a replay; never awaited.
+    log: Mutex<Log>,
+}
+
+#[derive(Default)]
+struct Log {
+    last: u64,
+    recent: std::collections::VecDeque<(u64, Invalidation)>,
 }
 
 impl Default for Links {
@@ -33,6 +47,9 @@ impl Default for Links {
         Self {
             edges: Mutex::default(),
             connected: tokio::sync::watch::Sender::new(0),
+            // Random, so a restarted node's positions never match an edge's old ones.
+            epoch: rand::random::<u64>() | 1,
+            log: Mutex::default(),
         }
     }
 }
@@ -71,8 +88,64 @@ impl Links {
 
     /// Waits until at least `n` edges are connected.
     pub async fn wait_for_edges(&self, n: usize) {
+        self.wait_for_count(|c| c >= n).await;
+    }
+
+    /// Waits until the number of connected edges satisfies `pred`.
+    pub async fn wait_for_count(&self, pred: impl Fn(usize) -> bool) {
         let mut rx = self.connected.subscribe();
-        let _ = rx.wait_for(|c| *c >= n).await;
+        let _ = rx.wait_for(|c| pred(*c)).await;
+    }
+
+    /// Numbers an invalidation in this node's log.
+    fn number(&self, inv: &Invalidation) -> Position {
+        let mut l = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        l.last += 1;
+        let seq = l.last;
+        l.recent.push_back((seq, inv.clone()));
+        if l.recent.len() > LOG_LEN {
+            l.recent.pop_front();
+        }
+        Position {
+            epoch: self.epoch,
+            seq,
+        }
+    }
+
+    /// What an edge that last applied `from` missed: the answer to its `Hello`.
+    pub fn resume(&self, from: Position) -> Frame {
+        let l = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let at = Position {
+            epoch: self.epoch,
+            seq: l.last,
+        };
+        if from == Position::default() {
+            // A new edge: nothing it holds came from this node yet.
+            return Frame::Resume {
+                at,
+                replay: vec![],
+                gap: false,
+            };
+        }
+        let oldest = l.recent.front().map(|(s, _)| *s).unwrap_or(l.last + 1);
+        if from.epoch != self.epoch || from.seq + 1 < oldest || from.seq > l.last {
+            return Frame::Resume {
+                at,
+                replay: vec![],
+                gap: true,
+            };
+        }
+        let replay = l
+            .recent
+            .iter()
+            .filter(|(s, _)| *s > from.seq)
+            .map(|(_, inv)| inv.clone())
+            .collect();
+        Frame::Resume {
+            at,
+            replay,
+            gap: false,
+        }
     }
 
     /// Edges with an open link.
@@ -112,6 +185,7 @@ impl Links {
         let frame = Frame::Purge {
             id,
             forward: false,
+            at: self.number(inv),
             inv: inv.clone(),
         };
         let calls = live.into_iter().map(|(edge, conn)| {
@@ -148,5 +222,62 @@ impl Links {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Link>> {
         self.edges.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(u: &str) -> Invalidation {
+        Invalidation {
+            urls: vec![u.into()],
+            ..Invalidation::default()
+        }
+    }
+
+    #[test]
+    fn resume_replays_what_was_missed_or_reports_a_gap() {
+        let links = Links::default();
+        let p1 = links.number(&url("/a"));
+        let _p2 = links.number(&url("/b"));
+        let p3 = links.number(&url("/c"));
+        assert_eq!(p3.seq, 3);
+        match links.resume(p1) {
+            Frame::Resume { at, replay, gap } => {
+                assert_eq!(at, p3);
+                assert!(!gap);
+                assert_eq!(replay, vec![url("/b"), url("/c")]);
+            }
+            f => panic!("{f:?}"),
+        }
+        assert!(
+            matches!(links.resume(p3), Frame::Resume { ref replay, gap: false, .. } if replay.is_empty())
+        );
+        assert!(matches!(
+            links.resume(Position::default()),
+            Frame::Resume { gap: false, .. }
+        ));
+        let other_epoch = Position {
+            epoch: p3.epoch ^ 2,
+            seq: 1,
+        };
+        assert!(matches!(
+            links.resume(other_epoch),
+            Frame::Resume { gap: true, .. }
+        ));
+    }
+
+    #[test]
+    fn a_position_older_than_the_log_is_a_gap() {
+        let links = Links::default();
+        let first = links.number(&url("/0"));
+        for i in 0..LOG_LEN {
+            links.number(&url(&format!("/{i}")));
+        }
+        assert!(matches!(
+            links.resume(first),
+            Frame::Resume { gap: true, .. }
+        ));
     }
 }

@@ -104,14 +104,31 @@ async fn serve_stream(
             role,
             region,
             addr,
+            resume,
         })) => {
-            match role {
-                Role::Edge => node.links.register_edge(id, conn.clone()),
-                Role::Node => node.peers.merge_members(vec![Member { id, addr, region }]),
+            let resume = match role {
+                Role::Edge => {
+                    // Register first: a purge numbered from here on is sent live, one
+                    // numbered before is in the replay (both is harmless).
+                    node.links.register_edge(id, conn.clone());
+                    Some(node.links.resume(resume))
+                }
+                Role::Node => {
+                    node.peers.merge_members(vec![Member { id, addr, region }]);
+                    None
+                }
+            };
+            let members = node.peers.members().as_ref().clone();
+            send_frame(&mut send, &Frame::Members { members }).await?;
+            if let Some(r) = resume {
+                send_frame(&mut send, &r).await?;
             }
-            send_members(node, &mut send).await
+            send.finish()?;
+            Ok(())
         }
-        Ok(Some(Frame::Purge { id, forward, inv })) => {
+        Ok(Some(Frame::Purge {
+            id, forward, inv, ..
+        })) => {
             let report = node.receive_purge(id, forward, &inv).await;
             send_frame(
                 &mut send,

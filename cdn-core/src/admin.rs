@@ -27,6 +27,8 @@ pub trait AdminState: Send + Sync + 'static {
     fn metrics(&self) -> Vec<Metric>;
     /// The bearer token mutating calls need; `None` refuses them all.
     fn token(&self) -> Option<&str>;
+    /// Strict consistency: a purge some member did not acknowledge fails.
+    fn strict(&self) -> bool;
     /// Accepts a purge and fans it out; resolves when every member acknowledged or the
     /// deadline passed.
     fn purge(self: Arc<Self>, inv: Invalidation) -> BoxFuture<'static, PurgeReport>;
@@ -112,6 +114,16 @@ pub fn unauthorized() -> Response<Body> {
         http::HeaderValue::from_static("Bearer"),
     );
     r
+}
+
+/// The answer to a purge: 200 with the report, or 503 with it when consistency is strict
+/// and some member did not acknowledge.
+pub fn purge_response(strict: bool, report: &PurgeReport) -> Response<Body> {
+    if strict && !report.missing.is_empty() {
+        json(StatusCode::SERVICE_UNAVAILABLE, report)
+    } else {
+        json(StatusCode::OK, report)
+    }
 }
 
 /// A JSON response.
@@ -237,8 +249,9 @@ async fn route(state: Arc<dyn AdminState>, req: http::Request<Incoming>) -> Resp
             Ok(i) => i,
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("purge request: {e}")),
         };
+        let strict = state.strict();
         let report = state.purge(inv).await;
-        return json(StatusCode::OK, &report);
+        return purge_response(strict, &report);
     }
     if method != Method::GET && method != Method::HEAD {
         return text(

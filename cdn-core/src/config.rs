@@ -114,6 +114,33 @@ impl Serialize for ByteSize {
     }
 }
 
+/// What a member does when invalidations may not reach it (the CAP switch).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consistency {
+    /// Keep serving cached copies while an invalidation stream is down (bounded by TTL and
+    /// the replay on reconnect); a purge reports members it could not reach as `missing`.
+    #[default]
+    Available,
+    /// An edge stops serving entries that came from a node whose invalidation stream is down
+    /// (it goes upstream or to the origin instead), and a purge that some member cannot
+    /// acknowledge fails (503).
+    Strict,
+}
+
+impl std::str::FromStr for Consistency {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "available" => Ok(Self::Available),
+            "strict" => Ok(Self::Strict),
+            _ => Err(format!(
+                "`{s}` is not a consistency mode (available, strict)"
+            )),
+        }
+    }
+}
+
 /// Parses the command line; a bad flag prints its first error line and exits 2 (help and
 /// version print in full and exit 0), matching how bad config values are reported.
 pub fn parse_args<T: clap::Parser>() -> T {

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cdn_proto::{Frame, Member, Role};
+use cdn_proto::{Frame, Invalidation, Member, Position, Role};
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -52,14 +52,30 @@ pub struct Timeouts {
     pub retry: Duration,
 }
 
-/// Handles streams a node opens on a connection we made.
+/// Handles what nodes send back on connections we made: streams they open (invalidations)
+/// and the invalidation-log resume at each (re)connect.
 pub trait Inbound: Send + Sync + 'static {
-    /// Serves one stream opened by the node `from`.
+    /// Serves one stream opened by the node `from` (at `addr`).
     fn serve(
         &self,
         from: Arc<str>,
+        addr: SocketAddr,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
+    ) -> BoxFuture<'static, ()>;
+
+    /// The last position applied from the node at `addr`, sent in `Hello`.
+    fn position(&self, addr: SocketAddr) -> Position;
+
+    /// Applies what the node says was missed (or, on `gap`, forgets what came from it). The
+    /// connection is used only after this completes.
+    fn resume(
+        &self,
+        node: Arc<str>,
+        addr: SocketAddr,
+        at: Position,
+        replay: Vec<Invalidation>,
+        gap: bool,
     ) -> BoxFuture<'static, ()>;
 }
 
@@ -69,6 +85,9 @@ struct Peer {
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
     // Std mutex: a timestamp read or written, never across an await.
     down_until: Mutex<Option<Instant>>,
+    // Whether the pooled connection is open: read on every strict-mode hit, so an atomic
+    // instead of the connection's lock.
+    up: std::sync::atomic::AtomicBool,
 }
 
 /// Who we are, as sent in `Hello`.
@@ -93,6 +112,10 @@ pub struct PeerPool {
     peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     timeouts: Timeouts,
     inbound: OnceLock<Arc<dyn Inbound>>,
+    // Counts connections established, for whoever waits for a reconnect (tests, readiness).
+    connects: watch::Sender<u64>,
+    // Fault injection: while set, no connection is made and existing ones are closed.
+    severed: std::sync::atomic::AtomicBool,
 }
 
 impl PeerPool {
@@ -105,7 +128,40 @@ impl PeerPool {
             peers: Mutex::new(HashMap::new()),
             timeouts,
             inbound: OnceLock::new(),
+            connects: watch::Sender::new(0),
+            severed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Follows the number of connections established so far.
+    pub fn watch_connects(&self) -> watch::Receiver<u64> {
+        self.connects.subscribe()
+    }
+
+    /// Cuts every link to the nodes and refuses new ones until [`PeerPool::restore`]: the
+    /// fault seam for partition tests, and a way for an operator to isolate a member.
+    pub async fn sever(&self) {
+        self.severed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let peers: Vec<Arc<Peer>> = self
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for p in peers {
+            p.up.store(false, std::sync::atomic::Ordering::Release);
+            if let Some(c) = p.conn.lock().await.take() {
+                c.close(1u32.into(), b"severed");
+            }
+        }
+    }
+
+    /// Allows links again after [`PeerPool::sever`].
+    pub fn restore(&self) {
+        self.severed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Sets the handler for streams nodes open towards us (once).
@@ -137,16 +193,18 @@ impl PeerPool {
                     addr,
                     conn: tokio::sync::Mutex::new(None),
                     down_until: Mutex::new(None),
+                    up: std::sync::atomic::AtomicBool::new(false),
                 })
             })
             .clone()
     }
 
-    /// Whether the pool currently holds an open connection to `addr`.
+    /// Whether the pool currently holds an open connection to `addr` (the link that carries
+    /// that node's invalidations).
     pub fn is_connected(&self, addr: SocketAddr) -> bool {
-        let peer = self.peer(addr);
-        let slot = peer.conn.try_lock();
-        matches!(slot.as_deref(), Ok(Some(c)) if c.close_reason().is_none())
+        self.peer(addr)
+            .up
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The pooled connection to the node at `addr` (named `name` in errors), connecting and
@@ -156,6 +214,9 @@ impl PeerPool {
         name: &str,
         addr: SocketAddr,
     ) -> Result<quinn::Connection, PeerError> {
+        if self.severed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(PeerError::Down(name.to_string()));
+        }
         let peer = self.peer(addr);
         if let Some(until) = *peer.down_until.lock().unwrap_or_else(|p| p.into_inner()) {
             if Instant::now() < until {
@@ -190,12 +251,12 @@ impl PeerPool {
                 )))
             }
         };
-        let members = match tokio::time::timeout(
+        let hello = tokio::time::timeout(
             self.timeouts.connect.max(self.timeouts.response),
-            self.hello(&conn),
+            self.hello(&conn, addr),
         )
-        .await
-        {
+        .await;
+        let (members, resume) = match hello {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => return Err(fail(format!("hello: {e}"))),
             Err(_) => return Err(fail("no answer to hello".into())),
@@ -206,35 +267,63 @@ impl PeerPool {
             .map(|m| Arc::from(m.id.as_str()))
             .unwrap_or_else(|| Arc::from(addr.to_string()));
         self.merge_members(members);
+        if let (Some(h), Some(Frame::Resume { at, replay, gap })) = (self.inbound.get(), resume) {
+            h.resume(node_id.clone(), addr, at, replay, gap).await;
+        }
         *peer.down_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
         *slot = Some(conn.clone());
         if let Some(h) = self.inbound.get().cloned() {
             let c = conn.clone();
             tokio::spawn(async move {
                 while let Ok((send, recv)) = c.accept_bi().await {
-                    tokio::spawn(h.serve(node_id.clone(), send, recv));
+                    tokio::spawn(h.serve(node_id.clone(), addr, send, recv));
                 }
             });
         }
+        peer.up.store(true, std::sync::atomic::Ordering::Release);
+        let (p, c) = (peer.clone(), conn.clone());
+        tokio::spawn(async move {
+            c.closed().await;
+            p.up.store(false, std::sync::atomic::Ordering::Release);
+        });
+        self.connects.send_modify(|n| *n += 1);
         Ok(conn)
     }
 
-    async fn hello(&self, conn: &quinn::Connection) -> Result<Vec<Member>, String> {
+    /// Says `Hello` and reads `Members`, then `Resume` when the node sends one (to edges).
+    async fn hello(
+        &self,
+        conn: &quinn::Connection,
+        addr: SocketAddr,
+    ) -> Result<(Vec<Member>, Option<Frame>), String> {
         let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let resume = self
+            .inbound
+            .get()
+            .map(|h| h.position(addr))
+            .unwrap_or_default();
         let hello = Frame::Hello {
             id: self.me.id.clone(),
             role: self.me.role,
             region: self.me.region.clone(),
             addr: self.me.addr.clone(),
+            resume,
         };
         send_frame(&mut send, &hello)
             .await
             .map_err(|e| e.to_string())?;
         let _ = send.finish();
-        match FrameReader::new(recv).next().await {
-            Ok(Some(Frame::Members { members })) => Ok(members),
-            Ok(Some(other)) => Err(format!("unexpected answer {}", other.name())),
-            Ok(None) => Err("stream closed".into()),
+        let mut reader = FrameReader::new(recv);
+        let members = match reader.next().await {
+            Ok(Some(Frame::Members { members })) => members,
+            Ok(Some(other)) => return Err(format!("unexpected answer {}", other.name())),
+            Ok(None) => return Err("stream closed".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        match reader.next().await {
+            Ok(Some(f @ Frame::Resume { .. })) => Ok((members, Some(f))),
+            Ok(Some(other)) => Err(format!("unexpected frame {} after members", other.name())),
+            Ok(None) => Ok((members, None)),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -407,6 +496,7 @@ pub async fn fan_out_purge(
     let frame = Frame::Purge {
         id,
         forward: true,
+        at: Position::default(),
         inv: inv.clone(),
     };
     let calls = nodes.iter().map(|m| {

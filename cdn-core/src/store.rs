@@ -41,6 +41,9 @@ pub struct Entry {
     pub ttl: Duration,
     /// Surrogate keys (from `Surrogate-Key`), for purge by tag.
     pub tags: Vec<String>,
+    /// The cache node it came from (edges), so a member whose invalidation stream from that
+    /// node broke can drop or stop serving exactly those entries.
+    pub source: Option<Arc<str>>,
     /// Set by a soft purge: the entry is stale from then on, whatever its TTL said.
     stale: AtomicBool,
     weight: u32,
@@ -74,9 +77,16 @@ impl Entry {
             initial_age: decision.age,
             ttl: decision.ttl,
             tags,
+            source: None,
             stale: AtomicBool::new(false),
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
         }
+    }
+
+    /// Records the node the entry came from.
+    pub fn with_source(mut self, node: Arc<str>) -> Self {
+        self.source = Some(node);
+        self
     }
 
     /// Marks the entry stale (soft purge).
@@ -251,6 +261,20 @@ impl Store {
     /// Removes `key`.
     pub async fn remove(&self, key: &str) {
         self.cache.invalidate(key).await;
+    }
+
+    /// Removes every entry that came from `node`. Returns how many.
+    pub async fn purge_source(&self, node: &str) -> u64 {
+        let hit: Vec<Arc<Arc<str>>> = self
+            .cache
+            .iter()
+            .filter(|(_, e)| e.source.as_deref() == Some(node))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &hit {
+            self.cache.invalidate(k.as_ref()).await;
+        }
+        hit.len() as u64
     }
 
     /// Applies pending evictions so the counters below are exact (tests, status).

@@ -30,7 +30,8 @@ const T_MEMBERS: u8 = 7;
 const T_HELLO: u8 = 8;
 const T_PURGE: u8 = 9;
 const T_PURGE_ACK: u8 = 10;
-const T_LAST: u8 = T_PURGE_ACK;
+const T_RESUME: u8 = 11;
+const T_LAST: u8 = T_RESUME;
 
 /// Request methods a node serves. Anything else never leaves the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +118,16 @@ pub struct Invalidation {
     pub soft: bool,
 }
 
+/// A place in a node's numbered invalidation log. `epoch` is drawn when the node starts, so
+/// positions from before a restart never look current. The zero position means "none".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Position {
+    /// The node's log incarnation.
+    pub epoch: u64,
+    /// Sequence number within the epoch (the first invalidation is 1).
+    pub seq: u64,
+}
+
 /// A header field: lowercase name, raw value bytes.
 pub type Field = (String, Bytes);
 
@@ -179,6 +190,8 @@ pub enum Frame {
         region: String,
         /// The QUIC address it serves on (nodes), empty for edges.
         addr: String,
+        /// The last invalidation it applied from this node, to resume from (edges).
+        resume: Position,
     },
     /// An invalidation. `forward`: the receiver (a node) passes it on to every edge connected
     /// to it before acknowledging.
@@ -187,8 +200,21 @@ pub enum Frame {
         id: u64,
         /// Pass on to connected edges.
         forward: bool,
+        /// Its place in the sending node's log (zero when not numbered).
+        at: Position,
         /// What to invalidate.
         inv: Invalidation,
+    },
+    /// Node → edge, after `Members` in answer to `Hello`: the invalidations the edge missed
+    /// since its `resume` position, or `gap` when the log no longer reaches back that far (or
+    /// the node restarted): then the edge drops everything it got from this node.
+    Resume {
+        /// The node's current log position.
+        at: Position,
+        /// Missed invalidations, oldest first.
+        replay: Vec<Invalidation>,
+        /// The log cannot say what was missed.
+        gap: bool,
     },
     /// The answer to `Purge`: members that applied it, and members that should have but did
     /// not acknowledge in time.
@@ -228,6 +254,7 @@ impl Frame {
             Frame::Hello { .. } => "Hello",
             Frame::Purge { .. } => "Purge",
             Frame::PurgeAck { .. } => "PurgeAck",
+            Frame::Resume { .. } => "Resume",
         }
     }
 
@@ -306,6 +333,7 @@ impl Frame {
                 role,
                 region,
                 addr,
+                resume,
             } => {
                 put_str(&mut payload, id.as_bytes());
                 payload.put_u8(match role {
@@ -314,16 +342,29 @@ impl Frame {
                 });
                 put_str(&mut payload, region.as_bytes());
                 put_str(&mut payload, addr.as_bytes());
+                put_position(&mut payload, resume);
                 T_HELLO
             }
-            Frame::Purge { id, forward, inv } => {
+            Frame::Purge {
+                id,
+                forward,
+                at,
+                inv,
+            } => {
                 payload.put_u64(*id);
-                payload
-                    .put_u8(u8::from(*forward) | u8::from(inv.all) << 1 | u8::from(inv.soft) << 2);
-                put_list(&mut payload, &inv.urls);
-                put_list(&mut payload, &inv.prefixes);
-                put_list(&mut payload, &inv.tags);
+                payload.put_u8(u8::from(*forward));
+                put_position(&mut payload, at);
+                put_invalidation(&mut payload, inv);
                 T_PURGE
+            }
+            Frame::Resume { at, replay, gap } => {
+                put_position(&mut payload, at);
+                payload.put_u8(u8::from(*gap));
+                payload.put_u16(len_u16(replay.len()));
+                for inv in replay {
+                    put_invalidation(&mut payload, inv);
+                }
+                T_RESUME
             }
             Frame::PurgeAck { acked, missing } => {
                 put_list(&mut payload, acked);
@@ -433,24 +474,23 @@ impl Frame {
                 },
                 region: get_string(&mut p)?,
                 addr: get_string(&mut p)?,
+                resume: get_position(&mut p)?,
             },
-            T_PURGE => {
-                let id = get_u64(&mut p)?;
-                let flags = get_u8(&mut p)?;
-                if flags > 0b111 {
-                    return Err(DecodeError::Malformed("unknown purge flags"));
+            T_PURGE => Frame::Purge {
+                id: get_u64(&mut p)?,
+                forward: get_bool(&mut p)?,
+                at: get_position(&mut p)?,
+                inv: get_invalidation(&mut p)?,
+            },
+            T_RESUME => {
+                let at = get_position(&mut p)?;
+                let gap = get_bool(&mut p)?;
+                let n = get_u16(&mut p)? as usize;
+                let mut replay = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    replay.push(get_invalidation(&mut p)?);
                 }
-                Frame::Purge {
-                    id,
-                    forward: flags & 1 != 0,
-                    inv: Invalidation {
-                        all: flags & 2 != 0,
-                        soft: flags & 4 != 0,
-                        urls: get_list(&mut p)?,
-                        prefixes: get_list(&mut p)?,
-                        tags: get_list(&mut p)?,
-                    },
-                }
+                Frame::Resume { at, replay, gap }
             }
             T_PURGE_ACK => Frame::PurgeAck {
                 acked: get_list(&mut p)?,
@@ -488,6 +528,47 @@ fn put_fields(dst: &mut BytesMut, fields: &[Field]) {
         put_str(dst, name.as_bytes());
         put_str(dst, value);
     }
+}
+
+fn put_position(dst: &mut BytesMut, at: &Position) {
+    dst.put_u64(at.epoch);
+    dst.put_u64(at.seq);
+}
+
+fn get_position(p: &mut Bytes) -> Result<Position, DecodeError> {
+    Ok(Position {
+        epoch: get_u64(p)?,
+        seq: get_u64(p)?,
+    })
+}
+
+fn get_bool(p: &mut Bytes) -> Result<bool, DecodeError> {
+    match get_u8(p)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(DecodeError::Malformed("boolean out of range")),
+    }
+}
+
+fn put_invalidation(dst: &mut BytesMut, inv: &Invalidation) {
+    dst.put_u8(u8::from(inv.all) | u8::from(inv.soft) << 1);
+    put_list(dst, &inv.urls);
+    put_list(dst, &inv.prefixes);
+    put_list(dst, &inv.tags);
+}
+
+fn get_invalidation(p: &mut Bytes) -> Result<Invalidation, DecodeError> {
+    let flags = get_u8(p)?;
+    if flags > 0b11 {
+        return Err(DecodeError::Malformed("unknown invalidation flags"));
+    }
+    Ok(Invalidation {
+        all: flags & 1 != 0,
+        soft: flags & 2 != 0,
+        urls: get_list(p)?,
+        prefixes: get_list(p)?,
+        tags: get_list(p)?,
+    })
 }
 
 fn put_list(dst: &mut BytesMut, items: &[String]) {
@@ -621,10 +702,12 @@ mod tests {
                 role: Role::Edge,
                 region: "us".into(),
                 addr: String::new(),
+                resume: Position { epoch: 9, seq: 12 },
             },
             Frame::Purge {
                 id: 7,
                 forward: true,
+                at: Position { epoch: 3, seq: 4 },
                 inv: Invalidation {
                     urls: vec!["/a?b=1".into()],
                     prefixes: vec!["/img/".into(), "/css/".into()],
@@ -636,10 +719,25 @@ mod tests {
             Frame::Purge {
                 id: 8,
                 forward: false,
+                at: Position::default(),
                 inv: Invalidation {
                     all: true,
                     ..Invalidation::default()
                 },
+            },
+            Frame::Resume {
+                at: Position { epoch: 1, seq: 2 },
+                replay: vec![Invalidation {
+                    urls: vec!["/x".into()],
+                    soft: true,
+                    ..Invalidation::default()
+                }],
+                gap: false,
+            },
+            Frame::Resume {
+                at: Position { epoch: 5, seq: 0 },
+                replay: vec![],
+                gap: true,
             },
             Frame::PurgeAck {
                 acked: vec!["node-0".into(), "edge-1".into()],

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use cdn_core::config::{ByteSize, ConfigError};
+use cdn_core::config::{ByteSize, ConfigError, Consistency};
 use cdn_core::store::Eviction;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +52,8 @@ pub struct Config {
     pub header_read_timeout_ms: u64,
     /// Deadline for every member to acknowledge a purge (see the node's setting).
     pub purge_timeout_ms: u64,
+    /// `available` (default) or `strict`: what happens when invalidations may not arrive.
+    pub consistency: Consistency,
 }
 
 impl Default for Config {
@@ -77,6 +79,7 @@ impl Default for Config {
             idle_timeout_ms: 10_000,
             header_read_timeout_ms: 10_000,
             purge_timeout_ms: 5_000,
+            consistency: Consistency::Available,
         }
     }
 }

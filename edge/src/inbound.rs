@@ -1,31 +1,92 @@
-//! Streams a node opens on the edge's connection: invalidations fanned out to every edge.
+//! What nodes send the edge on its connections: invalidations fanned out to every edge, and
+//! at each (re)connect the invalidations the edge missed while the link was down.
+//!
+//! The edge remembers, per node, the last log position it applied. On reconnect it says so in
+//! `Hello`; the node answers with the missed invalidations, or with a gap when its log no
+//! longer reaches back (or it restarted), and then the edge drops every entry it got from
+//! that node. The connection is used only after that, so nothing possibly purged is served
+//! as fresh once the link is back.
 
-use std::sync::{Arc, Weak};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
 
 use cdn_core::peers::Inbound;
 use cdn_core::quic::{codes, send_frame, FrameReader};
-use cdn_proto::Frame;
+use cdn_proto::{Frame, Invalidation, Position};
 use futures::future::BoxFuture;
 
 use crate::Edge;
 
-/// The edge's handler for node-initiated streams.
-pub struct FromNodes(pub Weak<Edge>);
+/// The edge's handler for node-initiated streams and log resumes.
+pub struct FromNodes {
+    edge: Weak<Edge>,
+    positions: Arc<Positions>,
+}
+
+/// The last log position applied from each node, by its address.
+#[derive(Default)]
+struct Positions {
+    // A std mutex: one map read or write per purge, never held across an await.
+    map: Mutex<HashMap<SocketAddr, Position>>,
+}
+
+impl Positions {
+    fn advance(&self, addr: SocketAddr, at: Position) {
+        if at == Position::default() {
+            return;
+        }
+        let mut p = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = p.entry(addr).or_default();
+        if cur.epoch != at.epoch || at.seq > cur.seq {
+            *cur = at;
+        }
+    }
+
+    fn set(&self, addr: SocketAddr, at: Position) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr, at);
+    }
+
+    fn get(&self, addr: SocketAddr) -> Position {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+impl FromNodes {
+    /// A handler for `edge`.
+    pub fn new(edge: Weak<Edge>) -> Self {
+        Self {
+            edge,
+            positions: Arc::default(),
+        }
+    }
+}
 
 impl Inbound for FromNodes {
     fn serve(
         &self,
         from: Arc<str>,
+        addr: SocketAddr,
         mut send: quinn::SendStream,
         recv: quinn::RecvStream,
     ) -> BoxFuture<'static, ()> {
-        let edge = self.0.clone();
+        let edge = self.edge.clone();
+        let positions = self.positions.clone();
         Box::pin(async move {
             let Some(edge) = edge.upgrade() else { return };
             let mut reader = FrameReader::new(recv);
             match reader.next().await {
-                Ok(Some(Frame::Purge { id, inv, .. })) => {
+                Ok(Some(Frame::Purge { id, inv, at, .. })) => {
                     let n = edge.apply_purge(&inv).await;
+                    positions.advance(addr, at);
                     tracing::debug!(purge = id, node = %from, entries = n, "purge applied");
                     let ack = Frame::PurgeAck {
                         acked: vec![edge.config.id.clone()],
@@ -45,6 +106,37 @@ impl Inbound for FromNodes {
                     let _ = send.reset(codes::PROTOCOL.into());
                 }
             }
+        })
+    }
+
+    fn position(&self, addr: SocketAddr) -> Position {
+        self.positions.get(addr)
+    }
+
+    fn resume(
+        &self,
+        node: Arc<str>,
+        addr: SocketAddr,
+        at: Position,
+        replay: Vec<Invalidation>,
+        gap: bool,
+    ) -> BoxFuture<'static, ()> {
+        let edge = self.edge.clone();
+        let positions = self.positions.clone();
+        Box::pin(async move {
+            let Some(edge) = edge.upgrade() else { return };
+            if gap {
+                let n = edge.l1.purge_source(&node).await;
+                tracing::info!(%node, dropped = n, "invalidation log gap: dropped entries from this node");
+            }
+            for inv in &replay {
+                edge.apply_purge(inv).await;
+            }
+            if !replay.is_empty() {
+                tracing::info!(%node, replayed = replay.len(), "replayed missed invalidations");
+            }
+            // A resume sets the position outright: a new epoch replaces the old one.
+            positions.set(addr, at);
         })
     }
 }

@@ -125,6 +125,28 @@ impl Edge {
         &self.config
     }
 
+    /// Strict consistency is configured.
+    pub fn is_strict(&self) -> bool {
+        self.config.consistency == cdn_core::config::Consistency::Strict
+    }
+
+    /// Whether an L1 entry may be served. In strict mode an entry from a node whose link (and
+    /// so its invalidation stream) is down is not: a purge might have been missed.
+    pub fn may_serve(&self, entry: &cdn_core::store::Entry) -> bool {
+        if !self.is_strict() {
+            return true;
+        }
+        let Some(source) = entry.source.as_deref() else {
+            return true;
+        };
+        self.upstream
+            .members()
+            .iter()
+            .find(|m| m.id == source)
+            .and_then(|m| m.addr.parse().ok())
+            .is_some_and(|addr| self.upstream.pool().is_connected(addr))
+    }
+
     /// A purge accepted here (admin API or `PURGE`): apply to L1, send to every cache node
     /// (each passes it to its edges), and report who acknowledged.
     pub async fn coordinate_purge(&self, inv: &cdn_proto::Invalidation) -> PurgeReport {
@@ -169,6 +191,10 @@ impl Edge {
 impl AdminState for Edge {
     fn token(&self) -> Option<&str> {
         self.config.admin_token.as_deref()
+    }
+
+    fn strict(&self) -> bool {
+        self.is_strict()
     }
 
     fn purge(
@@ -356,7 +382,7 @@ pub async fn start(
         next_request_id: AtomicU64::new(1),
         config,
     });
-    pool.set_inbound(Arc::new(inbound::FromNodes(Arc::downgrade(&edge))));
+    pool.set_inbound(Arc::new(inbound::FromNodes::new(Arc::downgrade(&edge))));
     let discover = tokio::spawn(pool.clone().maintain(seeds, shutdown.clone()));
     let admin_task = tokio::spawn(cdn_core::admin::serve_admin(
         admin,

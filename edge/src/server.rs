@@ -63,7 +63,7 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     };
     let now = SystemTime::now();
     if let Some(entry) = edge.l1.get(&key).await {
-        if entry.is_fresh(now) {
+        if entry.is_fresh(now) && edge.may_serve(&entry) {
             Stats::inc(&edge.stats.hits);
             return entry_response(&entry, now, head_only);
         }
@@ -108,7 +108,9 @@ async fn join_fill(edge: &Arc<Edge>, key: &str, headers: &http::HeaderMap) -> Fl
         Joined::Leader(w, r) => {
             let now = SystemTime::now();
             match edge.l1.get(key).await {
-                Some(e) if e.is_fresh(now) => fill::complete_from_entry(w, &e, now),
+                Some(e) if e.is_fresh(now) && edge.may_serve(&e) => {
+                    fill::complete_from_entry(w, &e, now)
+                }
                 _ => spawn_fill(edge.clone(), key.to_string(), headers.clone(), w),
             }
             r
@@ -254,7 +256,7 @@ async fn purge(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
         ..Default::default()
     };
     let report = edge.coordinate_purge(&inv).await;
-    cdn_core::admin::json(StatusCode::OK, &report)
+    cdn_core::admin::purge_response(edge.is_strict(), &report)
 }
 
 /// Every other method goes to the origin, uncached, body streamed both ways.

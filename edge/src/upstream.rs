@@ -145,48 +145,49 @@ impl Upstream {
             let policy_req = cdn_core::policy::policy_request(&http::Method::GET, key, headers);
             let decision = cdn_core::policy::evaluate(&policy_req, &parts, now);
             head.storable = decision.storable;
-            let shareable = decision.storable;
-            let status = head.status;
-            let resp_headers = head.headers.clone();
-            let expected = head.content_length;
-            let storable = decision.storable && head.content_length.is_none_or(|l| l <= max_object);
-            w.set_head(head, shareable);
-            return Ok(self
-                .stream_body(
-                    key,
-                    mark,
-                    &mut reader,
-                    expected,
-                    storable,
-                    max_object,
-                    l1,
-                    status,
-                    resp_headers,
-                    decision,
-                    now,
-                    w,
-                )
-                .await);
+            let fill = NodeFill {
+                key,
+                mark,
+                expected: head.content_length,
+                storable: decision.storable && head.content_length.is_none_or(|l| l <= max_object),
+                max_object,
+                status: head.status,
+                headers: head.headers.clone(),
+                decision,
+                now,
+                source: member.id.as_str().into(),
+            };
+            w.set_head(head, fill.decision.storable);
+            return Ok(fill.stream_body(&mut reader, l1, w).await);
         }
         Err((w, failures))
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
+/// A node's response being received: what is needed to check and store it at the end.
+struct NodeFill<'a> {
+    key: &'a str,
+    mark: u64,
+    expected: Option<u64>,
+    storable: bool,
+    max_object: u64,
+    status: http::StatusCode,
+    headers: http::HeaderMap,
+    decision: cdn_core::policy::Decision,
+    now: SystemTime,
+    source: Arc<str>,
+}
+
+impl NodeFill<'_> {
+    /// Streams the body frames into `w`; stores the entry in `l1` when complete, valid and
+    /// storable.
     async fn stream_body(
-        &self,
-        key: &str,
-        mark: u64,
+        self,
         reader: &mut FrameReader,
-        expected: Option<u64>,
-        mut storable: bool,
-        max_object: u64,
         l1: &Store,
-        status: http::StatusCode,
-        resp_headers: http::HeaderMap,
-        decision: cdn_core::policy::Decision,
-        now: SystemTime,
         mut w: FlightWriter<Head>,
     ) -> Result<(), FillError> {
+        let expected = self.expected;
         let broken = |m: String| FillError::new(FillErrorKind::Broken, m);
         loop {
             match reader.next().await {
@@ -225,10 +226,16 @@ impl Upstream {
                 }
             }
         }
-        storable &= w.len() <= max_object;
-        if storable {
-            let entry = Entry::new(status, resp_headers, w.chunks(), decision, now);
-            l1.insert_filled(key, Arc::new(entry), mark).await;
+        if self.storable && w.len() <= self.max_object {
+            let entry = Entry::new(
+                self.status,
+                self.headers,
+                w.chunks(),
+                self.decision,
+                self.now,
+            )
+            .with_source(self.source);
+            l1.insert_filled(self.key, Arc::new(entry), self.mark).await;
         }
         w.finish();
         Ok(())

@@ -291,3 +291,92 @@ async fn a_purge_reports_a_stopped_node_as_missing() {
     );
     c.stop().await;
 }
+
+/// Cuts every link of edge `i` to the nodes and waits until every node has seen it go.
+async fn cut_edge(c: &cdn_cluster::Cluster, i: usize) {
+    c.edges[i].edge.upstream().pool().sever().await;
+    let others = c.edges.len() - 1;
+    for n in c.nodes.iter().flatten() {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            n.node.links().wait_for_count(|k| k == others),
+        )
+        .await
+        .expect("nodes notice the cut");
+    }
+}
+
+/// Restores edge `i`'s links and waits until it reconnected to every node.
+async fn restore_edge(c: &cdn_cluster::Cluster, i: usize) {
+    let pool = c.edges[i].edge.upstream().pool();
+    let mut connects = pool.watch_connects();
+    let before = *connects.borrow();
+    let nodes = c.nodes.iter().flatten().count() as u64;
+    pool.restore();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        connects.wait_for(|n| *n >= before + nodes),
+    )
+    .await
+    .expect("edge reconnects")
+    .expect("pool alive");
+}
+
+#[tokio::test]
+async fn an_edge_cut_off_during_a_purge_replays_it_when_it_reconnects() {
+    let c = cluster(3, 2, |cfg| {
+        cfg.edge.purge_timeout_ms = 1_000;
+        cfg.node.purge_timeout_ms = 1_000;
+    })
+    .await;
+    let target = "/p/cut?size=2000&cc=max-age=600";
+    warm(&c, target).await;
+    cut_edge(&c, 1).await;
+    let generation = republish(&c);
+    let (status, report) = admin_purge(c.edges[0].admin_addr, json!({"urls": [target]})).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "available mode reports, does not fail"
+    );
+    assert_eq!(
+        ids(&report, "missing"),
+        vec!["edge-1".to_string()],
+        "{report}"
+    );
+    // Available: the cut-off edge keeps serving its copy (bounded by TTL and the replay).
+    assert_eq!(get(c.edges[1].http_addr, target).await.edge_cache(), "HIT");
+    restore_edge(&c, 1).await;
+    let g = get(c.edges[1].http_addr, target).await;
+    assert_ne!(g.edge_cache(), "HIT", "the purge was replayed on reconnect");
+    assert!(g.body == expected_gen(target, generation, 2000));
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn in_strict_mode_an_edge_cut_off_from_its_nodes_stops_serving_their_entries() {
+    let c = cluster(3, 2, |cfg| {
+        cfg.edge.consistency = cdn_core::config::Consistency::Strict;
+        cfg.node.consistency = cdn_core::config::Consistency::Strict;
+        cfg.edge.purge_timeout_ms = 1_000;
+        cfg.node.purge_timeout_ms = 1_000;
+        cfg.edge.node_connect_timeout_ms = 300;
+    })
+    .await;
+    let target = "/p/strict?size=1500&cc=max-age=600";
+    warm(&c, target).await;
+    cut_edge(&c, 1).await;
+    let g = get(c.edges[1].http_addr, target).await;
+    assert_eq!(g.status, StatusCode::OK);
+    assert_eq!(
+        g.header("x-cache"),
+        "MISS, origin",
+        "not served from L1 while the link is down"
+    );
+    assert!(g.body == expected_gen(target, 0, 1500));
+    // And a purge that cannot reach everyone fails.
+    let (status, report) = admin_purge(c.edges[0].admin_addr, json!({"urls": [target]})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{report}");
+    assert_eq!(ids(&report, "missing"), vec!["edge-1".to_string()]);
+    c.stop().await;
+}
