@@ -275,6 +275,15 @@ mod tests {
         for i in 0..LOG_LEN {
             links.number(&url(&format!("/{i}")));
         }
+        // The log still holds everything after `first`: a full replay.
+        match links.resume(first) {
+            Frame::Resume { replay, gap, .. } => {
+                assert!(!gap);
+                assert_eq!(replay.len(), LOG_LEN);
+            }
+            f => panic!("{f:?}"),
+        }
+        links.number(&url("/one-more"));
         assert!(matches!(
             links.resume(first),
             Frame::Resume { gap: true, .. }
