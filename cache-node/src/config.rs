@@ -48,6 +48,8 @@ pub struct Config {
     pub purge_timeout_ms: u64,
     /// `available` (default) or `strict`: what happens when invalidations may not arrive.
     pub consistency: Consistency,
+    /// Owners per key (R): pushes are stored on this many nodes.
+    pub replicas: usize,
 }
 
 impl Default for Config {
@@ -70,6 +72,7 @@ impl Default for Config {
             idle_timeout_ms: 10_000,
             purge_timeout_ms: 5_000,
             consistency: Consistency::Available,
+            replicas: 2,
         }
     }
 }
@@ -84,6 +87,9 @@ impl Config {
             return Err(ConfigError::new("capacity", "must be greater than 0"));
         }
         cdn_core::origin::check_url(&self.origin).map_err(|e| ConfigError::new("origin", e))?;
+        if self.replicas == 0 {
+            return Err(ConfigError::new("replicas", "must be at least 1"));
+        }
         if self.max_streams == 0 {
             return Err(ConfigError::new("max_streams", "must be greater than 0"));
         }

@@ -4,12 +4,14 @@
 //! Layout:
 //! - [`config`]: the typed config (TOML + flags) and its validation.
 //! - [`links`]: edges connected to this node, and the fan-out of invalidations to them.
+//! - [`ops`]: push and prewarm, as accepted on the admin API.
 //! - [`server`]: the QUIC listener and the per-stream request handling.
 //! - this file: [`Node`] (shared state and counters), [`start`] and its [`NodeHandle`].
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod links;
+pub mod ops;
 pub mod server;
 
 use std::net::SocketAddr;
@@ -192,6 +194,26 @@ impl AdminState for Node {
 
     fn strict(&self) -> bool {
         self.config.consistency == cdn_core::config::Consistency::Strict
+    }
+
+    fn max_push(&self) -> u64 {
+        self.config.max_object()
+    }
+
+    fn push(
+        self: Arc<Self>,
+        obj: cdn_core::push::PushObject,
+        edges: bool,
+    ) -> futures::future::BoxFuture<'static, cdn_core::push::PushReport> {
+        Box::pin(async move { Node::push(&self, obj, edges).await })
+    }
+
+    fn prewarm(
+        self: Arc<Self>,
+        urls: Vec<String>,
+        edges: bool,
+    ) -> futures::future::BoxFuture<'static, Vec<cdn_core::admin::PrewarmResult>> {
+        Box::pin(async move { Node::prewarm(&self, urls, edges).await })
     }
 
     fn purge(

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cdn_core::peers::PurgeReport;
+use cdn_core::push::{write_push, PushObject};
 use cdn_core::quic::{send_frame, FrameReader};
 use cdn_proto::{Frame, Invalidation, Position};
 
@@ -167,6 +168,53 @@ impl Links {
         deadline: Duration,
         report: &mut PurgeReport,
     ) {
+        let frame = Frame::Purge {
+            id,
+            forward: false,
+            at: self.number(inv),
+            inv: inv.clone(),
+        };
+        let frame = &frame;
+        self.each_edge(deadline, report, "purge", |conn| async move {
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            send_frame(&mut send, frame)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            read_ack(recv).await
+        })
+        .await;
+    }
+
+    /// Pushes `obj` into every connected edge's L1, reporting like [`Links::fan_out`].
+    pub async fn push_to_edges(
+        &self,
+        obj: &PushObject,
+        id: u64,
+        deadline: Duration,
+        report: &mut PurgeReport,
+    ) {
+        self.each_edge(deadline, report, "push", |conn| async move {
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            write_push(&mut send, obj, id, false).await?;
+            read_ack(recv).await
+        })
+        .await;
+    }
+
+    /// Runs `call` on every connected edge's link in parallel, each bounded by `deadline`;
+    /// folds acknowledgements into `report`. Edges that fail, and edges disconnected within
+    /// [`REMEMBER`], are reported missing.
+    async fn each_edge<'a, F, Fut>(
+        &self,
+        deadline: Duration,
+        report: &mut PurgeReport,
+        what: &str,
+        call: F,
+    ) where
+        F: Fn(quinn::Connection) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<String>, String>> + 'a,
+    {
         let (live, gone): (Vec<_>, Vec<_>) = {
             let now = Instant::now();
             let m = self.lock();
@@ -182,27 +230,9 @@ impl Links {
             (live, gone)
         };
         report.missing.extend(gone);
-        let frame = Frame::Purge {
-            id,
-            forward: false,
-            at: self.number(inv),
-            inv: inv.clone(),
-        };
         let calls = live.into_iter().map(|(edge, conn)| {
-            let frame = &frame;
+            let work = call(conn);
             async move {
-                let work = async {
-                    let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-                    send_frame(&mut send, frame)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let _ = send.finish();
-                    match FrameReader::new(recv).next().await {
-                        Ok(Some(Frame::PurgeAck { acked, .. })) => Ok(acked),
-                        Ok(other) => Err(format!("unexpected answer {other:?}")),
-                        Err(e) => Err(e.to_string()),
-                    }
-                };
                 let r = tokio::time::timeout(deadline, work)
                     .await
                     .unwrap_or_else(|_| Err("no acknowledgement in time".into()));
@@ -213,7 +243,7 @@ impl Links {
             match r {
                 Ok(acked) => report.acked.extend(acked),
                 Err(e) => {
-                    tracing::warn!(%edge, error = %e, "edge did not acknowledge purge");
+                    tracing::warn!(%edge, error = %e, what, "edge did not acknowledge");
                     report.missing.push(edge);
                 }
             }
@@ -222,6 +252,15 @@ impl Links {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Link>> {
         self.edges.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+async fn read_ack(recv: quinn::RecvStream) -> Result<Vec<String>, String> {
+    match FrameReader::new(recv).next().await {
+        Ok(Some(Frame::Ack { acked, .. })) => Ok(acked),
+        Ok(Some(Frame::Error { message, .. })) => Err(message),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 

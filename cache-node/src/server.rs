@@ -99,6 +99,46 @@ async fn serve_stream(
             serve_request(node, &path, &headers, &mut send).await
         }
         Ok(Some(Frame::MembersRequest)) => send_members(node, &mut send).await,
+        Ok(Some(Frame::Push {
+            id,
+            key,
+            status,
+            headers,
+            forward,
+        })) => {
+            let body = match cdn_core::push::read_body(&mut reader, node.config.max_object()).await
+            {
+                Ok(b) => b,
+                Err(e) => return refuse(&mut send, ErrorCode::BadRequest, e).await,
+            };
+            let obj = match cdn_core::push::PushObject::from_frame(key, status, headers, body) {
+                Ok(o) => o,
+                Err(e) => return refuse(&mut send, ErrorCode::BadRequest, e).await,
+            };
+            if let Err(e) = node.store_pushed(&obj).await {
+                return refuse(&mut send, ErrorCode::BadRequest, e).await;
+            }
+            let mut report = cdn_core::peers::PurgeReport {
+                acked: vec![node.config.id.clone()],
+                ..Default::default()
+            };
+            if forward {
+                let deadline = Duration::from_millis(node.config.purge_timeout_ms);
+                node.links
+                    .push_to_edges(&obj, id, deadline, &mut report)
+                    .await;
+            }
+            send_frame(
+                &mut send,
+                &Frame::Ack {
+                    acked: report.acked,
+                    missing: report.missing,
+                },
+            )
+            .await?;
+            send.finish()?;
+            Ok(())
+        }
         Ok(Some(Frame::Hello {
             id,
             role,
@@ -132,7 +172,7 @@ async fn serve_stream(
             let report = node.receive_purge(id, forward, &inv).await;
             send_frame(
                 &mut send,
-                &Frame::PurgeAck {
+                &Frame::Ack {
                     acked: report.acked,
                     missing: report.missing,
                 },

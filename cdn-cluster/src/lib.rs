@@ -121,6 +121,7 @@ impl Cluster {
             let mut c = cfg.node.clone();
             c.id = format!("node-{j}");
             c.seeds = seeds.clone();
+            c.replicas = cfg.replicas;
             c.origin = origin_url.clone();
             c.admin_token = Some(cfg.admin_token.clone());
             c.listen = udp.local_addr()?;

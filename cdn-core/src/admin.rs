@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use crate::peers::PurgeReport;
+use crate::push::{PushObject, PushReport};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +33,73 @@ pub trait AdminState: Send + Sync + 'static {
     /// Accepts a purge and fans it out; resolves when every member acknowledged or the
     /// deadline passed.
     fn purge(self: Arc<Self>, inv: Invalidation) -> BoxFuture<'static, PurgeReport>;
+    /// Largest pushed body accepted.
+    fn max_push(&self) -> u64;
+    /// Stores a pushed object on its owners (and every edge when `edges`).
+    fn push(self: Arc<Self>, obj: PushObject, edges: bool) -> BoxFuture<'static, PushReport>;
+    /// Has the owners fetch each URL (coalesced with any concurrent miss), optionally pushing
+    /// the result into every edge.
+    fn prewarm(
+        self: Arc<Self>,
+        urls: Vec<String>,
+        edges: bool,
+    ) -> BoxFuture<'static, Vec<PrewarmResult>>;
+}
+
+/// One URL's outcome in `POST /prewarm`.
+#[derive(Debug, Clone, Default, serde::Serialize, Deserialize, PartialEq, Eq)]
+pub struct PrewarmResult {
+    /// The URL (path and query).
+    pub url: String,
+    /// `stored`, `not cacheable` or `origin error`.
+    pub result: String,
+    /// The origin's status, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Detail of an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Edges the object was pushed into.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub edges: Vec<String>,
+}
+
+/// The JSON body of `POST /prewarm`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrewarmRequest {
+    /// Paths with query to fetch.
+    pub urls: Vec<String>,
+    /// Also push each into every edge.
+    pub edges: bool,
+}
+
+/// Splits `PUT /objects/<path>?<query>` into the cache key and whether `edges=all` was given
+/// (that one parameter is not part of the key).
+pub fn push_target(uri: &http::Uri) -> Result<(String, bool), String> {
+    let rest = uri
+        .path()
+        .strip_prefix("/objects")
+        .filter(|r| r.starts_with('/') && r.len() > 1)
+        .ok_or("push to /objects/<path>")?;
+    let mut edges = false;
+    let query: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let all = *p == "edges=all";
+            edges |= all;
+            !all
+        })
+        .collect();
+    let key = if query.is_empty() {
+        rest.to_string()
+    } else {
+        format!("{rest}?{}", query.join("&"))
+    };
+    Ok((key, edges))
 }
 
 /// Largest admin request body read.
@@ -253,6 +321,12 @@ async fn route(state: Arc<dyn AdminState>, req: http::Request<Incoming>) -> Resp
         let report = state.purge(inv).await;
         return purge_response(strict, &report);
     }
+    if method == Method::PUT && path.starts_with("/objects/") {
+        return push_route(state, req).await;
+    }
+    if method == Method::POST && path == "/prewarm" {
+        return prewarm_route(state, req).await;
+    }
     if method != Method::GET && method != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -282,15 +356,73 @@ async fn route(state: Arc<dyn AdminState>, req: http::Request<Incoming>) -> Resp
     }
 }
 
+async fn push_route(state: Arc<dyn AdminState>, req: http::Request<Incoming>) -> Response<Body> {
+    if !authorized(req.headers(), state.token()) {
+        return unauthorized();
+    }
+    let (key, edges) = match push_target(req.uri()) {
+        Ok(t) => t,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let headers = req.headers().clone();
+    let body = match read_limited(req.into_body(), state.max_push()).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let obj = PushObject::from_request(key, &headers, body);
+    if let Err(e) = obj.entry(std::time::SystemTime::now()) {
+        return text(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("push refused: {e}"),
+        );
+    }
+    let strict = state.strict();
+    let report = state.push(obj, edges).await;
+    if report.stored.is_empty() || (strict && !report.missing.is_empty()) {
+        return json(StatusCode::SERVICE_UNAVAILABLE, &report);
+    }
+    json(StatusCode::OK, &report)
+}
+
+async fn prewarm_route(state: Arc<dyn AdminState>, req: http::Request<Incoming>) -> Response<Body> {
+    if !authorized(req.headers(), state.token()) {
+        return unauthorized();
+    }
+    let body = match read_body(req.into_body()).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let parsed: PrewarmRequest = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("prewarm request: {e}")),
+    };
+    if parsed.urls.is_empty() || parsed.urls.len() > 1000 {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "prewarm request: `urls`: give 1 to 1000 paths",
+        );
+    }
+    if let Some(bad) = parsed.urls.iter().find(|u| !u.starts_with('/')) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("prewarm request: `urls`: `{bad}` must start with /"),
+        );
+    }
+    let results = state.prewarm(parsed.urls, parsed.edges).await;
+    json(StatusCode::OK, &serde_json::json!({ "results": results }))
+}
+
 async fn read_body(body: Incoming) -> Result<bytes::Bytes, Response<Body>> {
-    match http_body_util::Limited::new(body, MAX_ADMIN_BODY)
-        .collect()
-        .await
-    {
+    read_limited(body, MAX_ADMIN_BODY as u64).await
+}
+
+async fn read_limited(body: Incoming, max: u64) -> Result<bytes::Bytes, Response<Body>> {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    match http_body_util::Limited::new(body, max).collect().await {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(text(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body over {MAX_ADMIN_BODY} bytes"),
+            format!("request body over {max} bytes"),
         )),
         Err(e) => Err(text(StatusCode::BAD_REQUEST, format!("reading body: {e}"))),
     }
@@ -299,6 +431,22 @@ async fn read_body(body: Incoming) -> Result<bytes::Bytes, Response<Body>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_targets_keep_the_query_but_not_edges_all() {
+        let t = |u: &str| push_target(&u.parse().unwrap());
+        assert_eq!(
+            t("/objects/a/b.png").unwrap(),
+            ("/a/b.png".to_string(), false)
+        );
+        assert_eq!(
+            t("/objects/a?v=2&edges=all").unwrap(),
+            ("/a?v=2".to_string(), true)
+        );
+        assert_eq!(t("/objects/a?edges=all").unwrap(), ("/a".to_string(), true));
+        assert!(t("/objects/").is_err());
+        assert!(t("/object/x").is_err());
+    }
 
     #[test]
     fn bearer_tokens_compare_exactly() {

@@ -5,6 +5,7 @@
 //! - [`http`]: body type, hop-by-hop header removal, the HTTP accept loop with graceful shutdown.
 //! - [`policy`]: the one place HTTP cache policy is evaluated (both tiers call it).
 //! - [`purge`]: what an invalidation matches, and the log that closes the purge/fill race.
+//! - [`push`]: pushed objects: admin input, wire transfer, freshness check.
 //! - [`store`]: the byte-bounded moka store of complete responses ([`store::Entry`]).
 //! - [`fill`]: coalescing of concurrent misses into one upstream fetch, streamed to every
 //!   waiter while it fills (read-while-writer).
@@ -23,6 +24,7 @@ pub mod origin;
 pub mod peers;
 pub mod policy;
 pub mod purge;
+pub mod push;
 pub mod quic;
 pub mod store;
 pub mod tls;

@@ -505,7 +505,7 @@ pub async fn fan_out_purge(
     });
     for (node, answer) in futures::future::join_all(calls).await {
         match answer {
-            Ok(Frame::PurgeAck { acked, missing }) => report.merge(acked, missing),
+            Ok(Frame::Ack { acked, missing }) => report.merge(acked, missing),
             Ok(other) => {
                 tracing::warn!(%node, frame = other.name(), "unexpected answer to purge");
                 report.missing.push(node);
@@ -516,4 +516,68 @@ pub async fn fan_out_purge(
             }
         }
     }
+}
+
+/// A whole response fetched from a node.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// Status.
+    pub status: http::StatusCode,
+    /// Header fields.
+    pub headers: http::HeaderMap,
+    /// Body.
+    pub body: Vec<bytes::Bytes>,
+    /// What the node did.
+    pub cache: cdn_proto::CacheStatus,
+}
+
+/// GETs `key` from `member` (which fills it from the origin if needed, coalesced with any
+/// concurrent miss) and reads the whole response, up to `max` body bytes.
+pub async fn fetch_whole(
+    pool: &PeerPool,
+    member: &Member,
+    key: &str,
+    max: u64,
+    deadline: Duration,
+) -> Result<Fetched, PeerError> {
+    let refused = |reason: String| PeerError::Refused {
+        node: member.id.clone(),
+        reason,
+    };
+    let request = Frame::Request {
+        id: 0,
+        method: cdn_proto::Method::Get,
+        path: key.to_string(),
+        headers: vec![],
+    };
+    let work = async {
+        let (mut send, mut reader) = pool.open(member, &request).await?;
+        let _ = send.finish();
+        let (status, cache, headers) =
+            match reader.next().await.map_err(|e| refused(e.to_string()))? {
+                Some(Frame::ResponseHead {
+                    status,
+                    cache,
+                    headers,
+                    ..
+                }) => (status, cache, headers),
+                Some(Frame::Error { code, message }) => {
+                    return Err(refused(format!("{code:?}: {message}")))
+                }
+                other => return Err(refused(format!("unexpected answer {other:?}"))),
+            };
+        let body = crate::push::read_body(&mut reader, max)
+            .await
+            .map_err(refused)?;
+        Ok(Fetched {
+            status: http::StatusCode::from_u16(status).map_err(|e| refused(e.to_string()))?,
+            headers: crate::quic::headers_from_fields(headers)
+                .map_err(|e| refused(e.to_string()))?,
+            body,
+            cache,
+        })
+    };
+    tokio::time::timeout(deadline, work)
+        .await
+        .unwrap_or_else(|_| Err(refused(format!("no answer within {deadline:?}"))))
 }

@@ -29,9 +29,10 @@ const T_MEMBERS_REQUEST: u8 = 6;
 const T_MEMBERS: u8 = 7;
 const T_HELLO: u8 = 8;
 const T_PURGE: u8 = 9;
-const T_PURGE_ACK: u8 = 10;
+const T_ACK: u8 = 10;
 const T_RESUME: u8 = 11;
-const T_LAST: u8 = T_RESUME;
+const T_PUSH: u8 = 12;
+const T_LAST: u8 = T_PUSH;
 
 /// Request methods a node serves. Anything else never leaves the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,9 +217,23 @@ pub enum Frame {
         /// The log cannot say what was missed.
         gap: bool,
     },
-    /// The answer to `Purge`: members that applied it, and members that should have but did
-    /// not acknowledge in time.
-    PurgeAck {
+    /// Stores an object: followed by its body as `Data` frames and `End`, answered by `Ack`.
+    /// `forward`: the receiving node also pushes it into every connected edge.
+    Push {
+        /// Identifies the push in logs.
+        id: u64,
+        /// Path and query, the cache key.
+        key: String,
+        /// Response status to store.
+        status: u16,
+        /// Response header fields to store (caching headers included).
+        headers: Vec<Field>,
+        /// Pass on to connected edges.
+        forward: bool,
+    },
+    /// The answer to `Purge` and `Push`: members that applied it, and members that should
+    /// have but did not acknowledge in time.
+    Ack {
         /// Members that applied the purge.
         acked: Vec<String>,
         /// Members that did not acknowledge.
@@ -253,7 +268,8 @@ impl Frame {
             Frame::Members { .. } => "Members",
             Frame::Hello { .. } => "Hello",
             Frame::Purge { .. } => "Purge",
-            Frame::PurgeAck { .. } => "PurgeAck",
+            Frame::Ack { .. } => "Ack",
+            Frame::Push { .. } => "Push",
             Frame::Resume { .. } => "Resume",
         }
     }
@@ -366,10 +382,24 @@ impl Frame {
                 }
                 T_RESUME
             }
-            Frame::PurgeAck { acked, missing } => {
+            Frame::Push {
+                id,
+                key,
+                status,
+                headers,
+                forward,
+            } => {
+                payload.put_u64(*id);
+                put_str(&mut payload, key.as_bytes());
+                payload.put_u16(*status);
+                put_fields(&mut payload, headers);
+                payload.put_u8(u8::from(*forward));
+                T_PUSH
+            }
+            Frame::Ack { acked, missing } => {
                 put_list(&mut payload, acked);
                 put_list(&mut payload, missing);
-                T_PURGE_ACK
+                T_ACK
             }
         };
         dst.put_u8(ty);
@@ -492,7 +522,14 @@ impl Frame {
                 }
                 Frame::Resume { at, replay, gap }
             }
-            T_PURGE_ACK => Frame::PurgeAck {
+            T_PUSH => Frame::Push {
+                id: get_u64(&mut p)?,
+                key: get_string(&mut p)?,
+                status: get_u16(&mut p)?,
+                headers: get_fields(&mut p)?,
+                forward: get_bool(&mut p)?,
+            },
+            T_ACK => Frame::Ack {
                 acked: get_list(&mut p)?,
                 missing: get_list(&mut p)?,
             },
@@ -739,7 +776,14 @@ mod tests {
                 replay: vec![],
                 gap: true,
             },
-            Frame::PurgeAck {
+            Frame::Push {
+                id: 3,
+                key: "/pushed?v=1".into(),
+                status: 200,
+                headers: vec![("cache-control".into(), Bytes::from_static(b"max-age=60"))],
+                forward: true,
+            },
+            Frame::Ack {
                 acked: vec!["node-0".into(), "edge-1".into()],
                 missing: vec!["edge-2".into()],
             },

@@ -88,11 +88,43 @@ impl Inbound for FromNodes {
                     let n = edge.apply_purge(&inv).await;
                     positions.advance(addr, at);
                     tracing::debug!(purge = id, node = %from, entries = n, "purge applied");
-                    let ack = Frame::PurgeAck {
+                    let ack = Frame::Ack {
                         acked: vec![edge.config.id.clone()],
                         missing: vec![],
                     };
                     if send_frame(&mut send, &ack).await.is_ok() {
+                        let _ = send.finish();
+                    }
+                }
+                Ok(Some(Frame::Push {
+                    key,
+                    status,
+                    headers,
+                    ..
+                })) => {
+                    let stored = async {
+                        let body = cdn_core::push::read_body(&mut reader, edge.config.max_object())
+                            .await?;
+                        let obj =
+                            cdn_core::push::PushObject::from_frame(key, status, headers, body)?;
+                        let entry = obj
+                            .entry(std::time::SystemTime::now())?
+                            .with_source(from.clone());
+                        edge.l1.insert(&obj.key, Arc::new(entry)).await;
+                        Ok::<_, String>(())
+                    }
+                    .await;
+                    let answer = match stored {
+                        Ok(()) => Frame::Ack {
+                            acked: vec![edge.config.id.clone()],
+                            missing: vec![],
+                        },
+                        Err(message) => Frame::Error {
+                            code: cdn_proto::ErrorCode::BadRequest,
+                            message,
+                        },
+                    };
+                    if send_frame(&mut send, &answer).await.is_ok() {
                         let _ = send.finish();
                     }
                 }

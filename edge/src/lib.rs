@@ -5,12 +5,14 @@
 //! - [`config`]: the typed config (TOML + flags) and its validation.
 //! - [`inbound`]: streams nodes open towards the edge (invalidations).
 //! - [`upstream`]: member list, pooled QUIC connections, owner selection, node fills.
+//! - [`ops`]: push and prewarm, as accepted on the admin API.
 //! - [`server`]: the HTTP request handling (hit, coalesced miss, pass).
 //! - this file: [`Edge`] (shared state and counters), [`start`] and its [`EdgeHandle`].
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod inbound;
+pub mod ops;
 pub mod server;
 pub mod upstream;
 
@@ -195,6 +197,26 @@ impl AdminState for Edge {
 
     fn strict(&self) -> bool {
         self.is_strict()
+    }
+
+    fn max_push(&self) -> u64 {
+        self.config.max_object()
+    }
+
+    fn push(
+        self: Arc<Self>,
+        obj: cdn_core::push::PushObject,
+        edges: bool,
+    ) -> futures::future::BoxFuture<'static, cdn_core::push::PushReport> {
+        Box::pin(async move { Edge::push(&self, obj, edges).await })
+    }
+
+    fn prewarm(
+        self: Arc<Self>,
+        urls: Vec<String>,
+        edges: bool,
+    ) -> futures::future::BoxFuture<'static, Vec<cdn_core::admin::PrewarmResult>> {
+        Box::pin(async move { Edge::prewarm(&self, urls, edges).await })
     }
 
     fn purge(

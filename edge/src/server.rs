@@ -103,7 +103,11 @@ fn upstream_failed(edge: &Edge, reason: &str) -> Response<Body> {
     r
 }
 
-async fn join_fill(edge: &Arc<Edge>, key: &str, headers: &http::HeaderMap) -> FlightReader<Head> {
+pub(crate) async fn join_fill(
+    edge: &Arc<Edge>,
+    key: &str,
+    headers: &http::HeaderMap,
+) -> FlightReader<Head> {
     match edge.fills.join(key) {
         Joined::Leader(w, r) => {
             let now = SystemTime::now();

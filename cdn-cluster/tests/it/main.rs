@@ -2,4 +2,5 @@
 
 mod pull_through;
 mod purge;
+mod push;
 mod support;

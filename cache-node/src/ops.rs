@@ -1,0 +1,145 @@
+//! Operations accepted on a node's admin API: push and prewarm.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cdn_core::admin::PrewarmResult;
+use cdn_core::peers::{fetch_whole, PurgeReport};
+use cdn_core::push::{push_to, PushObject, PushReport};
+use cdn_proto::{CacheStatus, Member};
+use std::sync::atomic::Ordering;
+
+use crate::Node;
+
+impl Node {
+    fn owners(&self, key: &str) -> Vec<Member> {
+        let members = self.peers.members();
+        cdn_proto::owners(key.as_bytes(), &members, self.config.replicas, |m| &m.id)
+            .into_iter()
+            .map(|i| members[i].clone())
+            .collect()
+    }
+
+    fn op_deadline(&self) -> Duration {
+        Duration::from_millis(self.config.purge_timeout_ms)
+    }
+
+    /// Stores `obj` on its owners (this node included when it is one) and, with `edges`,
+    /// pushes it into every edge connected to this node.
+    pub async fn push(&self, obj: PushObject, edges: bool) -> PushReport {
+        let id = self.next_purge_id.fetch_add(1, Ordering::Relaxed);
+        let owners = self.owners(&obj.key);
+        let members = self.peers.members();
+        let mut report = PushReport::default();
+        let deadline = self.op_deadline();
+        let calls = owners.iter().map(|m| {
+            let obj = &obj;
+            async move {
+                if m.id == self.config.id {
+                    match self.store_pushed(obj).await {
+                        Ok(()) => Ok((vec![m.id.clone()], vec![])),
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    push_to(&self.peers, m, obj, id, false, deadline)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            }
+        });
+        for (m, r) in owners.iter().zip(futures::future::join_all(calls).await) {
+            match r {
+                Ok((acked, missing)) => report.merge(acked, missing, &members),
+                Err(e) => {
+                    tracing::warn!(node = %m.id, error = %e, key = %obj.key, "push not stored");
+                    report.missing.push(m.id.clone());
+                    report.error.get_or_insert(e);
+                }
+            }
+        }
+        if edges {
+            let mut r = PurgeReport::default();
+            self.links.push_to_edges(&obj, id, deadline, &mut r).await;
+            report.merge(r.acked, r.missing, &members);
+        }
+        report.settle();
+        report
+    }
+
+    /// Stores a pushed object here.
+    pub async fn store_pushed(&self, obj: &PushObject) -> Result<(), String> {
+        let entry = obj.entry(SystemTime::now())?;
+        self.store.insert(&obj.key, Arc::new(entry)).await;
+        Ok(())
+    }
+
+    /// Fetches each URL at its primary owner (coalesced with concurrent misses there) and,
+    /// with `edges`, pushes what is cacheable into every edge connected to this node.
+    pub async fn prewarm(self: &Arc<Self>, urls: Vec<String>, edges: bool) -> Vec<PrewarmResult> {
+        let calls = urls.into_iter().map(|url| {
+            let node = self.clone();
+            async move { node.prewarm_one(url, edges).await }
+        });
+        futures::future::join_all(calls).await
+    }
+
+    async fn prewarm_one(self: Arc<Self>, url: String, edges: bool) -> PrewarmResult {
+        let max = self.config.max_object();
+        let deadline = Duration::from_millis(self.config.origin_response_timeout_ms + 5_000);
+        let mut last_error = String::from("no cache node is reachable");
+        let mut fetched = None;
+        for owner in self.owners(&url) {
+            // The owner may be this node: the QUIC request to ourselves takes the same path
+            // (store, coalesced fill) as any other.
+            match fetch_whole(&self.peers, &owner, &url, max, deadline).await {
+                Ok(f) => {
+                    fetched = Some(f);
+                    break;
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        let Some(f) = fetched else {
+            return PrewarmResult {
+                url,
+                result: "origin error".into(),
+                detail: Some(last_error),
+                ..PrewarmResult::default()
+            };
+        };
+        let status = Some(f.status.as_u16());
+        if f.cache == CacheStatus::Pass {
+            return PrewarmResult {
+                url,
+                result: "not cacheable".into(),
+                status,
+                ..PrewarmResult::default()
+            };
+        }
+        let mut pushed = vec![];
+        if edges {
+            let mut headers = f.headers.clone();
+            headers.remove(http::header::AGE);
+            let obj = PushObject {
+                key: url.clone(),
+                status: f.status,
+                headers,
+                body: f.body,
+            };
+            let mut r = PurgeReport::default();
+            let id = self.next_purge_id.fetch_add(1, Ordering::Relaxed);
+            self.links
+                .push_to_edges(&obj, id, self.op_deadline(), &mut r)
+                .await;
+            pushed = r.acked;
+            pushed.sort();
+        }
+        PrewarmResult {
+            url,
+            result: "stored".into(),
+            status,
+            detail: None,
+            edges: pushed,
+        }
+    }
+}
