@@ -40,6 +40,9 @@ struct Cli {
     /// Store capacity (e.g. 256MiB).
     #[arg(long)]
     capacity: Option<ByteSize>,
+    /// Owners per key (pushes are stored on this many nodes).
+    #[arg(long)]
+    replicas: Option<usize>,
     /// Eviction policy: tiny-lfu or lru.
     #[arg(long)]
     eviction: Option<Eviction>,
@@ -52,6 +55,9 @@ struct Cli {
     /// Region name.
     #[arg(long)]
     region: Option<String>,
+    /// available (default) or strict: see README, "Consistency".
+    #[arg(long)]
+    consistency: Option<cdn_core::config::Consistency>,
 }
 
 #[derive(Subcommand)]
@@ -90,6 +96,9 @@ fn config_from(cli: Cli) -> Result<Config, ConfigError> {
     if let Some(v) = cli.eviction {
         c.eviction = v;
     }
+    if let Some(v) = cli.replicas {
+        c.replicas = v;
+    }
     if let Some(v) = cli.admin_token {
         c.admin_token = Some(v);
     }
@@ -98,6 +107,9 @@ fn config_from(cli: Cli) -> Result<Config, ConfigError> {
     }
     if let Some(v) = cli.region {
         c.region = v;
+    }
+    if let Some(v) = cli.consistency {
+        c.consistency = v;
     }
     c.validate()?;
     if c.tls_dir.is_none() {

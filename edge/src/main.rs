@@ -49,6 +49,9 @@ struct Cli {
     /// Region name.
     #[arg(long)]
     region: Option<String>,
+    /// available (default) or strict: see README, "Consistency".
+    #[arg(long)]
+    consistency: Option<cdn_core::config::Consistency>,
 }
 
 fn config_from(cli: Cli) -> Result<Config, ConfigError> {
@@ -85,6 +88,9 @@ fn config_from(cli: Cli) -> Result<Config, ConfigError> {
     }
     if let Some(v) = cli.region {
         c.region = v;
+    }
+    if let Some(v) = cli.consistency {
+        c.consistency = v;
     }
     c.validate()?;
     if c.tls_dir.is_none() {

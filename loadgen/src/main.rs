@@ -34,11 +34,40 @@ struct Cli {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also measure purge propagation: purges to send while the load runs.
+    #[arg(long, default_value_t = 0)]
+    purges: usize,
+    /// Admin address that accepts the purges.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Admin bearer token.
+    #[arg(long, env = "CDN_ADMIN_TOKEN")]
+    token: Option<String>,
+    /// origin-stub address (republished before each purge).
+    #[arg(long)]
+    origin: Option<SocketAddr>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let purge = if cli.purges > 0 {
+        let (Some(admin), Some(token), Some(origin)) = (cli.admin, cli.token.clone(), cli.origin)
+        else {
+            anyhow::bail!("--purges needs --admin, --token and --origin");
+        };
+        let opts = loadgen::PurgeOptions {
+            edges: cli.targets.clone(),
+            admin,
+            token,
+            origin,
+            purges: cli.purges,
+            path: "/purge-probe/{i}?size=1024&cc=max-age%3D600".into(),
+        };
+        Some(tokio::spawn(loadgen::purge_propagation(opts)))
+    } else {
+        None
+    };
     let report = loadgen::run(loadgen::Options {
         targets: cli.targets,
         connections: cli.connections,
@@ -62,8 +91,19 @@ async fn main() -> anyhow::Result<()> {
         "latency us: p50 {} p90 {} p99 {} p99.9 {} max {}",
         report.p50_us, report.p90_us, report.p99_us, report.p999_us, report.max_us
     );
+    let purge_report = match purge {
+        Some(p) => Some(p.await??),
+        None => None,
+    };
+    if let Some(p) = &purge_report {
+        println!(
+            "purges {} (incomplete {}): visible at every edge p50 {} us, p99 {} us, max {} us; acknowledged p50 {} us, p99 {} us, max {} us",
+            p.purges, p.incomplete, p.visible_p50_us, p.visible_p99_us, p.visible_max_us, p.acked_p50_us, p.acked_p99_us, p.acked_max_us
+        );
+    }
     if let Some(path) = cli.json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+        let v = serde_json::json!({ "load": report, "purge": purge_report });
+        std::fs::write(&path, serde_json::to_vec_pretty(&v)?)?;
     }
     Ok(())
 }
