@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`config`]: the typed config (TOML + flags) and its validation.
+//! - [`inbound`]: invalidations replayed by peers when this node reconnects to them.
 //! - [`links`]: edges connected to this node, and the fan-out of invalidations to them.
 //! - [`ops`]: push and prewarm, as accepted on the admin API.
 //! - [`server`]: the QUIC listener and the per-stream request handling.
@@ -10,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod inbound;
 pub mod links;
 pub mod ops;
 pub mod server;
@@ -400,6 +402,7 @@ pub async fn start(
         next_purge_id: AtomicU64::new(1),
         config,
     });
+    peers.set_inbound(Arc::new(inbound::FromPeers::new(Arc::downgrade(&node))));
     let maintain = tokio::spawn(peers.maintain(seeds, shutdown.clone()));
     let admin_task = tokio::spawn(cdn_core::admin::serve_admin(
         admin,

@@ -155,7 +155,7 @@ async fn serve_stream(
                 }
                 Role::Node => {
                     node.peers.merge_members(vec![Member { id, addr, region }]);
-                    None
+                    Some(node.links.resume(resume))
                 }
             };
             let members = node.peers.members().as_ref().clone();

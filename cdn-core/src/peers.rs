@@ -79,6 +79,45 @@ pub trait Inbound: Send + Sync + 'static {
     ) -> BoxFuture<'static, ()>;
 }
 
+/// The last log position applied from each node, by its address.
+#[derive(Default)]
+pub struct Positions {
+    // A std mutex: one map read or write per purge, never held across an await.
+    map: Mutex<HashMap<SocketAddr, Position>>,
+}
+
+impl Positions {
+    /// Moves forward to `at` (a new epoch replaces the old one; older positions are ignored).
+    pub fn advance(&self, addr: SocketAddr, at: Position) {
+        if at == Position::default() {
+            return;
+        }
+        let mut p = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = p.entry(addr).or_default();
+        if cur.epoch != at.epoch || at.seq > cur.seq {
+            *cur = at;
+        }
+    }
+
+    /// Sets the position outright (after a resume).
+    pub fn set(&self, addr: SocketAddr, at: Position) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr, at);
+    }
+
+    /// The position for `addr` (zero when none).
+    pub fn get(&self, addr: SocketAddr) -> Position {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
 struct Peer {
     addr: SocketAddr,
     // Async mutex: held across the handshake so concurrent requests share one connect.
@@ -116,6 +155,8 @@ pub struct PeerPool {
     connects: watch::Sender<u64>,
     // Fault injection: while set, no connection is made and existing ones are closed.
     severed: std::sync::atomic::AtomicBool,
+    // Fault injection for single links: addresses not to connect to.
+    severed_peers: Mutex<std::collections::HashSet<SocketAddr>>,
 }
 
 impl PeerPool {
@@ -130,7 +171,30 @@ impl PeerPool {
             inbound: OnceLock::new(),
             connects: watch::Sender::new(0),
             severed: std::sync::atomic::AtomicBool::new(false),
+            severed_peers: Mutex::default(),
         }
+    }
+
+    /// Cuts the link to the node at `addr` and refuses it until [`PeerPool::restore_peer`].
+    pub async fn sever_peer(&self, addr: SocketAddr) {
+        self.severed_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr);
+        let peer = self.peer(addr);
+        peer.up.store(false, std::sync::atomic::Ordering::Release);
+        let taken = peer.conn.lock().await.take();
+        if let Some(c) = taken {
+            c.close(1u32.into(), b"severed");
+        }
+    }
+
+    /// Allows the link to `addr` again.
+    pub fn restore_peer(&self, addr: SocketAddr) {
+        self.severed_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&addr);
     }
 
     /// Follows the number of connections established so far.
@@ -214,7 +278,13 @@ impl PeerPool {
         name: &str,
         addr: SocketAddr,
     ) -> Result<quinn::Connection, PeerError> {
-        if self.severed.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.severed.load(std::sync::atomic::Ordering::SeqCst)
+            || self
+                .severed_peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&addr)
+        {
             return Err(PeerError::Down(name.to_string()));
         }
         let peer = self.peer(addr);

@@ -7,11 +7,10 @@
 //! that node. The connection is used only after that, so nothing possibly purged is served
 //! as fresh once the link is back.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
-use cdn_core::peers::Inbound;
+use cdn_core::peers::{Inbound, Positions};
 use cdn_core::quic::{codes, send_frame, FrameReader};
 use cdn_proto::{Frame, Invalidation, Position};
 use futures::future::BoxFuture;
@@ -22,42 +21,6 @@ use crate::Edge;
 pub struct FromNodes {
     edge: Weak<Edge>,
     positions: Arc<Positions>,
-}
-
-/// The last log position applied from each node, by its address.
-#[derive(Default)]
-struct Positions {
-    // A std mutex: one map read or write per purge, never held across an await.
-    map: Mutex<HashMap<SocketAddr, Position>>,
-}
-
-impl Positions {
-    fn advance(&self, addr: SocketAddr, at: Position) {
-        if at == Position::default() {
-            return;
-        }
-        let mut p = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let cur = p.entry(addr).or_default();
-        if cur.epoch != at.epoch || at.seq > cur.seq {
-            *cur = at;
-        }
-    }
-
-    fn set(&self, addr: SocketAddr, at: Position) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(addr, at);
-    }
-
-    fn get(&self, addr: SocketAddr) -> Position {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&addr)
-            .copied()
-            .unwrap_or_default()
-    }
 }
 
 impl FromNodes {

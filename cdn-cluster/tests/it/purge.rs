@@ -380,3 +380,77 @@ async fn in_strict_mode_an_edge_cut_off_from_its_nodes_stops_serving_their_entri
     assert_eq!(ids(&report, "missing"), vec!["edge-1".to_string()]);
     c.stop().await;
 }
+
+#[tokio::test]
+async fn a_node_partitioned_during_a_purge_replays_it_when_it_rejoins() {
+    let c = cluster(3, 2, |cfg| {
+        cfg.edge.purge_timeout_ms = 1_000;
+        cfg.node.purge_timeout_ms = 1_000;
+    })
+    .await;
+    let target = "/p/node-cut?size=700&cc=max-age=600";
+    warm(&c, target).await;
+    let owner_id = c.edges[0].edge.upstream().owners(target)[0].id.clone();
+    let owner = c
+        .nodes
+        .iter()
+        .flatten()
+        .find(|n| n.id() == owner_id)
+        .unwrap();
+    assert!(
+        owner.node.store().get(target).await.is_some(),
+        "the owner holds it"
+    );
+    // Partition the owner from everyone.
+    for e in &c.edges {
+        e.edge.upstream().pool().sever_peer(owner.quic_addr).await;
+    }
+    for n in c.nodes.iter().flatten().filter(|n| n.id() != owner_id) {
+        n.node.peers().sever_peer(owner.quic_addr).await;
+    }
+    owner.node.peers().sever().await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        owner.node.links().wait_for_count(|k| k == 0),
+    )
+    .await
+    .expect("the owner sees its edges go");
+    let generation = republish(&c);
+    let (status, report) = admin_purge(c.edges[0].admin_addr, json!({"urls": [target]})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&report, "missing"), vec![owner_id.clone()], "{report}");
+    assert!(
+        owner.node.store().get(target).await.is_some(),
+        "the partitioned owner missed it"
+    );
+    // Heal: the owner reconnects to its peers, which replay what it missed.
+    let mut connects = owner.node.peers().watch_connects();
+    let before = *connects.borrow();
+    owner.node.peers().restore();
+    for n in c.nodes.iter().flatten().filter(|n| n.id() != owner_id) {
+        n.node.peers().restore_peer(owner.quic_addr);
+    }
+    for e in &c.edges {
+        e.edge.upstream().pool().restore_peer(owner.quic_addr);
+    }
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        connects.wait_for(|n| *n >= before + 2),
+    )
+    .await
+    .expect("the owner reconnects to both peers")
+    .unwrap();
+    assert!(
+        owner.node.store().get(target).await.is_none(),
+        "the missed purge was replayed"
+    );
+    for e in &c.edges {
+        let g = get(e.http_addr, target).await;
+        assert!(
+            g.body == expected_gen(target, generation, 700),
+            "old body at {}",
+            e.http_addr
+        );
+    }
+    c.stop().await;
+}
