@@ -272,7 +272,16 @@ fn spawn_origin_fetch(
     Stats::inc(&node.stats.origin_fetches);
     tokio::spawn(async move {
         let max = node.config.max_object();
-        if let Err(e) = fill::fetch_origin(&node.origin, &node.store, &key, &headers, max, w).await
+        if let Err(e) = fill::fetch_origin(
+            &node.origin,
+            &node.store,
+            &key,
+            &headers,
+            max,
+            &node.config.rules(),
+            w,
+        )
+        .await
         {
             tracing::warn!(%key, error = %e, "origin fill failed");
         }

@@ -421,6 +421,7 @@ pub async fn fetch_origin(
     key: &str,
     req_headers: &http::HeaderMap,
     max_object: u64,
+    rules: &crate::policy::Rules,
     mut w: FlightWriter<Head>,
 ) -> Result<(), FillError> {
     use http_body_util::BodyExt;
@@ -451,7 +452,7 @@ pub async fn fetch_origin(
     };
     let (parts, mut body) = resp.into_parts();
     let now = std::time::SystemTime::now();
-    let decision = crate::policy::evaluate(&policy_req, &parts, now);
+    let decision = crate::policy::evaluate_with(&policy_req, &parts, now, rules);
     let content_length = http_body::Body::size_hint(&body).exact();
     let mut storable = decision.storable && content_length.is_none_or(|l| l <= max_object);
     let mut resp_headers = parts.headers;

@@ -38,6 +38,18 @@ pub fn policy_request(method: &Method, path: &str, headers: &HeaderMap) -> reque
     parts
 }
 
+/// Operator choices that change what is stored. Both tiers are given the same rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// Store responses that carry `Set-Cookie` (off by default: a cookie set for one client
+    /// must not be replayed to another, whatever the origin's Cache-Control says).
+    pub store_set_cookie: bool,
+}
+
+/// The `CDN-Cache-Control` field (RFC 9213): when present it governs our tiers instead of
+/// `Cache-Control`, which is left for browsers downstream.
+pub const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
+
 /// Whether and for how long a response may be stored.
 #[derive(Debug, Clone)]
 pub struct Decision {
@@ -58,16 +70,99 @@ pub struct Decision {
 /// is the only use for it, and until the entry keeps validators for that it would only cost
 /// memory.
 pub fn evaluate(req: &request::Parts, resp: &response::Parts, now: SystemTime) -> Decision {
+    evaluate_with(req, resp, now, &Rules::default())
+}
+
+/// [`evaluate`] under the operator's [`Rules`]. `CDN-Cache-Control`, when the response has
+/// it, is what the policy reads as `Cache-Control`.
+pub fn evaluate_with(
+    req: &request::Parts,
+    resp: &response::Parts,
+    now: SystemTime,
+    rules: &Rules,
+) -> Decision {
+    let has_cookie = resp.headers.contains_key(http::header::SET_COOKIE);
+    let targeted = resp.headers.contains_key(CDN_CACHE_CONTROL);
+    let view;
+    let resp = if targeted || (has_cookie && rules.store_set_cookie) {
+        let mut h = resp.headers.clone();
+        if targeted {
+            h.remove(http::header::CACHE_CONTROL);
+            h.remove(http::header::PRAGMA);
+            for v in resp.headers.get_all(CDN_CACHE_CONTROL) {
+                h.append(http::header::CACHE_CONTROL, v.clone());
+            }
+        }
+        if rules.store_set_cookie {
+            // The crate refuses Set-Cookie responses unless `public`; the operator chose.
+            h.remove(http::header::SET_COOKIE);
+        }
+        let mut r = http::Response::new(());
+        *r.status_mut() = resp.status;
+        *r.headers_mut() = h;
+        view = r.into_parts().0;
+        &view
+    } else {
+        resp
+    };
     let policy = CachePolicy::new_options(req, resp, now, CacheOptions::default());
     let ttl = policy.time_to_live(now);
     let age = policy.age(now);
-    let storable = req.method == Method::GET && policy.is_storable() && !ttl.is_zero();
+    let cookie_ok = rules.store_set_cookie || !has_cookie;
+    let storable = req.method == Method::GET && policy.is_storable() && !ttl.is_zero() && cookie_ok;
     Decision {
         policy,
         storable,
         ttl,
         age,
     }
+}
+
+/// Whether a client's conditional GET/HEAD is satisfied by a stored 200 with `stored`
+/// fields, so the answer is 304 (RFC 9110 §13.1.2, §13.1.3, §13.2.2: `If-None-Match` with
+/// weak comparison wins over `If-Modified-Since`).
+pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    if let Some(inm) = request
+        .get(http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        let Some(etag) = stored.get(http::header::ETAG).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
+        return inm
+            .split(',')
+            .any(|t| t.trim() == "*" || weak(t) == weak(etag));
+    }
+    let since = request
+        .get(http::header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let modified = stored
+        .get(http::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    matches!((since, modified), (Some(s), Some(m)) if m <= s)
+}
+
+/// Response fields a 304 carries over from the stored response (RFC 9110 §15.4.5).
+pub const NOT_MODIFIED_FIELDS: [http::header::HeaderName; 6] = [
+    http::header::CACHE_CONTROL,
+    http::header::CONTENT_LOCATION,
+    http::header::DATE,
+    http::header::ETAG,
+    http::header::EXPIRES,
+    http::header::VARY,
+];
+
+/// Whether the request says `Cache-Control: only-if-cached` (answer 504 on a miss).
+pub fn only_if_cached(request: &HeaderMap) -> bool {
+    request
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case("only-if-cached"))
 }
 
 #[cfg(test)]
@@ -131,6 +226,90 @@ mod tests {
         let req = policy_request(&Method::POST, "/a", &HeaderMap::new());
         let d = evaluate(&req, &resp(&[("cache-control", "max-age=60")], 200), now);
         assert!(!d.storable);
+    }
+
+    #[test]
+    fn cdn_cache_control_governs_our_tiers() {
+        let now = SystemTime::now();
+        let d = evaluate(
+            &get("/a"),
+            &resp(
+                &[
+                    ("cache-control", "no-store"),
+                    ("cdn-cache-control", "max-age=120"),
+                ],
+                200,
+            ),
+            now,
+        );
+        assert!(d.storable);
+        assert_eq!(d.ttl, Duration::from_secs(120));
+        let d = evaluate(
+            &get("/a"),
+            &resp(
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("cdn-cache-control", "no-store"),
+                ],
+                200,
+            ),
+            now,
+        );
+        assert!(!d.storable);
+    }
+
+    #[test]
+    fn set_cookie_is_not_stored_unless_allowed() {
+        let now = SystemTime::now();
+        let r = resp(
+            &[("cache-control", "max-age=60"), ("set-cookie", "s=1")],
+            200,
+        );
+        assert!(!evaluate(&get("/a"), &r, now).storable);
+        let allow = Rules {
+            store_set_cookie: true,
+        };
+        assert!(evaluate_with(&get("/a"), &r, now, &allow).storable);
+    }
+
+    #[test]
+    fn conditionals_match_like_rfc_9110() {
+        let stored = resp(
+            &[
+                ("etag", "\"v1\""),
+                ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ],
+            200,
+        )
+        .headers;
+        let req = |k: &str, v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+            h
+        };
+        assert!(not_modified(&req("if-none-match", "\"v1\""), &stored));
+        assert!(not_modified(
+            &req("if-none-match", "W/\"v1\", \"v2\""),
+            &stored
+        ));
+        assert!(not_modified(&req("if-none-match", "*"), &stored));
+        assert!(!not_modified(&req("if-none-match", "\"v2\""), &stored));
+        assert!(not_modified(
+            &req("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            &stored
+        ));
+        assert!(!not_modified(
+            &req("if-modified-since", "Sat, 05 Nov 1994 08:49:37 GMT"),
+            &stored
+        ));
+        assert!(!not_modified(&HeaderMap::new(), &stored));
+        assert!(only_if_cached(&req(
+            "cache-control",
+            "max-age=0, only-if-cached"
+        )));
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct Config {
     pub purge_timeout_ms: u64,
     /// `available` (default) or `strict`: what happens when invalidations may not arrive.
     pub consistency: Consistency,
+    /// Store responses carrying `Set-Cookie` (off: a cookie for one client must not be
+    /// replayed to others, whatever Cache-Control says).
+    pub cache_set_cookie: bool,
 }
 
 impl Default for Config {
@@ -80,6 +83,7 @@ impl Default for Config {
             header_read_timeout_ms: 10_000,
             purge_timeout_ms: 5_000,
             consistency: Consistency::Available,
+            cache_set_cookie: false,
         }
     }
 }
@@ -123,6 +127,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The caching rules this member applies.
+    pub fn rules(&self) -> cdn_core::policy::Rules {
+        cdn_core::policy::Rules {
+            store_set_cookie: self.cache_set_cookie,
+        }
     }
 
     /// The largest object kept in L1.

@@ -10,6 +10,7 @@ use cdn_core::fill::{
     self, Coalescer, FillErrorKind, FlightReader, FlightWriter, Head, Joined, Via,
 };
 use cdn_core::http::{empty, serve, strip_hop_by_hop, text, Body, BoxError, ServerLimits};
+use cdn_core::policy;
 use cdn_core::store::Entry;
 use cdn_proto::CacheStatus;
 use futures::stream;
@@ -65,8 +66,24 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     if let Some(entry) = edge.l1.get(&key).await {
         if entry.is_fresh(now) && edge.may_serve(&entry) {
             Stats::inc(&edge.stats.hits);
-            return entry_response(&entry, now, head_only);
+            let conditional = entry.status == StatusCode::OK
+                && policy::not_modified(req.headers(), &entry.headers);
+            return client_response(
+                entry_response(&entry, now, head_only || conditional),
+                conditional,
+            );
         }
+    }
+    if policy::only_if_cached(req.headers()) {
+        let mut r = text(
+            StatusCode::GATEWAY_TIMEOUT,
+            "not in this edge's cache (only-if-cached)",
+        );
+        r.headers_mut()
+            .insert(X_CACHE, HeaderValue::from_static("MISS"));
+        r.headers_mut()
+            .insert(header::AGE, HeaderValue::from_static("0"));
+        return r;
     }
     Stats::inc(&edge.stats.misses);
     let headers = req.headers().clone();
@@ -87,7 +104,38 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     if !head.storable && head.via != Via::Local {
         Stats::inc(&edge.stats.passes);
     }
-    flight_response(&head, reader, head_only)
+    let conditional =
+        head.status == StatusCode::OK && policy::not_modified(req.headers(), &head.headers);
+    client_response(
+        flight_response(&head, reader, head_only || conditional),
+        conditional,
+    )
+}
+
+/// Final touches on a response to a client: fields meant for CDNs only are removed, and a
+/// satisfied conditional request becomes a 304 carrying only the fields RFC 9110 allows.
+fn client_response(mut r: Response<Body>, not_modified: bool) -> Response<Body> {
+    r.headers_mut().remove(policy::CDN_CACHE_CONTROL);
+    if not_modified {
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        let h = r.headers_mut();
+        let keep: Vec<(header::HeaderName, HeaderValue)> = h
+            .iter()
+            .filter(|(k, _)| {
+                policy::NOT_MODIFIED_FIELDS.contains(k)
+                    || *k == header::AGE
+                    || k.as_str() == X_CACHE
+                    || *k == header::LAST_MODIFIED
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        h.clear();
+        for (k, v) in keep {
+            h.append(k, v);
+        }
+        *r.body_mut() = empty();
+    }
+    r
 }
 
 fn upstream_failed(edge: &Edge, reason: &str) -> Response<Body> {
@@ -138,7 +186,7 @@ fn spawn_fill(edge: Arc<Edge>, key: String, headers: http::HeaderMap, w: FlightW
             Stats::inc(&edge.stats.node_fetches);
             match edge
                 .upstream
-                .fill(id, &key, &headers, &edge.l1, max, w)
+                .fill(id, &key, &headers, &edge.l1, max, &edge.config.rules(), w)
                 .await
             {
                 Ok(Ok(())) => return,
@@ -158,7 +206,17 @@ fn spawn_fill(edge: Arc<Edge>, key: String, headers: http::HeaderMap, w: FlightW
             }
         };
         Stats::inc(&edge.stats.origin_fetches);
-        if let Err(e) = fill::fetch_origin(&edge.origin, &edge.l1, &key, &headers, max, w).await {
+        if let Err(e) = fill::fetch_origin(
+            &edge.origin,
+            &edge.l1,
+            &key,
+            &headers,
+            max,
+            &edge.config.rules(),
+            w,
+        )
+        .await
+        {
             tracing::warn!(%key, error = %e, "origin fill failed");
         }
     });
@@ -233,6 +291,19 @@ fn flight_response(head: &Head, reader: FlightReader<Head>, head_only: bool) -> 
     r
 }
 
+/// The cache key a `Location` / `Content-Location` value names, when it is on our origin:
+/// a path, or an absolute URL whose authority is the request's host.
+fn same_origin_path(v: &HeaderValue, host: Option<&str>) -> Option<String> {
+    let s = v.to_str().ok()?;
+    if s.starts_with('/') && !s.starts_with("//") {
+        return Some(s.to_string());
+    }
+    let uri: http::Uri = s.parse().ok()?;
+    let same = uri.authority().map(|a| a.as_str()) == host && host.is_some();
+    same.then(|| uri.path_and_query().map(|p| p.as_str().to_string()))
+        .flatten()
+}
+
 /// `PURGE /path` with the admin token: a hard purge of that URL everywhere (`Soft-Purge: 1`
 /// makes it soft), answered with who acknowledged, as Varnish and Fastly users expect.
 async fn purge(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
@@ -269,11 +340,42 @@ async fn pass(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     Stats::inc(&edge.stats.origin_fetches);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    let unsafe_method = !matches!(parts.method, Method::OPTIONS | Method::TRACE);
+    let target = parts.uri.path_and_query().map(|p| p.as_str().to_string());
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()));
     let req = Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
     match edge.origin.send(req).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            parts.headers.remove(policy::CDN_CACHE_CONTROL);
+            let ok = parts.status.is_success() || parts.status.is_redirection();
+            if unsafe_method && ok {
+                // RFC 9111 §4.4: an unsafe request that succeeded invalidates the target and
+                // the same-origin Location / Content-Location, across the whole cluster.
+                let mut urls: Vec<String> = target.into_iter().collect();
+                for f in [header::LOCATION, header::CONTENT_LOCATION] {
+                    if let Some(u) = parts
+                        .headers
+                        .get(&f)
+                        .and_then(|v| same_origin_path(v, host.as_deref()))
+                    {
+                        urls.push(u);
+                    }
+                }
+                urls.sort();
+                urls.dedup();
+                let inv = cdn_proto::Invalidation {
+                    urls,
+                    ..Default::default()
+                };
+                edge.coordinate_purge(&inv).await;
+            }
             if !parts.headers.contains_key(header::AGE) {
                 parts
                     .headers

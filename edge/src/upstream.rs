@@ -121,6 +121,7 @@ impl Upstream {
         headers: &http::HeaderMap,
         l1: &Store,
         max_object: u64,
+        rules: &cdn_core::policy::Rules,
         mut w: FlightWriter<Head>,
     ) -> Result<Result<(), FillError>, (FlightWriter<Head>, Vec<PeerError>)> {
         let mut failures = Vec::new();
@@ -143,7 +144,7 @@ impl Upstream {
                 r.into_parts().0
             };
             let policy_req = cdn_core::policy::policy_request(&http::Method::GET, key, headers);
-            let decision = cdn_core::policy::evaluate(&policy_req, &parts, now);
+            let decision = cdn_core::policy::evaluate_with(&policy_req, &parts, now, rules);
             head.storable = decision.storable;
             let fill = NodeFill {
                 key,

@@ -403,6 +403,19 @@ async fn handle(req: Request<Incoming>, config: Arc<Config>, stats: Arc<Stats>) 
         let mut r = Response::new(full(format!("{method} {target} {body}\n")));
         r.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        for (n, v) in &shape.headers {
+            // Location, Content-Location and other h_ fields; never caching fields.
+            if ![
+                header::CACHE_CONTROL,
+                header::ETAG,
+                header::LAST_MODIFIED,
+                header::CONTENT_TYPE,
+            ]
+            .contains(n)
+            {
+                r.headers_mut().append(n, v.clone());
+            }
+        }
         return r;
     }
     let not_modified = shape.not_modified(&req);

@@ -3,4 +3,5 @@
 mod pull_through;
 mod purge;
 mod push;
+mod semantics;
 mod support;
