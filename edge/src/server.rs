@@ -180,15 +180,17 @@ fn spawn_fill(edge: Arc<Edge>, key: String, headers: http::HeaderMap, w: FlightW
     tokio::spawn(async move {
         let id = edge.next_request_id.fetch_add(1, Ordering::Relaxed);
         let max = edge.config.max_object();
+        let rules = edge.config.rules();
+        let l1 = crate::upstream::L1 {
+            store: &edge.l1,
+            max_object: max,
+            rules: &rules,
+        };
         let w = if edge.upstream.members().is_empty() {
             w
         } else {
             Stats::inc(&edge.stats.node_fetches);
-            match edge
-                .upstream
-                .fill(id, &key, &headers, &edge.l1, max, &edge.config.rules(), w)
-                .await
-            {
+            match edge.upstream.fill(id, &key, &headers, &l1, w).await {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) => {
                     tracing::warn!(%key, error = %e, "node fill failed after the head");

@@ -119,11 +119,14 @@ impl Upstream {
         request_id: u64,
         key: &str,
         headers: &http::HeaderMap,
-        l1: &Store,
-        max_object: u64,
-        rules: &cdn_core::policy::Rules,
+        l1: &L1<'_>,
         mut w: FlightWriter<Head>,
     ) -> Result<Result<(), FillError>, (FlightWriter<Head>, Vec<PeerError>)> {
+        let L1 {
+            store: l1,
+            max_object,
+            rules,
+        } = *l1;
         let mut failures = Vec::new();
         let mark = l1.fill_mark();
         for member in self.owners(key) {
@@ -163,6 +166,17 @@ impl Upstream {
         }
         Err((w, failures))
     }
+}
+
+/// Where an edge keeps what it pulls, and under which rules.
+#[derive(Clone, Copy)]
+pub struct L1<'a> {
+    /// The L1 store.
+    pub store: &'a Store,
+    /// Largest object kept.
+    pub max_object: u64,
+    /// Caching rules.
+    pub rules: &'a cdn_core::policy::Rules,
 }
 
 /// A node's response being received: what is needed to check and store it at the end.
