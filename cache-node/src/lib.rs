@@ -63,6 +63,8 @@ pub struct Stats {
     pub hits: AtomicU64,
     /// Not fresh in the store.
     pub misses: AtomicU64,
+    /// Served stale while a background request refreshed the entry.
+    pub stale: AtomicU64,
     /// Requests that waited on another request's fill.
     pub coalesced: AtomicU64,
     /// Requests sent to the origin.

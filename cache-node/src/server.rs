@@ -4,11 +4,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use cdn_core::fill::{self, Coalescer, FillErrorKind, FlightReader, Head, Joined, Via};
+use cdn_core::fill::{self, Coalescer, FillErrorKind, FlightReader, Head, Joined, Served};
+use cdn_core::policy;
 use cdn_core::quic::{
     codes, fields_from_headers, headers_from_fields, send_data, send_entry, send_frame,
     FrameReader, WireError,
 };
+use cdn_core::store::Freshness;
 use cdn_proto::{CacheStatus, ErrorCode, Frame, Member, Role};
 use tokio_util::sync::CancellationToken;
 
@@ -221,38 +223,119 @@ async fn serve_request(
     send: &mut quinn::SendStream,
 ) -> Result<(), WireError> {
     let now = SystemTime::now();
+    let mut stale = None;
     if let Some(entry) = node.store.get(key).await {
-        if entry.is_fresh(now) {
-            Stats::inc(&node.stats.hits);
-            let n = send_entry(send, &entry, CacheStatus::Hit, &node.config.id, now).await?;
-            node.stats
-                .bytes_sent
-                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            return Ok(());
+        match entry.freshness(now) {
+            Freshness::Fresh => {
+                Stats::inc(&node.stats.hits);
+                return respond_entry(node, send, &entry, CacheStatus::Hit, headers, now).await;
+            }
+            Freshness::Stale {
+                while_revalidate: true,
+                ..
+            } => {
+                // Serve the stale copy now; one background request refreshes it.
+                Stats::inc(&node.stats.stale);
+                revalidate_in_background(node, key, headers, entry.clone());
+                return respond_entry(node, send, &entry, CacheStatus::Stale, headers, now).await;
+            }
+            Freshness::Stale { .. } => stale = Some(entry),
         }
     }
     Stats::inc(&node.stats.misses);
-    let reader = join_fill(node, key, headers).await;
+    let reader = join_fill(node, key, headers, stale).await;
     match reader.head().await {
         Err(e) if e.kind == FillErrorKind::NotShared => {
             // Someone else's private response: fetch our own, unshared.
             let (w, r) = Coalescer::solo();
-            spawn_origin_fetch(node.clone(), key.to_string(), headers.clone(), w);
-            stream_flight(node, r, send).await
+            spawn_origin_fetch(node.clone(), key.to_string(), headers.clone(), None, w);
+            stream_flight(node, r, headers, send).await
         }
-        _ => stream_flight(node, reader, send).await,
+        _ => stream_flight(node, reader, headers, send).await,
+    }
+}
+
+/// Sends a stored entry, or a 304 when the request's conditionals match it.
+async fn respond_entry(
+    node: &Node,
+    send: &mut quinn::SendStream,
+    entry: &cdn_core::store::Entry,
+    cache: CacheStatus,
+    request: &http::HeaderMap,
+    now: SystemTime,
+) -> Result<(), WireError> {
+    if entry.status == http::StatusCode::OK && policy::not_modified(request, &entry.headers) {
+        let mut headers = entry.headers.clone();
+        headers.insert(
+            http::header::AGE,
+            http::HeaderValue::from(entry.age(now).as_secs()),
+        );
+        return send_not_modified(node, send, &headers, cache).await;
+    }
+    let n = send_entry(send, entry, cache, &node.config.id, now).await?;
+    node.stats
+        .bytes_sent
+        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+async fn send_not_modified(
+    node: &Node,
+    send: &mut quinn::SendStream,
+    headers: &http::HeaderMap,
+    cache: CacheStatus,
+) -> Result<(), WireError> {
+    send_frame(
+        send,
+        &Frame::ResponseHead {
+            status: 304,
+            cache,
+            node: node.config.id.clone(),
+            content_length: Some(0),
+            headers: fields_from_headers(headers),
+        },
+    )
+    .await?;
+    send_frame(send, &Frame::End { len: 0 }).await?;
+    send.finish()?;
+    Ok(())
+}
+
+/// Starts a refresh of `key` unless one is already running (then it is that one).
+fn revalidate_in_background(
+    node: &Arc<Node>,
+    key: &str,
+    headers: &http::HeaderMap,
+    stale: Arc<cdn_core::store::Entry>,
+) {
+    if let Joined::Leader(w, _) = node.fills.join(key) {
+        spawn_origin_fetch(
+            node.clone(),
+            key.to_string(),
+            headers.clone(),
+            Some(stale),
+            w,
+        );
     }
 }
 
 /// Joins (or leads) the fill for `key`; a leader starts the origin fetch in its own task, so
-/// the fill completes for the other waiters even if this request goes away.
-async fn join_fill(node: &Arc<Node>, key: &str, headers: &http::HeaderMap) -> FlightReader<Head> {
+/// the fill completes for the other waiters even if this request goes away. `stale` is the
+/// expired entry to revalidate, if any.
+async fn join_fill(
+    node: &Arc<Node>,
+    key: &str,
+    headers: &http::HeaderMap,
+    stale: Option<Arc<cdn_core::store::Entry>>,
+) -> FlightReader<Head> {
     match node.fills.join(key) {
         Joined::Leader(w, r) => {
             let now = SystemTime::now();
             match node.store.get(key).await {
-                Some(e) if e.is_fresh(now) => fill::complete_from_entry(w, &e, now),
-                _ => spawn_origin_fetch(node.clone(), key.to_string(), headers.clone(), w),
+                Some(e) if e.is_fresh(now) => {
+                    fill::complete_from_entry(w, &e, now, Served::Fetched)
+                }
+                _ => spawn_origin_fetch(node.clone(), key.to_string(), headers.clone(), stale, w),
             }
             r
         }
@@ -267,22 +350,18 @@ fn spawn_origin_fetch(
     node: Arc<Node>,
     key: String,
     headers: http::HeaderMap,
+    stale: Option<Arc<cdn_core::store::Entry>>,
     w: fill::FlightWriter<Head>,
 ) {
     Stats::inc(&node.stats.origin_fetches);
     tokio::spawn(async move {
-        let max = node.config.max_object();
-        if let Err(e) = fill::fetch_origin(
-            &node.origin,
-            &node.store,
-            &key,
-            &headers,
-            max,
-            &node.config.rules(),
-            w,
-        )
-        .await
-        {
+        let rules = node.config.rules();
+        let into = fill::Sink {
+            store: &node.store,
+            max_object: node.config.max_object(),
+            rules: &rules,
+        };
+        if let Err(e) = fill::fetch_origin(&node.origin, &into, &key, &headers, stale, w).await {
             tracing::warn!(%key, error = %e, "origin fill failed");
         }
     });
@@ -293,6 +372,7 @@ fn spawn_origin_fetch(
 async fn stream_flight(
     node: &Arc<Node>,
     mut reader: FlightReader<Head>,
+    request: &http::HeaderMap,
     send: &mut quinn::SendStream,
 ) -> Result<(), WireError> {
     let head = match reader.head().await {
@@ -306,11 +386,10 @@ async fn stream_flight(
             return refuse(send, code, e.message.to_string()).await;
         }
     };
-    let cache = match (&head.via, head.storable) {
-        (Via::Local, _) => CacheStatus::Hit,
-        (_, true) => CacheStatus::Miss,
-        (_, false) => CacheStatus::Pass,
-    };
+    let cache = head.outcome();
+    if head.status == http::StatusCode::OK && policy::not_modified(request, &head.headers) {
+        return send_not_modified(node, send, &head.headers, cache).await;
+    }
     let mut fields = fields_from_headers(&head.headers);
     if !head.headers.contains_key(http::header::AGE) {
         fields.push(("age".into(), Bytes::from_static(b"0")));

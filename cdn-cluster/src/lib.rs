@@ -77,6 +77,7 @@ pub struct Cluster {
     /// Admin bearer token.
     pub admin_token: String,
     shutdown: CancellationToken,
+    stub_shutdown: CancellationToken,
 }
 
 fn port(base: u16, offset: usize) -> anyhow::Result<u16> {
@@ -91,6 +92,7 @@ impl Cluster {
     pub async fn start(cfg: ClusterConfig) -> anyhow::Result<Self> {
         cdn_core::install_crypto_provider();
         let shutdown = CancellationToken::new();
+        let stub_shutdown = shutdown.child_token();
         let tls = TlsMaterial::generate().context("generating cluster certificates")?;
         let (origin_url, stub) = match &cfg.origin {
             Some(url) => (url.clone(), None),
@@ -101,7 +103,7 @@ impl Cluster {
                 let addr = listener.local_addr()?;
                 let stub = origin_stub::OriginStub::new(cfg.origin_stub.clone());
                 let stats = stub.stats();
-                tokio::spawn(stub.run(listener, shutdown.clone()));
+                tokio::spawn(stub.run(listener, stub_shutdown.clone()));
                 (format!("http://{addr}"), Some(StubHandle { addr, stats }))
             }
         };
@@ -170,6 +172,7 @@ impl Cluster {
             edges,
             admin_token: cfg.admin_token,
             shutdown,
+            stub_shutdown,
         })
     }
 
@@ -178,6 +181,11 @@ impl Cluster {
         if let Some(n) = self.nodes.get_mut(j).and_then(Option::take) {
             n.stop().await;
         }
+    }
+
+    /// Stops the origin-stub (the origin goes down; members see connection errors).
+    pub fn stop_origin(&self) {
+        self.stub_shutdown.cancel();
     }
 
     /// Origin requests for an exact path-and-query (stub only; 0 otherwise).

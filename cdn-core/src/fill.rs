@@ -372,13 +372,42 @@ pub struct Head {
     pub storable: bool,
     /// Where it came from.
     pub via: Via,
+    /// Fetched anew, revalidated, or a stale copy served because upstream failed.
+    pub served: Served,
 }
 
-/// Completes a flight from a stored entry (the leader found it after winning).
+impl Head {
+    /// This tier's outcome for the response, as `X-Cache` and the wire name it.
+    pub fn outcome(&self) -> cdn_proto::CacheStatus {
+        use cdn_proto::CacheStatus;
+        match (self.served, &self.via, self.storable) {
+            (Served::Revalidated, _, _) => CacheStatus::Revalidated,
+            (Served::Stale, _, _) => CacheStatus::Stale,
+            (Served::Fetched, Via::Local, _) => CacheStatus::Hit,
+            (Served::Fetched, _, true) => CacheStatus::Miss,
+            (Served::Fetched, _, false) => CacheStatus::Pass,
+        }
+    }
+}
+
+/// How a fill produced its response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// A full response from upstream (or the store).
+    Fetched,
+    /// Upstream confirmed the stored copy (304); the stored body with refreshed fields.
+    Revalidated,
+    /// Upstream failed and the stored copy was still allowed (stale-if-error).
+    Stale,
+}
+
+/// Completes a flight from a stored entry (the leader found it after winning, or upstream
+/// revalidated it, or failed while stale-if-error allows it).
 pub fn complete_from_entry(
     mut w: FlightWriter<Head>,
     entry: &crate::store::Entry,
     now: std::time::SystemTime,
+    served: Served,
 ) {
     let mut headers = entry.headers.clone();
     headers.insert(
@@ -392,6 +421,7 @@ pub fn complete_from_entry(
             content_length: Some(entry.body_len),
             storable: true,
             via: Via::Local,
+            served,
         },
         true,
     );
@@ -399,6 +429,49 @@ pub fn complete_from_entry(
         w.push(c.clone());
     }
     w.finish();
+}
+
+/// Where a fill stores what it gets, and under which rules.
+#[derive(Clone, Copy)]
+pub struct Sink<'a> {
+    /// The store (a node's, or an edge's L1).
+    pub store: &'a crate::store::Store,
+    /// Largest object stored.
+    pub max_object: u64,
+    /// Caching rules.
+    pub rules: &'a crate::policy::Rules,
+}
+
+/// The request fields a fill sends upstream: the client's end-to-end fields without
+/// hop-by-hop ones, `Host`, or the client's own conditionals and range.
+pub fn fill_headers(client: &http::HeaderMap) -> http::HeaderMap {
+    let mut headers = client.clone();
+    crate::http::strip_hop_by_hop(&mut headers);
+    headers.remove(http::header::HOST);
+    for f in FILL_DROPPED {
+        headers.remove(f);
+    }
+    headers
+}
+
+/// The entry a 304 makes of a stored one: its body, its fields updated by the 304's, and a
+/// lifetime evaluated anew from them; and whether it may still be stored.
+pub fn revalidated(
+    stale: &crate::store::Entry,
+    not_modified: &http::HeaderMap,
+    policy_req: &http::request::Parts,
+    now: std::time::SystemTime,
+    rules: &crate::policy::Rules,
+) -> (crate::store::Entry, bool) {
+    let merged = crate::policy::merge_not_modified(&stale.headers, not_modified);
+    let mut r = http::Response::new(());
+    *r.status_mut() = stale.status;
+    *r.headers_mut() = merged.clone();
+    let decision = crate::policy::evaluate_with(policy_req, &r.into_parts().0, now, rules);
+    let storable = decision.storable;
+    let mut e = crate::store::Entry::new(stale.status, merged, stale.body.clone(), decision, now);
+    e.source = stale.source.clone();
+    (e, storable)
 }
 
 /// Request fields a fill never forwards upstream: the cache fetches whole objects and does
@@ -417,22 +490,25 @@ const FILL_DROPPED: [&str; 6] = [
 /// stored before the flight finishes; a short, broken or oversized body is never stored.
 pub async fn fetch_origin(
     origin: &crate::origin::Origin,
-    store: &crate::store::Store,
+    into: &Sink<'_>,
     key: &str,
     req_headers: &http::HeaderMap,
-    max_object: u64,
-    rules: &crate::policy::Rules,
+    stale: Option<Arc<crate::store::Entry>>,
     mut w: FlightWriter<Head>,
 ) -> Result<(), FillError> {
     use http_body_util::BodyExt;
+    let Sink {
+        store,
+        max_object,
+        rules,
+    } = *into;
 
-    let mut headers = req_headers.clone();
-    crate::http::strip_hop_by_hop(&mut headers);
-    headers.remove(http::header::HOST);
-    for f in FILL_DROPPED {
-        headers.remove(f);
-    }
+    let mut headers = fill_headers(req_headers);
     let policy_req = crate::policy::policy_request(&http::Method::GET, key, &headers);
+    let stale = stale.filter(|s| s.validators || s.stale_if_error > std::time::Duration::ZERO);
+    if let Some(s) = stale.as_ref().filter(|s| s.validators) {
+        headers.extend(crate::policy::validators_for(&s.headers));
+    }
     let mark = store.fill_mark();
     let mut req = http::Request::new(crate::http::empty());
     *req.uri_mut() = key.parse().map_err(|_| {
@@ -445,6 +521,12 @@ pub async fn fetch_origin(
     let resp = match origin.send(req).await {
         Ok(r) => r,
         Err(e) => {
+            let now = std::time::SystemTime::now();
+            if let Some(s) = stale.filter(|s| s.serve_on_error(now)) {
+                tracing::warn!(%key, error = %e, "origin failed: serving stale (stale-if-error)");
+                complete_from_entry(w, &s, now, Served::Stale);
+                return Ok(());
+            }
             let err = FillError::new(FillErrorKind::Unreachable, e.to_string());
             w.fail(err.clone());
             return Err(err);
@@ -452,6 +534,24 @@ pub async fn fetch_origin(
     };
     let (parts, mut body) = resp.into_parts();
     let now = std::time::SystemTime::now();
+    if let Some(s) = &stale {
+        if parts.status == http::StatusCode::NOT_MODIFIED && s.validators {
+            let (entry, storable) = revalidated(s, &parts.headers, &policy_req, now, rules);
+            let entry = Arc::new(entry);
+            if storable {
+                store.insert_filled(key, entry.clone(), mark).await;
+            } else {
+                store.remove(key).await;
+            }
+            complete_from_entry(w, &entry, now, Served::Revalidated);
+            return Ok(());
+        }
+        if parts.status.is_server_error() && s.serve_on_error(now) {
+            tracing::warn!(%key, status = %parts.status, "origin error: serving stale (stale-if-error)");
+            complete_from_entry(w, s, now, Served::Stale);
+            return Ok(());
+        }
+    }
     let decision = crate::policy::evaluate_with(&policy_req, &parts, now, rules);
     let content_length = http_body::Body::size_hint(&body).exact();
     let mut storable = decision.storable && content_length.is_none_or(|l| l <= max_object);
@@ -464,6 +564,7 @@ pub async fn fetch_origin(
             content_length,
             storable: decision.storable,
             via: Via::Origin,
+            served: Served::Fetched,
         },
         decision.storable,
     );

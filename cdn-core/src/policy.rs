@@ -39,12 +39,28 @@ pub fn policy_request(method: &Method, path: &str, headers: &HeaderMap) -> reque
 }
 
 /// Operator choices that change what is stored. Both tiers are given the same rules.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rules {
     /// Store responses that carry `Set-Cookie` (off by default: a cookie set for one client
     /// must not be replayed to another, whatever the origin's Cache-Control says).
     pub store_set_cookie: bool,
+    /// Stale-while-revalidate and stale-if-error window applied when the origin sends
+    /// neither (and nothing forbids serving stale): Varnish's default grace, 10 s.
+    pub grace: Duration,
 }
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            store_set_cookie: false,
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How long an expired entry with validators is kept (space permitting) so it can be
+/// revalidated with a conditional request instead of refetched whole.
+pub const REVALIDATE_KEEP: Duration = Duration::from_secs(3600);
 
 /// The `CDN-Cache-Control` field (RFC 9213): when present it governs our tiers instead of
 /// `Cache-Control`, which is left for browsers downstream.
@@ -61,6 +77,14 @@ pub struct Decision {
     pub ttl: Duration,
     /// Age of the response at `now` (upstream `Age` plus time in flight).
     pub age: Duration,
+    /// How long past its lifetime it may be served while a refresh runs.
+    pub stale_while_revalidate: Duration,
+    /// How long past its lifetime it may be served when upstream fails.
+    pub stale_if_error: Duration,
+    /// Must not be served stale at all (`must-revalidate`, `proxy-revalidate`, `no-cache`).
+    pub revalidate_only: bool,
+    /// Has `ETag` or `Last-Modified`, so it can be revalidated.
+    pub validators: bool,
 }
 
 /// Evaluates a response received at `now` for the request `req`.
@@ -109,13 +133,94 @@ pub fn evaluate_with(
     let ttl = policy.time_to_live(now);
     let age = policy.age(now);
     let cookie_ok = rules.store_set_cookie || !has_cookie;
-    let storable = req.method == Method::GET && policy.is_storable() && !ttl.is_zero() && cookie_ok;
+    let validators = resp.headers.contains_key(http::header::ETAG)
+        || resp.headers.contains_key(http::header::LAST_MODIFIED);
+    let cc = directives(&resp.headers);
+    let seconds = |name: &str| {
+        cc.iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref()?.parse::<u64>().ok())
+            .map(Duration::from_secs)
+    };
+    let has = |name: &str| cc.iter().any(|(k, _)| k == name);
+    let revalidate_only = has("must-revalidate") || has("proxy-revalidate") || has("no-cache");
+    let (swr, sie) = match (seconds("stale-while-revalidate"), seconds("stale-if-error")) {
+        // s-maxage implies proxy-revalidate (RFC 9111 §5.2.2.10): no default grace then.
+        (None, None) if has("s-maxage") => (Duration::ZERO, Duration::ZERO),
+        (None, None) => (rules.grace, rules.grace),
+        (a, b) => (a.unwrap_or_default(), b.unwrap_or_default()),
+    };
+    // Stored if fresh, or revalidatable (`no-cache`, or `max-age=0` with a validator).
+    let storable = req.method == Method::GET
+        && policy.is_storable()
+        && (!ttl.is_zero() || validators)
+        && cookie_ok;
     Decision {
         policy,
         storable,
         ttl,
         age,
+        stale_while_revalidate: if revalidate_only { Duration::ZERO } else { swr },
+        stale_if_error: if revalidate_only { Duration::ZERO } else { sie },
+        revalidate_only,
+        validators,
     }
+}
+
+/// Cache-Control directives, lowercase names with optional values.
+fn directives(headers: &HeaderMap) -> Vec<(String, Option<String>)> {
+    headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|d| {
+            let d = d.trim();
+            if d.is_empty() {
+                return None;
+            }
+            Some(match d.split_once('=') {
+                Some((k, v)) => (
+                    k.trim().to_ascii_lowercase(),
+                    Some(v.trim().trim_matches('"').to_string()),
+                ),
+                None => (d.to_ascii_lowercase(), None),
+            })
+        })
+        .collect()
+}
+
+/// The conditional fields to revalidate a stored response with.
+pub fn validators_for(stored: &HeaderMap) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Some(e) = stored.get(http::header::ETAG) {
+        h.insert(http::header::IF_NONE_MATCH, e.clone());
+    }
+    if let Some(lm) = stored.get(http::header::LAST_MODIFIED) {
+        h.insert(http::header::IF_MODIFIED_SINCE, lm.clone());
+    }
+    h
+}
+
+/// The stored fields updated by a 304 (RFC 9111 §3.2, §4.3.4): every field of the 304
+/// replaces the stored one, except those describing the body, which a 304 has not got.
+pub fn merge_not_modified(stored: &HeaderMap, fresh: &HeaderMap) -> HeaderMap {
+    let mut out = stored.clone();
+    let skip = [
+        http::header::CONTENT_LENGTH,
+        http::header::CONTENT_ENCODING,
+        http::header::TRANSFER_ENCODING,
+        http::header::CONTENT_RANGE,
+    ];
+    let names: std::collections::HashSet<&http::HeaderName> =
+        fresh.keys().filter(|k| !skip.contains(k)).collect();
+    for n in names {
+        out.remove(n);
+        for v in fresh.get_all(n) {
+            out.append(n.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// Whether a client's conditional GET/HEAD is satisfied by a stored 200 with `stored`
@@ -214,6 +319,7 @@ mod tests {
     #[test]
     fn private_no_store_and_zero_ttl_are_not_stored() {
         let now = SystemTime::now();
+        // (origin-stub sends an ETag by default; these have none, so cannot be revalidated)
         for cc in ["private, max-age=60", "no-store", "max-age=0", "no-cache"] {
             let d = evaluate(&get("/a"), &resp(&[("cache-control", cc)], 200), now);
             assert!(!d.storable, "{cc}");
@@ -259,6 +365,102 @@ mod tests {
     }
 
     #[test]
+    fn stale_windows_come_from_directives_or_the_default_grace() {
+        let now = SystemTime::now();
+        let d = evaluate(
+            &get("/a"),
+            &resp(
+                &[(
+                    "cache-control",
+                    "max-age=60, stale-while-revalidate=30, stale-if-error=300",
+                )],
+                200,
+            ),
+            now,
+        );
+        assert_eq!(
+            (d.stale_while_revalidate, d.stale_if_error),
+            (Duration::from_secs(30), Duration::from_secs(300))
+        );
+        let d = evaluate(
+            &get("/a"),
+            &resp(&[("cache-control", "max-age=60")], 200),
+            now,
+        );
+        assert_eq!(d.stale_while_revalidate, Rules::default().grace);
+        let d = evaluate(
+            &get("/a"),
+            &resp(&[("cache-control", "s-maxage=60")], 200),
+            now,
+        );
+        assert!(
+            d.stale_if_error.is_zero(),
+            "s-maxage implies proxy-revalidate"
+        );
+        let d = evaluate(
+            &get("/a"),
+            &resp(
+                &[(
+                    "cache-control",
+                    "max-age=60, must-revalidate, stale-if-error=60",
+                )],
+                200,
+            ),
+            now,
+        );
+        assert!(d.revalidate_only && d.stale_if_error.is_zero());
+    }
+
+    #[test]
+    fn no_cache_with_a_validator_is_stored_for_revalidation() {
+        let now = SystemTime::now();
+        let d = evaluate(
+            &get("/a"),
+            &resp(&[("cache-control", "no-cache"), ("etag", "\"1\"")], 200),
+            now,
+        );
+        assert!(d.storable && d.ttl.is_zero() && d.revalidate_only);
+        let d = evaluate(
+            &get("/a"),
+            &resp(&[("cache-control", "no-cache")], 200),
+            now,
+        );
+        assert!(!d.storable, "nothing to revalidate with");
+    }
+
+    #[test]
+    fn a_304_updates_stored_fields_but_not_the_body_description() {
+        let stored = resp(
+            &[
+                ("etag", "\"1\""),
+                ("cache-control", "max-age=1"),
+                ("content-length", "5"),
+                ("x-a", "old"),
+            ],
+            200,
+        )
+        .headers;
+        let fresh = resp(
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-length", "0"),
+                ("x-a", "new"),
+            ],
+            304,
+        )
+        .headers;
+        let m = merge_not_modified(&stored, &fresh);
+        assert_eq!(m.get("cache-control").unwrap(), "max-age=60");
+        assert_eq!(m.get("content-length").unwrap(), "5");
+        assert_eq!(m.get("x-a").unwrap(), "new");
+        assert_eq!(m.get("etag").unwrap(), "\"1\"");
+        assert_eq!(
+            validators_for(&stored).get("if-none-match").unwrap(),
+            "\"1\""
+        );
+    }
+
+    #[test]
     fn set_cookie_is_not_stored_unless_allowed() {
         let now = SystemTime::now();
         let r = resp(
@@ -268,6 +470,7 @@ mod tests {
         assert!(!evaluate(&get("/a"), &r, now).storable);
         let allow = Rules {
             store_set_cookie: true,
+            ..Rules::default()
         };
         assert!(evaluate_with(&get("/a"), &r, now, &allow).storable);
     }

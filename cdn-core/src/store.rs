@@ -41,6 +41,14 @@ pub struct Entry {
     pub ttl: Duration,
     /// Surrogate keys (from `Surrogate-Key`), for purge by tag.
     pub tags: Vec<String>,
+    /// Served stale while a refresh runs, for this long past the lifetime.
+    pub stale_while_revalidate: Duration,
+    /// Served stale when upstream fails, for this long past the lifetime.
+    pub stale_if_error: Duration,
+    /// Never served stale.
+    pub revalidate_only: bool,
+    /// Can be revalidated (has `ETag` or `Last-Modified`).
+    pub validators: bool,
     /// The cache node it came from (edges), so a member whose invalidation stream from that
     /// node broke can drop or stop serving exactly those entries.
     pub source: Option<Arc<str>>,
@@ -67,6 +75,12 @@ impl Entry {
         // The policy holds its own copy of the response headers (and the request's).
         let weight = body_len + 2 * header_bytes + ENTRY_OVERHEAD;
         let tags = crate::purge::surrogate_keys(&headers);
+        let (swr, sie, revalidate_only, validators) = (
+            decision.stale_while_revalidate,
+            decision.stale_if_error,
+            decision.revalidate_only,
+            decision.validators,
+        );
         Self {
             status,
             headers,
@@ -77,6 +91,10 @@ impl Entry {
             initial_age: decision.age,
             ttl: decision.ttl,
             tags,
+            stale_while_revalidate: swr,
+            stale_if_error: sie,
+            revalidate_only,
+            validators,
             source: None,
             stale: AtomicBool::new(false),
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
@@ -104,6 +122,45 @@ impl Entry {
             .unwrap_or(true)
     }
 
+    /// How usable the entry is at `now`.
+    pub fn freshness(&self, now: SystemTime) -> Freshness {
+        let held = now.duration_since(self.stored_at).unwrap_or_default();
+        let soft_purged = self.stale.load(Ordering::Acquire);
+        if !soft_purged && held < self.ttl {
+            return Freshness::Fresh;
+        }
+        // Past its lifetime (or soft-purged, which counts as just expired).
+        let past = if soft_purged {
+            Duration::ZERO
+        } else {
+            held - self.ttl
+        };
+        Freshness::Stale {
+            while_revalidate: !self.revalidate_only && past < self.stale_while_revalidate,
+            on_error: !self.revalidate_only && past < self.stale_if_error,
+        }
+    }
+
+    /// Whether it may be served because upstream failed.
+    pub fn serve_on_error(&self, now: SystemTime) -> bool {
+        matches!(self.freshness(now), Freshness::Stale { on_error: true, .. })
+    }
+
+    /// How long moka keeps it: its lifetime plus the longest window in which a stale copy
+    /// is still useful (served under grace, or revalidated instead of refetched).
+    fn keep(&self) -> Duration {
+        let revalidate = if self.validators {
+            crate::policy::REVALIDATE_KEEP
+        } else {
+            Duration::ZERO
+        };
+        self.ttl
+            + self
+                .stale_while_revalidate
+                .max(self.stale_if_error)
+                .max(revalidate)
+    }
+
     /// The `Age` to send at `now`: age when stored plus time held here.
     pub fn age(&self, now: SystemTime) -> Duration {
         self.initial_age + now.duration_since(self.stored_at).unwrap_or_default()
@@ -113,6 +170,20 @@ impl Entry {
     pub fn weight(&self) -> u32 {
         self.weight
     }
+}
+
+/// How usable a stored entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Within its lifetime: serve.
+    Fresh,
+    /// Past it: revalidate, unless a window allows serving it meanwhile.
+    Stale {
+        /// May be served now while one background request refreshes it.
+        while_revalidate: bool,
+        /// May be served if upstream fails.
+        on_error: bool,
+    },
 }
 
 /// Which entries the store keeps when full.
@@ -147,7 +218,7 @@ impl moka::Expiry<Arc<str>, Arc<Entry>> for ExpireAtTtl {
         v: &Arc<Entry>,
         _created: std::time::Instant,
     ) -> Option<Duration> {
-        Some(v.ttl)
+        Some(v.keep())
     }
 
     // A replaced entry gets the new entry's lifetime, not the old deadline (moka's default).
@@ -158,7 +229,7 @@ impl moka::Expiry<Arc<str>, Arc<Entry>> for ExpireAtTtl {
         _updated: std::time::Instant,
         _remaining: Option<Duration>,
     ) -> Option<Duration> {
-        Some(v.ttl)
+        Some(v.keep())
     }
 }
 
@@ -333,6 +404,58 @@ mod tests {
         assert!(e.is_fresh(t0 + Duration::from_secs(59)));
         assert!(!e.is_fresh(t0 + Duration::from_secs(60)));
         assert_eq!(e.age(t0 + Duration::from_secs(7)), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn stale_windows_follow_the_entry_clock() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let e = entry(
+            10,
+            "max-age=10, stale-while-revalidate=5, stale-if-error=60",
+            t0,
+        );
+        let at = |s| t0 + Duration::from_secs(s);
+        assert_eq!(e.freshness(at(9)), Freshness::Fresh);
+        assert_eq!(
+            e.freshness(at(12)),
+            Freshness::Stale {
+                while_revalidate: true,
+                on_error: true
+            }
+        );
+        assert_eq!(
+            e.freshness(at(20)),
+            Freshness::Stale {
+                while_revalidate: false,
+                on_error: true
+            }
+        );
+        assert_eq!(
+            e.freshness(at(80)),
+            Freshness::Stale {
+                while_revalidate: false,
+                on_error: false
+            }
+        );
+        let strict = entry(10, "max-age=10, must-revalidate", t0);
+        assert_eq!(
+            strict.freshness(at(11)),
+            Freshness::Stale {
+                while_revalidate: false,
+                on_error: false
+            }
+        );
+        let soft = entry(10, "max-age=600, stale-while-revalidate=5", t0);
+        soft.mark_stale();
+        // A soft purge makes it stale at once; an explicit stale-while-revalidate alone
+        // allows no stale-if-error.
+        assert_eq!(
+            soft.freshness(at(1)),
+            Freshness::Stale {
+                while_revalidate: true,
+                on_error: false
+            }
+        );
     }
 
     #[tokio::test]

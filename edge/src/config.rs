@@ -57,6 +57,10 @@ pub struct Config {
     /// Store responses carrying `Set-Cookie` (off: a cookie for one client must not be
     /// replayed to others, whatever Cache-Control says).
     pub cache_set_cookie: bool,
+    /// Seconds a response may be served stale while it is refreshed, or when upstream fails,
+    /// if the origin sends neither stale-while-revalidate nor stale-if-error (Varnish's
+    /// default grace, 10 s). 0 turns it off.
+    pub grace_secs: u64,
 }
 
 impl Default for Config {
@@ -84,6 +88,7 @@ impl Default for Config {
             purge_timeout_ms: 5_000,
             consistency: Consistency::Available,
             cache_set_cookie: false,
+            grace_secs: 10,
         }
     }
 }
@@ -133,6 +138,7 @@ impl Config {
     pub fn rules(&self) -> cdn_core::policy::Rules {
         cdn_core::policy::Rules {
             store_set_cookie: self.cache_set_cookie,
+            grace: std::time::Duration::from_secs(self.grace_secs),
         }
     }
 

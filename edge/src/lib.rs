@@ -62,6 +62,8 @@ pub struct Stats {
     pub hits: AtomicU64,
     /// Filled from upstream.
     pub misses: AtomicU64,
+    /// Served stale while a background request refreshed the entry.
+    pub stale: AtomicU64,
     /// Not cacheable (other methods, or uncacheable responses).
     pub passes: AtomicU64,
     /// Requests that waited on another request's fill.

@@ -93,7 +93,7 @@ impl Edge {
     }
 
     async fn prewarm_one(self: Arc<Self>, url: String, edges: bool) -> PrewarmResult {
-        let mut reader = crate::server::join_fill(&self, &url, &http::HeaderMap::new()).await;
+        let mut reader = crate::server::join_fill(&self, &url, &http::HeaderMap::new(), None).await;
         let head = match reader.head().await {
             Ok(h) => h,
             Err(e) => {

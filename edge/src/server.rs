@@ -7,11 +7,11 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use cdn_core::fill::{
-    self, Coalescer, FillErrorKind, FlightReader, FlightWriter, Head, Joined, Via,
+    self, Coalescer, FillErrorKind, FlightReader, FlightWriter, Head, Joined, Served, Via,
 };
 use cdn_core::http::{empty, serve, strip_hop_by_hop, text, Body, BoxError, ServerLimits};
 use cdn_core::policy;
-use cdn_core::store::Entry;
+use cdn_core::store::{Entry, Freshness};
 use cdn_proto::CacheStatus;
 use futures::stream;
 use http::header::{self, HeaderValue};
@@ -63,16 +63,36 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
         }
     };
     let now = SystemTime::now();
-    if let Some(entry) = edge.l1.get(&key).await {
-        if entry.is_fresh(now) && edge.may_serve(&entry) {
-            Stats::inc(&edge.stats.hits);
+    let mut stale = None;
+    if let Some(entry) = edge.l1.get(&key).await.filter(|e| edge.may_serve(e)) {
+        let outcome = match entry.freshness(now) {
+            Freshness::Fresh => Some(CacheStatus::Hit),
+            Freshness::Stale {
+                while_revalidate: true,
+                ..
+            } => {
+                // Serve the stale copy at once; one background request refreshes it.
+                revalidate_in_background(edge, &key, req.headers(), entry.clone());
+                Some(CacheStatus::Stale)
+            }
+            Freshness::Stale { .. } => None,
+        };
+        if let Some(outcome) = outcome {
+            Stats::inc(if outcome == CacheStatus::Hit {
+                &edge.stats.hits
+            } else {
+                &edge.stats.stale
+            });
             let conditional = entry.status == StatusCode::OK
                 && policy::not_modified(req.headers(), &entry.headers);
-            return client_response(
-                entry_response(&entry, now, head_only || conditional),
-                conditional,
-            );
+            let mut r = entry_response(&entry, now, head_only || conditional);
+            if outcome != CacheStatus::Hit {
+                r.headers_mut()
+                    .insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
+            }
+            return client_response(r, conditional);
         }
+        stale = Some(entry);
     }
     if policy::only_if_cached(req.headers()) {
         let mut r = text(
@@ -87,12 +107,12 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     }
     Stats::inc(&edge.stats.misses);
     let headers = req.headers().clone();
-    let mut reader = join_fill(edge, &key, &headers).await;
+    let mut reader = join_fill(edge, &key, &headers, stale).await;
     let head = match reader.head().await {
         Ok(h) => h,
         Err(e) if e.kind == FillErrorKind::NotShared => {
             let (w, r) = Coalescer::solo();
-            spawn_fill(edge.clone(), key.clone(), headers, w);
+            spawn_fill(edge.clone(), key.clone(), headers, None, w);
             reader = r;
             match reader.head().await {
                 Ok(h) => h,
@@ -151,19 +171,38 @@ fn upstream_failed(edge: &Edge, reason: &str) -> Response<Body> {
     r
 }
 
+/// Starts a refresh of `key` unless one is already running.
+fn revalidate_in_background(
+    edge: &Arc<Edge>,
+    key: &str,
+    headers: &http::HeaderMap,
+    stale: Arc<Entry>,
+) {
+    if let Joined::Leader(w, _) = edge.fills.join(key) {
+        spawn_fill(
+            edge.clone(),
+            key.to_string(),
+            headers.clone(),
+            Some(stale),
+            w,
+        );
+    }
+}
+
 pub(crate) async fn join_fill(
     edge: &Arc<Edge>,
     key: &str,
     headers: &http::HeaderMap,
+    stale: Option<Arc<Entry>>,
 ) -> FlightReader<Head> {
     match edge.fills.join(key) {
         Joined::Leader(w, r) => {
             let now = SystemTime::now();
             match edge.l1.get(key).await {
                 Some(e) if e.is_fresh(now) && edge.may_serve(&e) => {
-                    fill::complete_from_entry(w, &e, now)
+                    fill::complete_from_entry(w, &e, now, Served::Fetched)
                 }
-                _ => spawn_fill(edge.clone(), key.to_string(), headers.clone(), w),
+                _ => spawn_fill(edge.clone(), key.to_string(), headers.clone(), stale, w),
             }
             r
         }
@@ -176,12 +215,18 @@ pub(crate) async fn join_fill(
 
 /// Fills `key` in its own task (it completes for every waiter even if the leader's client
 /// goes away): owners first, then the origin when no owner produced a head.
-fn spawn_fill(edge: Arc<Edge>, key: String, headers: http::HeaderMap, w: FlightWriter<Head>) {
+fn spawn_fill(
+    edge: Arc<Edge>,
+    key: String,
+    headers: http::HeaderMap,
+    stale: Option<Arc<Entry>>,
+    w: FlightWriter<Head>,
+) {
     tokio::spawn(async move {
         let id = edge.next_request_id.fetch_add(1, Ordering::Relaxed);
         let max = edge.config.max_object();
         let rules = edge.config.rules();
-        let l1 = crate::upstream::L1 {
+        let l1 = fill::Sink {
             store: &edge.l1,
             max_object: max,
             rules: &rules,
@@ -190,7 +235,11 @@ fn spawn_fill(edge: Arc<Edge>, key: String, headers: http::HeaderMap, w: FlightW
             w
         } else {
             Stats::inc(&edge.stats.node_fetches);
-            match edge.upstream.fill(id, &key, &headers, &l1, w).await {
+            match edge
+                .upstream
+                .fill(id, &key, &headers, &l1, stale.as_ref(), w)
+                .await
+            {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) => {
                     tracing::warn!(%key, error = %e, "node fill failed after the head");
@@ -208,30 +257,16 @@ fn spawn_fill(edge: Arc<Edge>, key: String, headers: http::HeaderMap, w: FlightW
             }
         };
         Stats::inc(&edge.stats.origin_fetches);
-        if let Err(e) = fill::fetch_origin(
-            &edge.origin,
-            &edge.l1,
-            &key,
-            &headers,
-            max,
-            &edge.config.rules(),
-            w,
-        )
-        .await
-        {
+        if let Err(e) = fill::fetch_origin(&edge.origin, &l1, &key, &headers, stale, w).await {
             tracing::warn!(%key, error = %e, "origin fill failed");
         }
     });
 }
 
 fn x_cache(head: &Head) -> HeaderValue {
-    let edge = match (&head.via, head.storable) {
-        (Via::Local, _) => CacheStatus::Hit,
-        (_, true) => CacheStatus::Miss,
-        (_, false) => CacheStatus::Pass,
-    };
+    let edge = head.outcome();
     match &head.via {
-        Via::Local => HeaderValue::from_static("HIT"),
+        Via::Local => HeaderValue::from_static(edge.as_str()),
         Via::Origin => HeaderValue::from_str(&format!("{edge}, origin"))
             .unwrap_or(HeaderValue::from_static("MISS")),
         Via::Node { id, status } => HeaderValue::from_str(&format!("{edge}, {status} from {id}"))

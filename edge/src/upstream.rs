@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use cdn_core::fill::{FillError, FillErrorKind, FlightWriter, Head, Via};
+use cdn_core::fill::{FillError, FillErrorKind, FlightWriter, Head, Served, Sink, Via};
 use cdn_core::peers::{PeerError, PeerPool};
 use cdn_core::quic::{codes, fields_from_headers, headers_from_fields, FrameReader, WireError};
 use cdn_core::store::{Entry, Store};
@@ -98,6 +98,7 @@ impl Upstream {
                             id: node.into(),
                             status: cache,
                         },
+                        served: Served::Fetched,
                     },
                     reader,
                 ))
@@ -118,19 +119,29 @@ impl Upstream {
         &self,
         request_id: u64,
         key: &str,
-        headers: &http::HeaderMap,
-        l1: &L1<'_>,
+        client_headers: &http::HeaderMap,
+        l1: &Sink<'_>,
+        stale: Option<&Arc<Entry>>,
         mut w: FlightWriter<Head>,
     ) -> Result<Result<(), FillError>, (FlightWriter<Head>, Vec<PeerError>)> {
-        let L1 {
+        let Sink {
             store: l1,
             max_object,
             rules,
         } = *l1;
         let mut failures = Vec::new();
         let mark = l1.fill_mark();
+        // The client's own conditionals never shape a shared fill; ours revalidate a stale copy.
+        let headers = &cdn_core::fill::fill_headers(client_headers);
+        let stale = stale.filter(|s| s.validators);
+        let mut with_validators = headers.clone();
+        if let Some(s) = stale {
+            with_validators.extend(cdn_core::policy::validators_for(&s.headers));
+        }
         for member in self.owners(key) {
-            let (mut head, mut reader) = match self.request(&member, request_id, key, headers).await
+            let (mut head, mut reader) = match self
+                .request(&member, request_id, key, &with_validators)
+                .await
             {
                 Ok(x) => x,
                 Err(f) => {
@@ -147,6 +158,44 @@ impl Upstream {
                 r.into_parts().0
             };
             let policy_req = cdn_core::policy::policy_request(&http::Method::GET, key, headers);
+            if let (Some(s), http::StatusCode::NOT_MODIFIED) = (stale, head.status) {
+                // The node confirmed our copy: refresh it and serve its body.
+                let (entry, storable) =
+                    cdn_core::fill::revalidated(s, &head.headers, &policy_req, now, rules);
+                let entry = Arc::new(entry.with_source(member.id.as_str().into()));
+                if storable {
+                    l1.insert_filled(key, entry.clone(), mark).await;
+                }
+                let node_status = match &head.via {
+                    Via::Node { status, .. } => *status,
+                    _ => cdn_proto::CacheStatus::Hit,
+                };
+                let mut h = entry.headers.clone();
+                h.insert(
+                    http::header::AGE,
+                    http::HeaderValue::from(entry.age(now).as_secs()),
+                );
+                w.set_head(
+                    Head {
+                        status: entry.status,
+                        headers: h,
+                        content_length: Some(entry.body_len),
+                        storable,
+                        via: Via::Node {
+                            id: member.id.as_str().into(),
+                            status: node_status,
+                        },
+                        served: Served::Revalidated,
+                    },
+                    true,
+                );
+                for c in &entry.body {
+                    w.push(c.clone());
+                }
+                let _ = reader.next().await;
+                w.finish();
+                return Ok(Ok(()));
+            }
             let decision = cdn_core::policy::evaluate_with(&policy_req, &parts, now, rules);
             head.storable = decision.storable;
             let fill = NodeFill {
@@ -166,17 +215,6 @@ impl Upstream {
         }
         Err((w, failures))
     }
-}
-
-/// Where an edge keeps what it pulls, and under which rules.
-#[derive(Clone, Copy)]
-pub struct L1<'a> {
-    /// The L1 store.
-    pub store: &'a Store,
-    /// Largest object kept.
-    pub max_object: u64,
-    /// Caching rules.
-    pub rules: &'a cdn_core::policy::Rules,
 }
 
 /// A node's response being received: what is needed to check and store it at the end.

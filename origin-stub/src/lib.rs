@@ -108,6 +108,7 @@ pub fn versioned_etag(target: &str, generation: u64) -> String {
 pub struct Stats {
     total: AtomicU64,
     generation: AtomicU64,
+    not_modified: AtomicU64,
     // A std mutex: one map update per request, never held across an await.
     by_path: Mutex<HashMap<String, u64>>,
     by_target: Mutex<HashMap<String, u64>>,
@@ -135,6 +136,11 @@ impl Stats {
         self.generation.load(Ordering::SeqCst)
     }
 
+    /// Conditional requests answered 304.
+    pub fn not_modified(&self) -> u64 {
+        self.not_modified.load(Ordering::SeqCst)
+    }
+
     /// Republishes everything: returns the new generation.
     pub fn bump_generation(&self) -> u64 {
         self.generation.fetch_add(1, Ordering::SeqCst) + 1
@@ -150,6 +156,7 @@ impl Stats {
         serde_json::json!({
             "total": self.total(),
             "generation": self.generation(),
+            "not_modified": self.not_modified(),
             "paths": *lock(&self.by_path),
             "targets": *lock(&self.by_target),
         })
@@ -419,6 +426,9 @@ async fn handle(req: Request<Incoming>, config: Arc<Config>, stats: Arc<Stats>) 
         return r;
     }
     let not_modified = shape.not_modified(&req);
+    if not_modified {
+        stats.not_modified.fetch_add(1, Ordering::SeqCst);
+    }
     let mut builder = Response::builder().status(if not_modified {
         StatusCode::NOT_MODIFIED
     } else {

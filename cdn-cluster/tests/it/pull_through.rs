@@ -78,8 +78,14 @@ async fn second_get_hits_and_the_origin_sees_one_request_over_http1_and_h2() {
 
 #[tokio::test]
 async fn after_the_ttl_the_next_get_refetches_once() {
-    let c = cluster(3, 2, |_| {}).await;
-    let target = "/ttl?size=100&cc=max-age=2";
+    // No grace and no validator: expiry means a plain refetch (revalidation and stale
+    // serving are tested in `semantics`).
+    let c = cluster(3, 2, |cfg| {
+        cfg.node.grace_secs = 0;
+        cfg.edge.grace_secs = 0;
+    })
+    .await;
+    let target = "/ttl?size=100&cc=max-age=2&etag=none";
     assert_eq!(get(c.edges[0].http_addr, target).await.edge_cache(), "MISS");
     assert_eq!(get(c.edges[0].http_addr, target).await.edge_cache(), "HIT");
     assert_eq!(c.origin_count(target), 1);

@@ -62,7 +62,13 @@ async fn after_a_hard_purge_no_edge_serves_the_old_body() {
 
 #[tokio::test]
 async fn purge_method_on_an_edge_needs_the_token_and_soft_purge_refetches() {
-    let c = cluster(3, 2, |_| {}).await;
+    // Without grace a soft-purged entry is refetched at once (with grace it is served stale
+    // while one background request refreshes it: see `semantics`).
+    let c = cluster(3, 2, |cfg| {
+        cfg.node.grace_secs = 0;
+        cfg.edge.grace_secs = 0;
+    })
+    .await;
     let target = "/p/method?size=300&cc=max-age=600";
     warm(&c, target).await;
     let edge = c.edges[1].http_addr;

@@ -184,3 +184,135 @@ async fn responses_setting_cookies_are_not_shared_unless_configured() {
     assert_eq!(c.origin_count(target), 1);
     c.stop().await;
 }
+
+fn stub(c: &cdn_cluster::Cluster) -> std::sync::Arc<origin_stub::Stats> {
+    c.stub.as_ref().expect("stub").stats.clone()
+}
+
+/// Waits (bounded) until the origin has served `n` requests for `target`.
+async fn origin_reaches(c: &cdn_cluster::Cluster, target: &str, n: u64) {
+    let stats = stub(c);
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while stats.target(target) < n {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("origin never saw {n} requests for {target}"));
+}
+
+#[tokio::test]
+async fn an_expired_entry_with_a_validator_is_revalidated_not_refetched() {
+    let c = cluster(3, 2, |cfg| {
+        cfg.node.grace_secs = 0;
+        cfg.edge.grace_secs = 0;
+    })
+    .await;
+    let target = "/sem/reval?size=5000&cc=max-age%3D1";
+    let first = get(c.edges[0].http_addr, target).await;
+    // Waiting for the lifetime to pass is the behaviour under test.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let g = get(c.edges[0].http_addr, target).await;
+    assert_eq!(g.status, StatusCode::OK);
+    assert!(
+        g.header("x-cache")
+            .starts_with("REVALIDATED, REVALIDATED from node-"),
+        "{}",
+        g.header("x-cache")
+    );
+    assert_eq!(g.body, first.body, "the stored body is served after a 304");
+    assert_eq!(c.origin_count(target), 2);
+    assert_eq!(
+        stub(&c).not_modified(),
+        1,
+        "the origin answered the conditional request with 304"
+    );
+    // Fresh again at both tiers.
+    assert_eq!(get(c.edges[0].http_addr, target).await.edge_cache(), "HIT");
+    assert!(get(c.edges[1].http_addr, target)
+        .await
+        .header("x-cache")
+        .starts_with("MISS, HIT"));
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_changed_object_replaces_the_stale_copy() {
+    let c = cluster(3, 1, |cfg| {
+        cfg.node.grace_secs = 0;
+        cfg.edge.grace_secs = 0;
+    })
+    .await;
+    let target = "/sem/changed?size=300&cc=max-age%3D1";
+    get(c.edges[0].http_addr, target).await;
+    let generation = stub(&c).bump_generation();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let g = get(c.edges[0].http_addr, target).await;
+    assert_eq!(g.edge_cache(), "MISS", "{}", g.header("x-cache"));
+    assert_eq!(
+        g.body,
+        crate::support::expected_gen(target, generation, 300)
+    );
+    assert_eq!(stub(&c).not_modified(), 0);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_at_once_and_refreshes_with_one_request() {
+    let c = cluster(3, 1, |_| {}).await;
+    let target = "/sem/swr?size=800&cc=max-age%3D1%2C%20stale-while-revalidate%3D60";
+    let first = get(c.edges[0].http_addr, target).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let gets = (0..20).map(|_| get(c.edges[0].http_addr, target));
+    for g in futures::future::join_all(gets).await {
+        assert_eq!(g.status, StatusCode::OK);
+        assert_eq!(g.body, first.body);
+        assert!(
+            ["STALE", "HIT", "REVALIDATED"].contains(&g.edge_cache()),
+            "{}",
+            g.header("x-cache")
+        );
+    }
+    origin_reaches(&c, target, 2).await;
+    for _ in 0..5 {
+        get(c.edges[0].http_addr, target).await;
+    }
+    assert_eq!(
+        c.origin_count(target),
+        2,
+        "one refresh, however many stale hits"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_the_stored_copy_when_the_origin_is_down() {
+    let c = cluster(3, 1, |cfg| {
+        cfg.node.grace_secs = 0;
+        cfg.edge.grace_secs = 0;
+        cfg.node.origin_connect_timeout_ms = 300;
+        cfg.edge.origin_connect_timeout_ms = 300;
+    })
+    .await;
+    let kept = "/sem/sie?size=600&cc=max-age%3D1%2C%20stale-if-error%3D600";
+    let lost = "/sem/nosie?size=600&cc=max-age%3D1&etag=none";
+    let first = get(c.edges[0].http_addr, kept).await;
+    get(c.edges[0].http_addr, lost).await;
+    c.stop_origin();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let g = get(c.edges[0].http_addr, kept).await;
+    assert_eq!(g.status, StatusCode::OK);
+    assert_eq!(g.body, first.body);
+    assert!(
+        g.header("x-cache").contains("STALE"),
+        "{}",
+        g.header("x-cache")
+    );
+    let g = get(c.edges[0].http_addr, lost).await;
+    assert_eq!(
+        g.status,
+        StatusCode::BAD_GATEWAY,
+        "no stale-if-error, no grace: the error shows"
+    );
+    c.stop().await;
+}
