@@ -11,6 +11,7 @@
 //!   waiter while it fills (read-while-writer).
 //! - [`origin`]: the HTTP client to the origin.
 //! - [`peers`]: pooled QUIC connections to cache nodes, `Hello`, member list, inbound streams.
+//! - [`range`]: byte-range answers (206/416, If-Range) from stored bodies.
 //! - [`quic`]: frame I/O over quinn streams.
 //! - [`tls`]: cluster CA, member certificates, mutual-TLS QUIC configurations.
 //! - [`admin`]: the admin HTTP API every member serves (`/healthz`, `/status`, `/metrics`).
@@ -26,6 +27,7 @@ pub mod policy;
 pub mod purge;
 pub mod push;
 pub mod quic;
+pub mod range;
 pub mod store;
 pub mod tls;
 

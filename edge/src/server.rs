@@ -11,6 +11,7 @@ use cdn_core::fill::{
 };
 use cdn_core::http::{empty, serve, strip_hop_by_hop, text, Body, BoxError, ServerLimits};
 use cdn_core::policy;
+use cdn_core::range::{self, RangeAnswer};
 use cdn_core::store::{Entry, Freshness};
 use cdn_proto::CacheStatus;
 use futures::stream;
@@ -85,12 +86,26 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
             });
             let conditional = entry.status == StatusCode::OK
                 && policy::not_modified(req.headers(), &entry.headers);
-            let mut r = entry_response(&entry, now, head_only || conditional);
+            let answer = range_answer(
+                &req,
+                entry.status,
+                &entry.headers,
+                Some(entry.body_len),
+                conditional,
+            );
+            let mut r = entry_response(
+                &entry,
+                now,
+                head_only || conditional || answer != RangeAnswer::Full,
+            );
             if outcome != CacheStatus::Hit {
                 r.headers_mut()
                     .insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
             }
-            return client_response(r, conditional);
+            if let RangeAnswer::Partial { start, end } = answer {
+                *r.body_mut() = chunks_body(range::slice(&entry.body, start, end));
+            }
+            return client_response(with_range(r, answer, entry.body_len), conditional);
         }
         stale = Some(entry);
     }
@@ -126,10 +141,76 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     }
     let conditional =
         head.status == StatusCode::OK && policy::not_modified(req.headers(), &head.headers);
+    let answer = range_answer(
+        &req,
+        head.status,
+        &head.headers,
+        head.content_length,
+        conditional,
+    );
+    if let (RangeAnswer::Partial { start, end }, Some(len)) = (answer, head.content_length) {
+        let r = flight_head_response(&head, sliced_flight(reader, start, end));
+        return client_response(with_range(r, answer, len), false);
+    }
+    let len = head.content_length.unwrap_or(0);
     client_response(
-        flight_response(&head, reader, head_only || conditional),
+        with_range(
+            flight_response(
+                &head,
+                reader,
+                head_only || conditional || answer != RangeAnswer::Full,
+            ),
+            answer,
+            len,
+        ),
         conditional,
     )
+}
+
+/// How to answer a GET's `Range` for a 200 of `len` bytes (the whole body when the length is
+/// unknown, the response is not a 200, or a conditional already answered 304).
+fn range_answer(
+    req: &Request<Incoming>,
+    status: StatusCode,
+    stored: &http::HeaderMap,
+    len: Option<u64>,
+    conditional: bool,
+) -> RangeAnswer {
+    match len {
+        Some(len) if req.method() == Method::GET && status == StatusCode::OK && !conditional => {
+            range::decide(req.headers(), stored, len)
+        }
+        _ => RangeAnswer::Full,
+    }
+}
+
+/// Turns a full response into a 206 or 416 per `answer` (the body is set by the caller).
+fn with_range(mut r: Response<Body>, answer: RangeAnswer, len: u64) -> Response<Body> {
+    match answer {
+        RangeAnswer::Full => {}
+        RangeAnswer::Partial { start, end } => {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {start}-{end}/{len}"))
+                    .unwrap_or(HeaderValue::from_static("bytes */0")),
+            );
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+        }
+        RangeAnswer::Unsatisfiable => {
+            *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{len}"))
+                    .unwrap_or(HeaderValue::from_static("bytes */0")),
+            );
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
+            *r.body_mut() = empty();
+        }
+    }
+    r
 }
 
 /// Final touches on a response to a client: fields meant for CDNs only are removed, and a
@@ -314,6 +395,40 @@ fn flight_response(head: &Head, reader: FlightReader<Head>, head_only: bool) -> 
         }))
         .boxed()
     };
+    flight_head_response(head, body)
+}
+
+/// Bytes `start..=end` of a flight's body, streamed as they arrive.
+fn sliced_flight(reader: FlightReader<Head>, start: u64, end: u64) -> Body {
+    let state = (reader, 0u64);
+    StreamBody::new(stream::unfold(state, move |(mut r, mut pos)| async move {
+        loop {
+            if pos > end {
+                return None;
+            }
+            let c = match r.next_chunk().await? {
+                Ok(c) => c,
+                Err(e) => return Some((Err(Box::new(e) as BoxError), (r, u64::MAX))),
+            };
+            let piece = range::slice(
+                std::slice::from_ref(&c),
+                start.saturating_sub(pos),
+                end - pos,
+            );
+            let skipped = pos + (c.len() as u64) <= start;
+            pos += c.len() as u64;
+            if skipped {
+                continue;
+            }
+            if let Some(p) = piece.into_iter().next() {
+                return Some((Ok(Frame::data(p)), (r, pos)));
+            }
+        }
+    }))
+    .boxed()
+}
+
+fn flight_head_response(head: &Head, body: Body) -> Response<Body> {
     let mut r = Response::new(body);
     *r.status_mut() = head.status;
     let h = r.headers_mut();

@@ -316,3 +316,60 @@ async fn stale_if_error_serves_the_stored_copy_when_the_origin_is_down() {
     );
     c.stop().await;
 }
+
+#[tokio::test]
+async fn ranges_are_served_from_the_whole_object_at_either_tier() {
+    let c = cluster(3, 1, |_| {}).await;
+    let edge = c.edges[0].http_addr;
+    let target = "/sem/range?size=300000&cc=max-age%3D600";
+    let whole = crate::support::expected(target, 300_000);
+    // A Range miss fills the whole object once and answers the range from it while it flows.
+    let g = get_with(edge, target, &[("range", "bytes=100000-200000")]).await;
+    assert_eq!(g.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(g.header("content-range"), "bytes 100000-200000/300000");
+    assert_eq!(g.header("content-length"), "100001");
+    assert!(g.body == whole[100_000..=200_000]);
+    let full = get(edge, target).await;
+    assert_eq!(
+        full.edge_cache(),
+        "HIT",
+        "the whole object was stored, not the fragment"
+    );
+    assert!(full.body == whole);
+    assert_eq!(c.origin_count(target), 1);
+    // From the stored object.
+    for (range, start, end) in [
+        ("bytes=0-0", 0, 0),
+        ("bytes=-10", 299_990, 299_999),
+        ("bytes=299999-", 299_999, 299_999),
+    ] {
+        let g = get_with(edge, target, &[("range", range)]).await;
+        assert_eq!(g.status, StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(
+            g.header("content-range"),
+            format!("bytes {start}-{end}/300000")
+        );
+        assert!(g.body == whole[start..=end], "{range}");
+    }
+    let bad = get_with(edge, target, &[("range", "bytes=300000-")]).await;
+    assert_eq!(bad.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(bad.header("content-range"), "bytes */300000");
+    assert!(bad.body.is_empty());
+    // If-Range: the range only if the validator still matches.
+    let etag = origin_stub::default_etag(target);
+    let g = get_with(edge, target, &[("range", "bytes=0-9"), ("if-range", &etag)]).await;
+    assert_eq!(g.status, StatusCode::PARTIAL_CONTENT);
+    let g = get_with(
+        edge,
+        target,
+        &[("range", "bytes=0-9"), ("if-range", "\"stale-tag\"")],
+    )
+    .await;
+    assert_eq!(g.status, StatusCode::OK);
+    assert_eq!(g.body.len(), 300_000);
+    // Several ranges: the whole object.
+    let g = get_with(edge, target, &[("range", "bytes=0-1,5-6")]).await;
+    assert_eq!(g.status, StatusCode::OK);
+    assert_eq!(c.origin_count(target), 1);
+    c.stop().await;
+}
