@@ -69,7 +69,7 @@ impl Node {
     /// Stores a pushed object here.
     pub async fn store_pushed(&self, obj: &PushObject) -> Result<(), String> {
         let entry = obj.entry(SystemTime::now())?;
-        self.store.insert(&obj.key, Arc::new(entry)).await;
+        self.store.insert_pushed(&obj.key, Arc::new(entry)).await;
         Ok(())
     }
 

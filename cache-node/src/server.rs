@@ -224,7 +224,7 @@ async fn serve_request(
 ) -> Result<(), WireError> {
     let now = SystemTime::now();
     let mut stale = None;
-    if let Some(entry) = node.store.get(key).await {
+    if let Some(entry) = node.store.lookup(key, headers).await {
         match entry.freshness(now) {
             Freshness::Fresh => {
                 Stats::inc(&node.stats.hits);
@@ -236,7 +236,7 @@ async fn serve_request(
             } => {
                 // Serve the stale copy now; one background request refreshes it.
                 Stats::inc(&node.stats.stale);
-                revalidate_in_background(node, key, headers, entry.clone());
+                revalidate_in_background(node, key, headers, entry.clone()).await;
                 return respond_entry(node, send, &entry, CacheStatus::Stale, headers, now).await;
             }
             Freshness::Stale { .. } => stale = Some(entry),
@@ -244,14 +244,18 @@ async fn serve_request(
     }
     Stats::inc(&node.stats.misses);
     let reader = join_fill(node, key, headers, stale).await;
-    match reader.head().await {
-        Err(e) if e.kind == FillErrorKind::NotShared => {
-            // Someone else's private response: fetch our own, unshared.
-            let (w, r) = Coalescer::solo();
-            spawn_origin_fetch(node.clone(), key.to_string(), headers.clone(), None, w);
-            stream_flight(node, r, headers, send).await
-        }
-        _ => stream_flight(node, reader, headers, send).await,
+    let own = match reader.head().await {
+        // Someone else's private response, or another variant: fetch our own, unshared.
+        Err(e) if e.kind == FillErrorKind::NotShared => true,
+        Ok(h) => !reader.is_leader() && !fill::fits(&h, key, headers),
+        Err(_) => false,
+    };
+    if own {
+        let (w, r) = Coalescer::solo();
+        spawn_origin_fetch(node.clone(), key.to_string(), headers.clone(), None, w);
+        stream_flight(node, r, headers, send).await
+    } else {
+        stream_flight(node, reader, headers, send).await
     }
 }
 
@@ -302,13 +306,13 @@ async fn send_not_modified(
 }
 
 /// Starts a refresh of `key` unless one is already running (then it is that one).
-fn revalidate_in_background(
+async fn revalidate_in_background(
     node: &Arc<Node>,
     key: &str,
     headers: &http::HeaderMap,
     stale: Arc<cdn_core::store::Entry>,
 ) {
-    if let Joined::Leader(w, _) = node.fills.join(key) {
+    if let Joined::Leader(w, _) = node.fills.join(&node.store.flight_key(key, headers).await) {
         spawn_origin_fetch(
             node.clone(),
             key.to_string(),
@@ -328,12 +332,12 @@ async fn join_fill(
     headers: &http::HeaderMap,
     stale: Option<Arc<cdn_core::store::Entry>>,
 ) -> FlightReader<Head> {
-    match node.fills.join(key) {
+    match node.fills.join(&node.store.flight_key(key, headers).await) {
         Joined::Leader(w, r) => {
             let now = SystemTime::now();
-            match node.store.get(key).await {
+            match node.store.lookup(key, headers).await {
                 Some(e) if e.is_fresh(now) => {
-                    fill::complete_from_entry(w, &e, now, Served::Fetched)
+                    fill::complete_from_entry(w, key, headers, &e, now, Served::Fetched)
                 }
                 _ => spawn_origin_fetch(node.clone(), key.to_string(), headers.clone(), stale, w),
             }

@@ -374,6 +374,33 @@ pub struct Head {
     pub via: Via,
     /// Fetched anew, revalidated, or a stale copy served because upstream failed.
     pub served: Served,
+    /// The variant key of the request it answers, when the response has `Vary`.
+    pub variant: Option<String>,
+}
+
+/// The variant a response with `headers` answering `request` for `key` is (`None` when it
+/// does not vary).
+pub fn variant_of(
+    key: &str,
+    headers: &http::HeaderMap,
+    request: &http::HeaderMap,
+) -> Option<String> {
+    match crate::store::vary_names(headers) {
+        Some(names) if !names.is_empty() => Some(crate::store::variant_key(key, &names, request)),
+        _ => None,
+    }
+}
+
+/// Whether a coalesced response also answers `request` (a follower's): it does unless it
+/// varies on a field whose value differs. Followers it does not fit fetch on their own.
+pub fn fits(head: &Head, key: &str, request: &http::HeaderMap) -> bool {
+    match (&head.variant, crate::store::vary_names(&head.headers)) {
+        (_, None) => false,
+        (Some(v), Some(names)) if !names.is_empty() => {
+            crate::store::variant_key(key, &names, request) == *v
+        }
+        _ => true,
+    }
 }
 
 impl Head {
@@ -405,10 +432,13 @@ pub enum Served {
 /// revalidated it, or failed while stale-if-error allows it).
 pub fn complete_from_entry(
     mut w: FlightWriter<Head>,
+    key: &str,
+    request: &http::HeaderMap,
     entry: &crate::store::Entry,
     now: std::time::SystemTime,
     served: Served,
 ) {
+    let variant = variant_of(key, &entry.headers, request);
     let mut headers = entry.headers.clone();
     headers.insert(
         http::header::AGE,
@@ -422,6 +452,7 @@ pub fn complete_from_entry(
             storable: true,
             via: Via::Local,
             served,
+            variant,
         },
         true,
     );
@@ -504,6 +535,7 @@ pub async fn fetch_origin(
     } = *into;
 
     let mut headers = fill_headers(req_headers);
+    let request_fields = headers.clone();
     let policy_req = crate::policy::policy_request(&http::Method::GET, key, &headers);
     let stale = stale.filter(|s| s.validators || s.stale_if_error > std::time::Duration::ZERO);
     if let Some(s) = stale.as_ref().filter(|s| s.validators) {
@@ -524,7 +556,7 @@ pub async fn fetch_origin(
             let now = std::time::SystemTime::now();
             if let Some(s) = stale.filter(|s| s.serve_on_error(now)) {
                 tracing::warn!(%key, error = %e, "origin failed: serving stale (stale-if-error)");
-                complete_from_entry(w, &s, now, Served::Stale);
+                complete_from_entry(w, key, &request_fields, &s, now, Served::Stale);
                 return Ok(());
             }
             let err = FillError::new(FillErrorKind::Unreachable, e.to_string());
@@ -539,16 +571,18 @@ pub async fn fetch_origin(
             let (entry, storable) = revalidated(s, &parts.headers, &policy_req, now, rules);
             let entry = Arc::new(entry);
             if storable {
-                store.insert_filled(key, entry.clone(), mark).await;
+                store
+                    .insert_filled(key, &request_fields, entry.clone(), mark)
+                    .await;
             } else {
                 store.remove(key).await;
             }
-            complete_from_entry(w, &entry, now, Served::Revalidated);
+            complete_from_entry(w, key, &request_fields, &entry, now, Served::Revalidated);
             return Ok(());
         }
         if parts.status.is_server_error() && s.serve_on_error(now) {
             tracing::warn!(%key, status = %parts.status, "origin error: serving stale (stale-if-error)");
-            complete_from_entry(w, s, now, Served::Stale);
+            complete_from_entry(w, key, &request_fields, s, now, Served::Stale);
             return Ok(());
         }
     }
@@ -565,6 +599,7 @@ pub async fn fetch_origin(
             storable: decision.storable,
             via: Via::Origin,
             served: Served::Fetched,
+            variant: variant_of(key, &resp_headers, &request_fields),
         },
         decision.storable,
     );
@@ -597,7 +632,9 @@ pub async fn fetch_origin(
     storable &= got <= max_object;
     if storable {
         let entry = crate::store::Entry::new(parts.status, resp_headers, w.chunks(), decision, now);
-        store.insert_filled(key, Arc::new(entry), mark).await;
+        store
+            .insert_filled(key, &request_fields, Arc::new(entry), mark)
+            .await;
     }
     w.finish();
     Ok(())

@@ -150,8 +150,10 @@ pub fn evaluate_with(
         (None, None) => (rules.grace, rules.grace),
         (a, b) => (a.unwrap_or_default(), b.unwrap_or_default()),
     };
-    // Stored if fresh, or revalidatable (`no-cache`, or `max-age=0` with a validator).
+    // Stored if fresh, or revalidatable (`no-cache`, or `max-age=0` with a validator); never
+    // with `Vary: *`, which no later request can match.
     let storable = req.method == Method::GET
+        && crate::store::vary_names(&resp.headers).is_some()
         && policy.is_storable()
         && (!ttl.is_zero() || validators)
         && cookie_ok;

@@ -239,6 +239,81 @@ pub struct Store {
     cache: moka::future::Cache<Arc<str>, Arc<Entry>>,
     capacity: u64,
     log: Arc<crate::purge::PurgeLog>,
+    // Which request fields each URL's responses vary on, learned from their `Vary`.
+    vary: moka::future::Cache<Arc<str>, Arc<VaryMarker>>,
+}
+
+/// Variants kept per URL; beyond that, responses for new variants pass through unstored, so
+/// one URL with a wildly varying header cannot flush the store.
+pub const MAX_VARIANTS: usize = 32;
+
+/// A URL's `Vary` field names, and how many variants were stored under it.
+struct VaryMarker {
+    names: Vec<http::HeaderName>,
+    variants: std::sync::atomic::AtomicUsize,
+}
+
+/// The field names a response varies on: `None` for `Vary: *` (never matches), empty when
+/// it does not vary.
+pub fn vary_names(headers: &HeaderMap) -> Option<Vec<http::HeaderName>> {
+    let mut names = Vec::new();
+    for v in headers.get_all(http::header::VARY) {
+        for t in v.to_str().unwrap_or("*").split(',') {
+            let t = t.trim();
+            if t == "*" {
+                return None;
+            }
+            if let Ok(n) = http::HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()) {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    Some(names)
+}
+
+/// The storage key of the variant of `key` that `request` selects: the URL, then each named
+/// field's normalised value (lowercase, whitespace collapsed; `Accept-Encoding` reduced to
+/// the coding we would pick), separated by NUL so no URL can collide with a variant.
+pub fn variant_key(key: &str, names: &[http::HeaderName], request: &HeaderMap) -> String {
+    let mut out = String::from(key);
+    for n in names {
+        out.push('\0');
+        out.push_str(n.as_str());
+        out.push('=');
+        let joined: Vec<String> = request
+            .get_all(n)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|v| {
+                v.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_ascii_lowercase()
+            })
+            .collect();
+        let value = joined.join(",");
+        if n == http::header::ACCEPT_ENCODING {
+            let coding = if value.contains("br") {
+                "br"
+            } else if value.contains("gzip") {
+                "gzip"
+            } else {
+                "identity"
+            };
+            out.push_str(coding);
+        } else {
+            out.push_str(&value);
+        }
+    }
+    out
+}
+
+/// The URL part of a storage key.
+pub fn primary(storage_key: &str) -> &str {
+    storage_key.split('\0').next().unwrap_or(storage_key)
 }
 
 impl Store {
@@ -261,7 +336,66 @@ impl Store {
             cache,
             capacity,
             log: Arc::default(),
+            vary: moka::future::Cache::builder()
+                .max_capacity(1_000_000)
+                .build(),
         }
+    }
+
+    /// The entry a request for `key` with fields `request` would be served, if any.
+    pub async fn lookup(&self, key: &str, request: &HeaderMap) -> Option<Arc<Entry>> {
+        match self.vary.get(key).await {
+            Some(m) => {
+                self.cache
+                    .get(variant_key(key, &m.names, request).as_str())
+                    .await
+            }
+            None => self.cache.get(key).await,
+        }
+    }
+
+    /// The key concurrent misses coalesce under: the variant's key when the URL is known to
+    /// vary, else the URL (the first response then decides; see `fill::fits`).
+    pub async fn flight_key(&self, key: &str, request: &HeaderMap) -> String {
+        match self.vary.get(key).await {
+            Some(m) => variant_key(key, &m.names, request),
+            None => key.to_string(),
+        }
+    }
+
+    /// Where a response to `request` for `key` is stored: `None` when it must not be (`Vary:
+    /// *`, or the URL already has [`MAX_VARIANTS`] variants).
+    async fn storage_key(&self, key: &str, request: &HeaderMap, entry: &Entry) -> Option<String> {
+        let names = vary_names(&entry.headers)?;
+        if names.is_empty() {
+            return Some(key.to_string());
+        }
+        let marker = self
+            .vary
+            .get_with(Arc::from(key), async {
+                Arc::new(VaryMarker {
+                    names: names.clone(),
+                    variants: std::sync::atomic::AtomicUsize::new(0),
+                })
+            })
+            .await;
+        if marker.names != names {
+            // The origin changed what it varies on: start over for this URL.
+            self.vary
+                .insert(
+                    Arc::from(key),
+                    Arc::new(VaryMarker {
+                        names: names.clone(),
+                        variants: std::sync::atomic::AtomicUsize::new(1),
+                    }),
+                )
+                .await;
+            return Some(variant_key(key, &names, request));
+        }
+        if marker.variants.fetch_add(1, Ordering::Relaxed) >= MAX_VARIANTS {
+            return None;
+        }
+        Some(variant_key(key, &names, request))
     }
 
     /// The mark a fill takes when it starts; pass it to [`Store::insert_filled`].
@@ -271,18 +405,37 @@ impl Store {
 
     /// Stores a filled entry unless a purge matching it was accepted since `mark` (the fill
     /// began before that purge, so its body may be the purged one). Returns whether it stays.
-    pub async fn insert_filled(&self, key: &str, entry: Arc<Entry>, mark: u64) -> bool {
+    ///
+    /// `request` is the request the response answers: it selects the variant when the
+    /// response has `Vary`.
+    pub async fn insert_filled(
+        &self,
+        key: &str,
+        request: &HeaderMap,
+        entry: Arc<Entry>,
+        mark: u64,
+    ) -> bool {
         if self.log.purged_since(mark, key, &entry.tags) {
             return false;
         }
+        let Some(storage) = self.storage_key(key, request, &entry).await else {
+            return false;
+        };
         let tags = entry.tags.clone();
-        self.insert(key, entry).await;
+        self.insert(&storage, entry).await;
         // A purge may have been logged between the check and the insert: see crate::purge.
         if self.log.purged_since(mark, key, &tags) {
-            self.remove(key).await;
+            self.remove(&storage).await;
             return false;
         }
         true
+    }
+
+    /// Stores a pushed object (no request selects a variant: one with `Vary` is stored as
+    /// the variant of a request without those fields).
+    pub async fn insert_pushed(&self, key: &str, entry: Arc<Entry>) -> bool {
+        self.insert_filled(key, &HeaderMap::new(), entry, self.fill_mark())
+            .await
     }
 
     /// Applies an invalidation: hard removes, soft marks stale. Returns entries affected.
@@ -290,7 +443,11 @@ impl Store {
         self.log.append(inv.clone());
         let mut n = 0;
         let scan = inv.all || !inv.prefixes.is_empty() || !inv.tags.is_empty();
-        if !scan {
+        let mut varying = false;
+        for url in &inv.urls {
+            varying |= self.vary.get(url.as_str()).await.is_some();
+        }
+        if !scan && !varying {
             for url in &inv.urls {
                 if let Some(e) = self.cache.get(url.as_str()).await {
                     n += 1;
@@ -303,10 +460,11 @@ impl Store {
             }
             return n;
         }
+        // Variants live under "url\0…": match on the URL part.
         let hit: Vec<(Arc<Arc<str>>, Arc<Entry>)> = self
             .cache
             .iter()
-            .filter(|(k, e)| crate::purge::matches(inv, k, &e.tags))
+            .filter(|(k, e)| crate::purge::matches(inv, primary(k), &e.tags))
             .collect();
         for (k, e) in hit {
             n += 1;
@@ -456,6 +614,26 @@ mod tests {
                 on_error: false
             }
         );
+    }
+
+    #[test]
+    fn variant_keys_normalise_the_varying_fields() {
+        let names = vec![http::header::ACCEPT_ENCODING, http::header::ACCEPT_LANGUAGE];
+        let mut a = HeaderMap::new();
+        a.insert("accept-encoding", "gzip, deflate, br".parse().unwrap());
+        a.insert("accept-language", "EN-us".parse().unwrap());
+        let mut b = HeaderMap::new();
+        b.insert("accept-encoding", "br;q=1".parse().unwrap());
+        b.insert("accept-language", "en-US".parse().unwrap());
+        assert_eq!(variant_key("/x", &names, &a), variant_key("/x", &names, &b));
+        b.insert("accept-language", "fr".parse().unwrap());
+        assert_ne!(variant_key("/x", &names, &a), variant_key("/x", &names, &b));
+        assert_eq!(primary(&variant_key("/x?y", &names, &a)), "/x?y");
+        let mut h = HeaderMap::new();
+        h.insert("vary", "Accept-Encoding, accept-language".parse().unwrap());
+        assert_eq!(vary_names(&h).unwrap(), names);
+        h.insert("vary", "*".parse().unwrap());
+        assert!(vary_names(&h).is_none());
     }
 
     #[tokio::test]

@@ -73,7 +73,7 @@ impl Inbound for FromNodes {
                         let entry = obj
                             .entry(std::time::SystemTime::now())?
                             .with_source(from.clone());
-                        edge.l1.insert(&obj.key, Arc::new(entry)).await;
+                        edge.l1.insert_pushed(&obj.key, Arc::new(entry)).await;
                         Ok::<_, String>(())
                     }
                     .await;

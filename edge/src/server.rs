@@ -65,7 +65,12 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     };
     let now = SystemTime::now();
     let mut stale = None;
-    if let Some(entry) = edge.l1.get(&key).await.filter(|e| edge.may_serve(e)) {
+    if let Some(entry) = edge
+        .l1
+        .lookup(&key, req.headers())
+        .await
+        .filter(|e| edge.may_serve(e))
+    {
         let outcome = match entry.freshness(now) {
             Freshness::Fresh => Some(CacheStatus::Hit),
             Freshness::Stale {
@@ -73,7 +78,7 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
                 ..
             } => {
                 // Serve the stale copy at once; one background request refreshes it.
-                revalidate_in_background(edge, &key, req.headers(), entry.clone());
+                revalidate_in_background(edge, &key, req.headers(), entry.clone()).await;
                 Some(CacheStatus::Stale)
             }
             Freshness::Stale { .. } => None,
@@ -123,7 +128,14 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     Stats::inc(&edge.stats.misses);
     let headers = req.headers().clone();
     let mut reader = join_fill(edge, &key, &headers, stale).await;
-    let head = match reader.head().await {
+    let first = match reader.head().await {
+        // Another variant than this request's: fetch our own.
+        Ok(h) if !reader.is_leader() && !fill::fits(&h, &key, &headers) => {
+            Err(fill::FillError::not_shared())
+        }
+        other => other,
+    };
+    let head = match first {
         Ok(h) => h,
         Err(e) if e.kind == FillErrorKind::NotShared => {
             let (w, r) = Coalescer::solo();
@@ -253,13 +265,13 @@ fn upstream_failed(edge: &Edge, reason: &str) -> Response<Body> {
 }
 
 /// Starts a refresh of `key` unless one is already running.
-fn revalidate_in_background(
+async fn revalidate_in_background(
     edge: &Arc<Edge>,
     key: &str,
     headers: &http::HeaderMap,
     stale: Arc<Entry>,
 ) {
-    if let Joined::Leader(w, _) = edge.fills.join(key) {
+    if let Joined::Leader(w, _) = edge.fills.join(&edge.l1.flight_key(key, headers).await) {
         spawn_fill(
             edge.clone(),
             key.to_string(),
@@ -276,12 +288,12 @@ pub(crate) async fn join_fill(
     headers: &http::HeaderMap,
     stale: Option<Arc<Entry>>,
 ) -> FlightReader<Head> {
-    match edge.fills.join(key) {
+    match edge.fills.join(&edge.l1.flight_key(key, headers).await) {
         Joined::Leader(w, r) => {
             let now = SystemTime::now();
-            match edge.l1.get(key).await {
+            match edge.l1.lookup(key, headers).await {
                 Some(e) if e.is_fresh(now) && edge.may_serve(&e) => {
-                    fill::complete_from_entry(w, &e, now, Served::Fetched)
+                    fill::complete_from_entry(w, key, headers, &e, now, Served::Fetched)
                 }
                 _ => spawn_fill(edge.clone(), key.to_string(), headers.clone(), stale, w),
             }

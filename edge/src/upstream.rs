@@ -99,6 +99,7 @@ impl Upstream {
                             status: cache,
                         },
                         served: Served::Fetched,
+                        variant: None,
                     },
                     reader,
                 ))
@@ -164,7 +165,7 @@ impl Upstream {
                     cdn_core::fill::revalidated(s, &head.headers, &policy_req, now, rules);
                 let entry = Arc::new(entry.with_source(member.id.as_str().into()));
                 if storable {
-                    l1.insert_filled(key, entry.clone(), mark).await;
+                    l1.insert_filled(key, headers, entry.clone(), mark).await;
                 }
                 let node_status = match &head.via {
                     Via::Node { status, .. } => *status,
@@ -186,6 +187,7 @@ impl Upstream {
                             status: node_status,
                         },
                         served: Served::Revalidated,
+                        variant: cdn_core::fill::variant_of(key, &entry.headers, headers),
                     },
                     true,
                 );
@@ -198,6 +200,7 @@ impl Upstream {
             }
             let decision = cdn_core::policy::evaluate_with(&policy_req, &parts, now, rules);
             head.storable = decision.storable;
+            head.variant = cdn_core::fill::variant_of(key, &head.headers, headers);
             let fill = NodeFill {
                 key,
                 mark,
@@ -209,6 +212,7 @@ impl Upstream {
                 decision,
                 now,
                 source: member.id.as_str().into(),
+                request: headers.clone(),
             };
             w.set_head(head, fill.decision.storable);
             return Ok(fill.stream_body(&mut reader, l1, w).await);
@@ -229,6 +233,7 @@ struct NodeFill<'a> {
     decision: cdn_core::policy::Decision,
     now: SystemTime,
     source: Arc<str>,
+    request: http::HeaderMap,
 }
 
 impl NodeFill<'_> {
@@ -288,7 +293,8 @@ impl NodeFill<'_> {
                 self.now,
             )
             .with_source(self.source);
-            l1.insert_filled(self.key, Arc::new(entry), self.mark).await;
+            l1.insert_filled(self.key, &self.request, Arc::new(entry), self.mark)
+                .await;
         }
         w.finish();
         Ok(())

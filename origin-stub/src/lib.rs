@@ -16,7 +16,8 @@
 //! (no Content-Length), and
 //! `h_<name>=<value>` for any other response header.
 //!
-//! `POST /_stub/generation` republishes every object (new bodies and ETags), so tests can tell
+//! With `vary`, the response carries `X-Varied: <field>=<request value>; …` so a client can
+//! tell the variants apart. `POST /_stub/generation` republishes every object (new bodies and ETags), so tests can tell
 //! a purged old version from the new one.
 #![forbid(unsafe_code)]
 
@@ -438,6 +439,27 @@ async fn handle(req: Request<Incoming>, config: Arc<Config>, stats: Arc<Stats>) 
         builder = builder.header(n, v);
     }
     builder = builder.header(header::DATE, httpdate::fmt_http_date(SystemTime::now()));
+    // Echo the request fields the response varies on, so a client can tell variants apart.
+    let varied: Vec<String> = shape
+        .headers
+        .iter()
+        .filter(|(n, _)| n == header::VARY)
+        .filter_map(|(_, v)| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty() && n != "*")
+        .map(|n| {
+            let v = req
+                .headers()
+                .get(n.as_str())
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            format!("{n}={v}")
+        })
+        .collect();
+    if !varied.is_empty() {
+        builder = builder.header("x-varied", varied.join("; "));
+    }
     let no_body = not_modified
         || method == Method::HEAD
         || shape.status == StatusCode::NO_CONTENT

@@ -373,3 +373,70 @@ async fn ranges_are_served_from_the_whole_object_at_either_tier() {
     assert_eq!(c.origin_count(target), 1);
     c.stop().await;
 }
+
+#[tokio::test]
+async fn vary_keeps_one_variant_per_normalised_request_field() {
+    let c = cluster(3, 2, |_| {}).await;
+    let target = "/sem/vary?size=100&vary=Accept-Language&cc=max-age%3D600";
+    let lang = |l: &'static str| [("accept-language", l)];
+    let en = get_with(c.edges[0].http_addr, target, &lang("en")).await;
+    assert_eq!(en.header("x-varied"), "accept-language=en");
+    assert_eq!(en.edge_cache(), "MISS");
+    let fr = get_with(c.edges[0].http_addr, target, &lang("fr")).await;
+    assert_eq!(fr.header("x-varied"), "accept-language=fr");
+    assert_eq!(fr.edge_cache(), "MISS", "another variant");
+    let en_again = get_with(c.edges[0].http_addr, target, &lang("EN")).await;
+    assert_eq!(en_again.edge_cache(), "HIT", "normalised: EN is en");
+    assert_eq!(en_again.header("x-varied"), "accept-language=en");
+    // The node keeps both too.
+    let fr_other = get_with(c.edges[1].http_addr, target, &lang("fr")).await;
+    assert!(
+        fr_other.header("x-cache").starts_with("MISS, HIT from"),
+        "{}",
+        fr_other.header("x-cache")
+    );
+    assert_eq!(fr_other.header("x-varied"), "accept-language=fr");
+    assert_eq!(c.origin_count(target), 2);
+    // Concurrent misses of different variants coalesce per variant.
+    let cold = "/sem/vary2?size=100&vary=Accept-Language&latency_ms=200&cc=max-age%3D600";
+    let gets = (0..20).map(|i| {
+        let l = if i % 2 == 0 { "de" } else { "it" };
+        let addr = c.edges[(i / 2) % 2].http_addr;
+        async move { (l, get_with(addr, cold, &[("accept-language", l)]).await) }
+    });
+    for (l, g) in futures::future::join_all(gets).await {
+        assert_eq!(g.status, StatusCode::OK);
+        assert_eq!(
+            g.header("x-varied"),
+            format!("accept-language={l}"),
+            "each client gets its own variant"
+        );
+    }
+    assert_eq!(c.origin_count(cold), 2, "one origin request per variant");
+    // A purge of the URL removes every variant.
+    let (status, _) =
+        crate::support::admin_purge(c.edges[0].admin_addr, serde_json::json!({"urls": [target]}))
+            .await;
+    assert_eq!(status, StatusCode::OK);
+    for l in ["en", "fr"] {
+        assert_ne!(
+            get_with(c.edges[0].http_addr, target, &lang(l))
+                .await
+                .edge_cache(),
+            "HIT",
+            "{l}"
+        );
+    }
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn vary_star_is_never_stored() {
+    let c = cluster(3, 1, |_| {}).await;
+    let target = "/sem/varystar?size=10&vary=*&cc=max-age%3D600";
+    for _ in 0..2 {
+        assert_eq!(get(c.edges[0].http_addr, target).await.edge_cache(), "PASS");
+    }
+    assert_eq!(c.origin_count(target), 2);
+    c.stop().await;
+}
