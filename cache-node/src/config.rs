@@ -55,6 +55,9 @@ pub struct Config {
     /// if the origin sends neither stale-while-revalidate nor stale-if-error (Varnish's
     /// default grace, 10 s). 0 turns it off.
     pub grace_secs: u64,
+    /// Revalidate when a client sends `Cache-Control: no-cache` / `max-age=0` (off, as CDNs
+    /// do: otherwise any client can force origin traffic).
+    pub honour_client_no_cache: bool,
     /// Owners per key (R): pushes are stored on this many nodes.
     pub replicas: usize,
 }
@@ -81,6 +84,7 @@ impl Default for Config {
             consistency: Consistency::Available,
             cache_set_cookie: false,
             grace_secs: 10,
+            honour_client_no_cache: false,
             replicas: 2,
         }
     }

@@ -224,8 +224,17 @@ async fn serve_request(
 ) -> Result<(), WireError> {
     let now = SystemTime::now();
     let mut stale = None;
+    let refresh = node.config.honour_client_no_cache && policy::client_wants_fresh(headers);
     if let Some(entry) = node.store.lookup(key, headers).await {
-        match entry.freshness(now) {
+        let freshness = if refresh {
+            Freshness::Stale {
+                while_revalidate: false,
+                on_error: entry.serve_on_error(now),
+            }
+        } else {
+            entry.freshness(now)
+        };
+        match freshness {
             Freshness::Fresh => {
                 Stats::inc(&node.stats.hits);
                 return respond_entry(node, send, &entry, CacheStatus::Hit, headers, now).await;
@@ -336,7 +345,10 @@ async fn join_fill(
         Joined::Leader(w, r) => {
             let now = SystemTime::now();
             match node.store.lookup(key, headers).await {
-                Some(e) if e.is_fresh(now) => {
+                // Not the entry this fill was started to refresh (a client's no-cache).
+                Some(e)
+                    if e.is_fresh(now) && !stale.as_ref().is_some_and(|s| Arc::ptr_eq(s, &e)) =>
+                {
                     fill::complete_from_entry(w, key, headers, &e, now, Served::Fetched)
                 }
                 _ => spawn_origin_fetch(node.clone(), key.to_string(), headers.clone(), stale, w),

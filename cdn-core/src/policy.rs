@@ -262,6 +262,21 @@ pub const NOT_MODIFIED_FIELDS: [http::header::HeaderName; 6] = [
     http::header::VARY,
 ];
 
+/// Whether the client asks for an end-to-end refresh: `Cache-Control: no-cache` or
+/// `max-age=0`, or `Pragma: no-cache` without Cache-Control. Ignored unless the operator
+/// chose to honour it (`honour_client_no_cache`).
+pub fn client_wants_fresh(request: &HeaderMap) -> bool {
+    let cc = directives(request);
+    if cc.is_empty() {
+        return request
+            .get(http::header::PRAGMA)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache"));
+    }
+    cc.iter()
+        .any(|(k, v)| k == "no-cache" || (k == "max-age" && v.as_deref() == Some("0")))
+}
+
 /// Whether the request says `Cache-Control: only-if-cached` (answer 504 on a miss).
 pub fn only_if_cached(request: &HeaderMap) -> bool {
     request

@@ -61,6 +61,9 @@ pub struct Config {
     /// if the origin sends neither stale-while-revalidate nor stale-if-error (Varnish's
     /// default grace, 10 s). 0 turns it off.
     pub grace_secs: u64,
+    /// Revalidate when a client sends `Cache-Control: no-cache` / `max-age=0` (off, as CDNs
+    /// do: otherwise any client can force origin traffic).
+    pub honour_client_no_cache: bool,
 }
 
 impl Default for Config {
@@ -89,6 +92,7 @@ impl Default for Config {
             consistency: Consistency::Available,
             cache_set_cookie: false,
             grace_secs: 10,
+            honour_client_no_cache: false,
         }
     }
 }

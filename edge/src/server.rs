@@ -71,7 +71,17 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
         .await
         .filter(|e| edge.may_serve(e))
     {
-        let outcome = match entry.freshness(now) {
+        let refresh =
+            edge.config.honour_client_no_cache && policy::client_wants_fresh(req.headers());
+        let freshness = if refresh {
+            Freshness::Stale {
+                while_revalidate: false,
+                on_error: entry.serve_on_error(now),
+            }
+        } else {
+            entry.freshness(now)
+        };
+        let outcome = match freshness {
             Freshness::Fresh => Some(CacheStatus::Hit),
             Freshness::Stale {
                 while_revalidate: true,
@@ -292,7 +302,12 @@ pub(crate) async fn join_fill(
         Joined::Leader(w, r) => {
             let now = SystemTime::now();
             match edge.l1.lookup(key, headers).await {
-                Some(e) if e.is_fresh(now) && edge.may_serve(&e) => {
+                // Not the entry this fill was started to refresh (a client's no-cache).
+                Some(e)
+                    if e.is_fresh(now)
+                        && edge.may_serve(&e)
+                        && !stale.as_ref().is_some_and(|s| Arc::ptr_eq(s, &e)) =>
+                {
                     fill::complete_from_entry(w, key, headers, &e, now, Served::Fetched)
                 }
                 _ => spawn_fill(edge.clone(), key.to_string(), headers.clone(), stale, w),

@@ -440,3 +440,288 @@ async fn vary_star_is_never_stored() {
     assert_eq!(c.origin_count(target), 2);
     c.stop().await;
 }
+
+fn http_date(offset_secs: i64) -> String {
+    let now = std::time::SystemTime::now();
+    let t = if offset_secs >= 0 {
+        now + std::time::Duration::from_secs(offset_secs as u64)
+    } else {
+        now - std::time::Duration::from_secs((-offset_secs) as u64)
+    };
+    httpdate::fmt_http_date(t)
+}
+
+fn unix(offset_secs: i64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    (now + offset_secs) as u64
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Origin query, request fields, stored?, what the row shows.
+type Row = (
+    String,
+    Vec<(&'static str, &'static str)>,
+    bool,
+    &'static str,
+);
+
+/// Each row: origin response shape, request fields, whether the second GET is served from
+/// the edge's cache. Every row goes through a real edge and node.
+#[tokio::test]
+async fn freshness_and_storability_follow_rfc_9111() {
+    let c = cluster(3, 1, |cfg| {
+        cfg.node.grace_secs = 0;
+        cfg.edge.grace_secs = 0;
+    })
+    .await;
+    let edge = c.edges[0].http_addr;
+    let rows: Vec<Row> = vec![
+        (
+            format!("cc={}", enc("max-age=600")),
+            vec![],
+            true,
+            "max-age",
+        ),
+        (
+            format!(
+                "cc={}&etag=none&h_expires={}",
+                enc("max-age=600"),
+                enc(&http_date(-60))
+            ),
+            vec![],
+            true,
+            "max-age over Expires",
+        ),
+        (
+            format!("cc=none&etag=none&h_expires={}", enc(&http_date(600))),
+            vec![],
+            true,
+            "Expires alone",
+        ),
+        (
+            format!("cc=none&etag=none&h_expires={}", enc(&http_date(-60))),
+            vec![],
+            false,
+            "expired Expires",
+        ),
+        (
+            format!("cc={}&etag=none&h_age=700", enc("max-age=600")),
+            vec![],
+            false,
+            "upstream Age past max-age",
+        ),
+        (
+            format!("cc={}&etag=none", enc("no-store")),
+            vec![],
+            false,
+            "no-store",
+        ),
+        (
+            format!("cc={}&etag=none", enc("private, max-age=600")),
+            vec![],
+            false,
+            "private",
+        ),
+        (
+            format!("cc={}&etag=none", enc("max-age=600")),
+            vec![("authorization", "Bearer x")],
+            false,
+            "Authorization",
+        ),
+        (
+            format!("cc={}&etag=none", enc("public, max-age=600")),
+            vec![("authorization", "Bearer x")],
+            true,
+            "Authorization + public",
+        ),
+        (
+            format!("cc={}&etag=none", enc("s-maxage=600")),
+            vec![("authorization", "Bearer x")],
+            true,
+            "Authorization + s-maxage",
+        ),
+        (
+            format!("cc=none&etag=none&lm={}", unix(-10 * 86_400)),
+            vec![],
+            true,
+            "heuristic from Last-Modified",
+        ),
+        (
+            format!("cc=none&etag=none&status=404&lm={}", unix(-10 * 86_400)),
+            vec![],
+            true,
+            "404 is heuristically cacheable",
+        ),
+        (
+            format!("cc=none&etag=none&status=302&lm={}", unix(-10 * 86_400)),
+            vec![],
+            false,
+            "302 is not",
+        ),
+        (
+            format!("cc={}&etag=none&status=302", enc("max-age=600")),
+            vec![],
+            true,
+            "302 with explicit freshness",
+        ),
+        (
+            format!("cc={}&etag=none&status=410", enc("max-age=600")),
+            vec![],
+            true,
+            "410 with max-age",
+        ),
+        (
+            "cc=none&etag=none".to_string(),
+            vec![],
+            false,
+            "no freshness, no validator",
+        ),
+    ];
+    for (i, (query, fields, stored, what)) in rows.iter().enumerate() {
+        let target = format!("/sem/rows/{i}?size=10&{query}");
+        get_with(edge, &target, fields).await;
+        let second = get_with(edge, &target, fields).await;
+        let hit = second.edge_cache() == "HIT";
+        assert_eq!(
+            hit,
+            *stored,
+            "{what}: {} (x-cache {})",
+            target,
+            second.header("x-cache")
+        );
+        assert_eq!(
+            c.origin_count(&target),
+            if *stored { 1 } else { 2 },
+            "{what}"
+        );
+    }
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn s_maxage_wins_over_max_age_and_upstream_age_is_counted_through_the_node() {
+    let c = cluster(3, 2, |cfg| {
+        cfg.node.grace_secs = 0;
+        cfg.edge.grace_secs = 0;
+    })
+    .await;
+    let target = format!(
+        "/sem/smaxage?size=10&cc={}&etag=none",
+        enc("max-age=1, s-maxage=600")
+    );
+    get(c.edges[0].http_addr, &target).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        get(c.edges[0].http_addr, &target).await.edge_cache(),
+        "HIT",
+        "s-maxage governs shared caches"
+    );
+    // Age: the origin says 100; the node's answer to another edge carries at least that.
+    let aged = format!("/sem/aged?size=10&cc={}&h_age=100", enc("max-age=600"));
+    let first = get(c.edges[0].http_addr, &aged).await;
+    assert!(first.header("age").parse::<u64>().unwrap() >= 100);
+    let via_node = get(c.edges[1].http_addr, &aged).await;
+    assert!(via_node.header("x-cache").starts_with("MISS, HIT"));
+    assert!(
+        via_node.header("age").parse::<u64>().unwrap() >= 100,
+        "Age {}",
+        via_node.header("age")
+    );
+    let hit = get(c.edges[1].http_addr, &aged).await;
+    assert_eq!(hit.edge_cache(), "HIT");
+    assert!(hit.header("age").parse::<u64>().unwrap() >= 100);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn no_cache_is_stored_but_revalidated_before_every_use() {
+    let c = cluster(3, 1, |_| {}).await;
+    let target = "/sem/nocache?size=50&cc=no-cache";
+    let first = get(c.edges[0].http_addr, target).await;
+    for _ in 0..3 {
+        let g = get(c.edges[0].http_addr, target).await;
+        assert_eq!(g.edge_cache(), "REVALIDATED", "{}", g.header("x-cache"));
+        assert_eq!(g.body, first.body);
+    }
+    assert_eq!(c.origin_count(target), 4);
+    assert_eq!(
+        stub(&c).not_modified(),
+        3,
+        "each use was a conditional request answered 304"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn every_method_reaches_the_origin_and_unknown_fields_pass_through() {
+    let c = cluster(3, 1, |_| {}).await;
+    for m in ["PUT", "DELETE", "OPTIONS", "PATCH", "PROPFIND"] {
+        let method = Method::from_bytes(m.as_bytes()).unwrap();
+        let g = request(
+            c.edges[0].http_addr,
+            method,
+            "/sem/methods?h_x-origin-extra=1",
+            false,
+            &[("x-client-extra", "2")],
+            Some("body".into()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(g.status, StatusCode::OK, "{m}");
+        assert!(
+            g.body.starts_with(format!("{m} /sem/methods").as_bytes()),
+            "{m}: {:?}",
+            g.body
+        );
+        assert_eq!(g.header("x-origin-extra"), "1");
+        assert_eq!(g.header("x-cache"), "PASS");
+    }
+    assert_eq!(c.origin_count("/sem/methods?h_x-origin-extra=1"), 5);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn client_no_cache_is_ignored_by_default_and_honoured_when_configured() {
+    let target = "/sem/client-nc?size=30&cc=max-age%3D600";
+    let c = cluster(3, 1, |_| {}).await;
+    get(c.edges[0].http_addr, target).await;
+    for cc in ["no-cache", "max-age=0"] {
+        let g = get_with(c.edges[0].http_addr, target, &[("cache-control", cc)]).await;
+        assert_eq!(g.edge_cache(), "HIT", "{cc} ignored by default");
+    }
+    assert_eq!(c.origin_count(target), 1);
+    c.stop().await;
+    let c = cluster(3, 1, |cfg| {
+        cfg.node.honour_client_no_cache = true;
+        cfg.edge.honour_client_no_cache = true;
+    })
+    .await;
+    get(c.edges[0].http_addr, target).await;
+    let g = get_with(
+        c.edges[0].http_addr,
+        target,
+        &[("cache-control", "no-cache")],
+    )
+    .await;
+    assert!(
+        g.header("x-cache")
+            .starts_with("REVALIDATED, REVALIDATED from"),
+        "{}",
+        g.header("x-cache")
+    );
+    assert_eq!(c.origin_count(target), 2);
+    assert_eq!(stub(&c).not_modified(), 1);
+    assert_eq!(get(c.edges[0].http_addr, target).await.edge_cache(), "HIT");
+    c.stop().await;
+}
