@@ -260,6 +260,8 @@ async fn serve_request(
         Err(_) => false,
     };
     if own {
+        // Let go of the other flight first: a reader holds back a pass-through writer.
+        drop(reader);
         let (w, r) = Coalescer::solo();
         spawn_origin_fetch(node.clone(), key.to_string(), headers.clone(), None, w);
         stream_flight(node, r, headers, send).await

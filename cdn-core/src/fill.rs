@@ -19,6 +19,7 @@
 //!   miss both the store and the flight.
 
 use std::collections::HashMap;
+
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -64,10 +65,53 @@ impl FillError {
 
 struct State<H> {
     head: Option<(Arc<H>, bool)>,
-    chunks: Vec<Bytes>,
+    // Chunks from index `base` on; earlier ones were released (see `retain`).
+    chunks: std::collections::VecDeque<Bytes>,
+    base: usize,
+    held: u64,
     len: u64,
     end: Option<Result<(), FillError>>,
+    // False once the body will not be stored: chunks every reader has passed are released,
+    // and the writer waits while readers lag more than the window.
+    retain: bool,
+    // Each live reader's next chunk index, by reader id.
+    readers: HashMap<u64, usize>,
+    next_reader: u64,
 }
+
+impl<H> State<H> {
+    fn new_reader(&mut self) -> u64 {
+        let id = self.next_reader;
+        self.next_reader += 1;
+        self.readers.insert(id, self.base);
+        id
+    }
+
+    /// Releases chunks every reader has passed (only when not retaining).
+    fn release(&mut self) {
+        if self.retain {
+            return;
+        }
+        let upto = self
+            .readers
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(self.base + self.chunks.len());
+        while self.base < upto {
+            match self.chunks.pop_front() {
+                Some(c) => {
+                    self.held -= c.len() as u64;
+                    self.base += 1;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// Bytes a pass-through flight may hold ahead of its slowest reader.
+pub const WINDOW: u64 = 4 << 20;
 
 /// One fill in progress. See the module docs.
 pub struct Flight<H> {
@@ -82,9 +126,14 @@ impl<H> Flight<H> {
         Self {
             state: Mutex::new(State {
                 head: None,
-                chunks: Vec::new(),
+                chunks: std::collections::VecDeque::new(),
+                base: 0,
+                held: 0,
                 len: 0,
                 end: None,
+                retain: true,
+                readers: HashMap::new(),
+                next_reader: 0,
             }),
             changed: Notify::new(),
         }
@@ -125,11 +174,7 @@ impl<H> Coalescer<H> {
     pub fn join(&self, key: &str) -> Joined<H> {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get(key) {
-            return Joined::Follower(FlightReader {
-                flight: f.clone(),
-                next: 0,
-                leader: false,
-            });
+            return Joined::Follower(FlightReader::new(f.clone(), false));
         }
         let flight = Arc::new(Flight::new());
         map.insert(key.to_string(), flight.clone());
@@ -140,11 +185,7 @@ impl<H> Coalescer<H> {
                 map: Some((self.inflight.clone(), key.to_string())),
                 ended: false,
             },
-            FlightReader {
-                flight,
-                next: 0,
-                leader: true,
-            },
+            FlightReader::new(flight, true),
         )
     }
 
@@ -157,11 +198,7 @@ impl<H> Coalescer<H> {
                 map: None,
                 ended: false,
             },
-            FlightReader {
-                flight,
-                next: 0,
-                leader: true,
-            },
+            FlightReader::new(flight, true),
         )
     }
 
@@ -219,9 +256,44 @@ impl<H> FlightWriter<H> {
         {
             let mut s = self.flight.lock();
             s.len += chunk.len() as u64;
-            s.chunks.push(chunk);
+            s.held += chunk.len() as u64;
+            s.chunks.push_back(chunk);
+            s.release();
         }
         self.flight.changed.notify_waiters();
+    }
+
+    /// Appends a chunk, then, if the body is not being kept, waits while the slowest reader
+    /// is more than [`WINDOW`] bytes behind: memory stays bounded by the window, not by the
+    /// object, and the upstream read is paused meanwhile.
+    pub async fn push_windowed(&mut self, chunk: Bytes) {
+        self.push(chunk);
+        loop {
+            let notified = self.flight.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let s = self.flight.lock();
+                if s.retain || s.held <= WINDOW || s.readers.is_empty() {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The body will not be stored: release what readers have passed from now on, and let no
+    /// new request join (it could not read from the start).
+    pub fn stop_retaining(&mut self) {
+        self.leave_map();
+        let mut s = self.flight.lock();
+        s.retain = false;
+        s.release();
+    }
+
+    /// Whether the whole body is still held (so [`FlightWriter::chunks`] is complete).
+    pub fn is_retaining(&self) -> bool {
+        self.flight.lock().retain
     }
 
     /// Bytes pushed so far.
@@ -234,9 +306,10 @@ impl<H> FlightWriter<H> {
         self.len() == 0
     }
 
-    /// The body chunks pushed so far (cheap clones), for building the stored entry.
+    /// The body chunks pushed so far (cheap clones), for building the stored entry. Complete
+    /// only while [`FlightWriter::is_retaining`].
     pub fn chunks(&self) -> Vec<Bytes> {
-        self.flight.lock().chunks.clone()
+        self.flight.lock().chunks.iter().cloned().collect()
     }
 
     /// Marks the body complete. Call after storing the entry.
@@ -281,11 +354,38 @@ impl<H> Drop for FlightWriter<H> {
 /// One request's view of a flight.
 pub struct FlightReader<H> {
     flight: Arc<Flight<H>>,
+    id: u64,
     next: usize,
     leader: bool,
 }
 
+impl<H> Drop for FlightReader<H> {
+    fn drop(&mut self) {
+        {
+            let mut s = self.flight.lock();
+            s.readers.remove(&self.id);
+            s.release();
+        }
+        // A writer waiting on the window may go on.
+        self.flight.changed.notify_waiters();
+    }
+}
+
 impl<H> FlightReader<H> {
+    fn new(flight: Arc<Flight<H>>, leader: bool) -> Self {
+        let (id, next) = {
+            let mut s = flight.lock();
+            let id = s.new_reader();
+            (id, s.base)
+        };
+        Self {
+            flight,
+            id,
+            next,
+            leader,
+        }
+    }
+
     /// Waits for the head. Followers of an unshareable flight get [`FillErrorKind::NotShared`].
     pub async fn head(&self) -> Result<Arc<H>, FillError> {
         loop {
@@ -321,10 +421,23 @@ impl<H> FlightReader<H> {
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let s = self.flight.lock();
-                if let Some(c) = s.chunks.get(self.next) {
+                let mut s = self.flight.lock();
+                if self.next < s.base {
+                    return Some(Err(FillError::new(
+                        FillErrorKind::Broken,
+                        "fell behind a pass-through flight",
+                    )));
+                }
+                if let Some(c) = s.chunks.get(self.next - s.base).cloned() {
                     self.next += 1;
-                    return Some(Ok(c.clone()));
+                    let (id, next) = (self.id, self.next);
+                    s.readers.insert(id, next);
+                    if !s.retain {
+                        s.release();
+                        drop(s);
+                        self.flight.changed.notify_waiters();
+                    }
+                    return Some(Ok(c));
                 }
                 match &s.end {
                     Some(Ok(())) => return None,
@@ -603,11 +716,17 @@ pub async fn fetch_origin(
         },
         decision.storable,
     );
+    if !storable {
+        w.stop_retaining();
+    }
     loop {
         match body.frame().await {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
-                    w.push(data);
+                    w.push_windowed(data).await;
+                    if w.is_retaining() && w.len() > max_object {
+                        w.stop_retaining();
+                    }
                 }
             }
             Some(Err(e)) => {
@@ -629,7 +748,7 @@ pub async fn fetch_origin(
             return Err(err);
         }
     }
-    storable &= got <= max_object;
+    storable &= got <= max_object && w.is_retaining();
     if storable {
         let entry = crate::store::Entry::new(parts.status, resp_headers, w.chunks(), decision, now);
         store
@@ -680,6 +799,53 @@ mod tests {
         }
         assert_eq!(*lr.head().await.unwrap(), 200);
         assert_eq!(lr.next_chunk().await.unwrap().unwrap(), "hel");
+    }
+
+    #[tokio::test]
+    async fn a_pass_through_flight_holds_at_most_the_window_ahead_of_its_slowest_reader() {
+        let c = Coalescer::<u16>::default();
+        let Joined::Leader(mut w, mut fast) = c.join("/big") else {
+            panic!()
+        };
+        let Joined::Follower(mut slow) = c.join("/big") else {
+            panic!()
+        };
+        w.set_head(200, true);
+        w.stop_retaining();
+        assert!(
+            matches!(c.join("/big"), Joined::Leader(..)),
+            "no one joins a flight that releases chunks"
+        );
+        let flight = fast.flight.clone();
+        let chunk = Bytes::from(vec![7u8; 256 * 1024]);
+        let total = 64usize;
+        let writer = tokio::spawn(async move {
+            let mut peak = 0;
+            for _ in 0..total {
+                w.push_windowed(chunk.clone()).await;
+                peak = peak.max(w.flight.lock().held);
+            }
+            w.finish();
+            peak
+        });
+        let fast_reader = tokio::spawn(async move {
+            let mut n = 0;
+            while let Some(c) = fast.next_chunk().await {
+                n += c.unwrap().len();
+            }
+            n
+        });
+        let mut got = 0;
+        while let Some(c) = slow.next_chunk().await {
+            got += c.unwrap().len();
+            tokio::task::yield_now().await;
+        }
+        let peak = writer.await.unwrap();
+        assert_eq!(got, total * 256 * 1024);
+        assert_eq!(fast_reader.await.unwrap(), total * 256 * 1024);
+        assert!(peak <= WINDOW + 256 * 1024, "held {peak} bytes");
+        drop(slow);
+        assert_eq!(flight.lock().held, 0, "everything released once read");
     }
 
     #[tokio::test]

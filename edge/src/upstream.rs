@@ -246,10 +246,18 @@ impl NodeFill<'_> {
         mut w: FlightWriter<Head>,
     ) -> Result<(), FillError> {
         let expected = self.expected;
+        if !self.storable {
+            w.stop_retaining();
+        }
         let broken = |m: String| FillError::new(FillErrorKind::Broken, m);
         loop {
             match reader.next().await {
-                Ok(Some(Frame::Data(d))) => w.push(d),
+                Ok(Some(Frame::Data(d))) => {
+                    w.push_windowed(d).await;
+                    if w.is_retaining() && w.len() > self.max_object {
+                        w.stop_retaining();
+                    }
+                }
                 Ok(Some(Frame::End { len })) => {
                     let got = w.len();
                     if got != len || expected.is_some_and(|e| e != got) {
@@ -284,7 +292,7 @@ impl NodeFill<'_> {
                 }
             }
         }
-        if self.storable && w.len() <= self.max_object {
+        if self.storable && w.is_retaining() && w.len() <= self.max_object {
             let entry = Entry::new(
                 self.status,
                 self.headers,

@@ -295,3 +295,28 @@ async fn private_responses_are_not_shared_between_waiters() {
     );
     c.stop().await;
 }
+
+#[tokio::test]
+async fn objects_over_the_size_limit_stream_through_both_tiers_unstored() {
+    let c = cluster(3, 2, |cfg| {
+        cfg.node.max_object_size = cdn_core::config::ByteSize(1 << 20);
+        cfg.edge.max_object_size = cdn_core::config::ByteSize(1 << 20);
+    })
+    .await;
+    let target = "/big/pass?size=64MiB";
+    let want = expected(target, 64 << 20);
+    let gets = c.edges.iter().map(|e| get(e.http_addr, target));
+    for g in join_all(gets).await {
+        assert_eq!(g.status, StatusCode::OK);
+        assert_eq!(g.body.len(), 64 << 20);
+        assert!(g.body == want, "byte-exact through a bounded window");
+    }
+    for n in c.nodes.iter().flatten() {
+        assert!(
+            n.node.store().get(target).await.is_none(),
+            "not stored at {}",
+            n.id()
+        );
+    }
+    c.stop().await;
+}
