@@ -112,7 +112,27 @@ impl Origin {
         *req.uri_mut() = self.uri_for(&pq).map_err(OriginError::Unreachable)?;
         req.headers_mut().insert(header::HOST, self.host.clone());
         *req.version_mut() = http::Version::HTTP_11;
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+        // A GET or HEAD without a body can be sent again if a pooled connection turns out to
+        // have been closed by the origin (the request went out, no response came back).
+        let idempotent = req.method() == http::Method::GET || req.method() == http::Method::HEAD;
+        let retry = (idempotent && http_body::Body::is_end_stream(req.body())).then(|| {
+            let mut again = Request::new(crate::http::empty());
+            *again.method_mut() = req.method().clone();
+            *again.uri_mut() = req.uri().clone();
+            *again.headers_mut() = req.headers().clone();
+            *again.version_mut() = req.version();
+            again
+        });
+        let deadline = tokio::time::Instant::now() + self.response_timeout;
+        let first = tokio::time::timeout_at(deadline, self.client.request(req)).await;
+        let result = match (first, retry) {
+            (Ok(Err(e)), Some(again)) if closed_before_answer(&e) => {
+                tracing::debug!(error = %e, "pooled origin connection was closed: retrying once");
+                tokio::time::timeout_at(deadline, self.client.request(again)).await
+            }
+            (first, _) => first,
+        };
+        match result {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(OriginError::Unreachable(format!(
                 "{e:#}: {}",
@@ -121,6 +141,21 @@ impl Origin {
             Err(_) => Err(OriginError::Timeout(self.response_timeout)),
         }
     }
+}
+
+/// The request was written on a reused connection that the origin closed without answering
+/// (it had timed out the idle connection): safe to resend an idempotent request once.
+fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

@@ -3,5 +3,6 @@
 mod pull_through;
 mod purge;
 mod push;
+mod raw_origin;
 mod semantics;
 mod support;
