@@ -725,3 +725,26 @@ async fn client_no_cache_is_ignored_by_default_and_honoured_when_configured() {
     assert_eq!(get(c.edges[0].http_addr, target).await.edge_cache(), "HIT");
     c.stop().await;
 }
+
+#[tokio::test]
+async fn must_revalidate_is_never_served_stale_even_with_grace() {
+    let c = cluster(3, 1, |_| {}).await;
+    let strict = "/sem/mustreval?size=20&cc=max-age%3D1%2C%20must-revalidate";
+    let graced = "/sem/graced?size=20&cc=max-age%3D1";
+    get(c.edges[0].http_addr, strict).await;
+    get(c.edges[0].http_addr, graced).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let g = get(c.edges[0].http_addr, strict).await;
+    assert!(
+        g.header("x-cache").starts_with("REVALIDATED"),
+        "{}",
+        g.header("x-cache")
+    );
+    let g = get(c.edges[0].http_addr, graced).await;
+    assert_eq!(
+        g.edge_cache(),
+        "STALE",
+        "the default grace serves it while refreshing"
+    );
+    c.stop().await;
+}
