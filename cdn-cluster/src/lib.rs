@@ -76,6 +76,8 @@ pub struct Cluster {
     pub edges: Vec<EdgeHandle>,
     /// Admin bearer token.
     pub admin_token: String,
+    /// The cluster's certificates (generated for this run).
+    pub tls: TlsMaterial,
     shutdown: CancellationToken,
     stub_shutdown: CancellationToken,
 }
@@ -171,6 +173,7 @@ impl Cluster {
             nodes: nodes.into_iter().map(Some).collect(),
             edges,
             admin_token: cfg.admin_token,
+            tls,
             shutdown,
             stub_shutdown,
         })

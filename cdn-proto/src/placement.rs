@@ -77,6 +77,34 @@ mod tests {
     }
 
     #[test]
+    fn five_nodes_share_100k_keys_evenly_and_a_sixth_takes_a_sixth() {
+        let five = ids(5);
+        let six = ids(6);
+        let mut counts = [0usize; 5];
+        let (mut moved, mut between_old) = (0usize, 0usize);
+        let n = 100_000;
+        for k in 0..n {
+            let key = format!("/k/{k}");
+            let before = owners(key.as_bytes(), &five, 1, |s| s)[0];
+            counts[before] += 1;
+            let after = owners(key.as_bytes(), &six, 1, |s| s)[0];
+            if six[after] != five[before] {
+                moved += 1;
+                if six[after] != "node-5" {
+                    between_old += 1;
+                }
+            }
+        }
+        let fifth = n as f64 / 5.0;
+        for c in counts {
+            assert!((c as f64 - fifth).abs() / fifth < 0.05, "{counts:?}");
+        }
+        let share = moved as f64 / n as f64;
+        assert!((0.14..=0.20).contains(&share), "moved {share}");
+        assert_eq!(between_old, 0, "keys only move to the new node");
+    }
+
+    #[test]
     fn removing_a_node_moves_only_its_keys() {
         let all = ids(4);
         let fewer: Vec<String> = all.iter().filter(|s| *s != "node-2").cloned().collect();

@@ -1,8 +1,10 @@
 //! End-to-end tests through real sockets: origin-stub, cache nodes over QUIC, edges over HTTP.
 
+mod cluster;
 mod pull_through;
 mod purge;
 mod push;
 mod raw_origin;
+mod security;
 mod semantics;
 mod support;
