@@ -11,14 +11,12 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use http_cache_semantics::CachePolicy;
 use moka::policy::EvictionPolicy;
 use serde::{Deserialize, Serialize};
 
-/// Fixed cost charged per entry on top of its bytes: the key's and entry's allocations, the
-/// policy's copies of the header maps, moka's node. An estimate; the memory benchmark keeps it
-/// honest.
-const ENTRY_OVERHEAD: u64 = 512;
+/// Fixed cost charged per entry on top of its body and header bytes: the entry, its header
+/// map, the key, moka's bookkeeping. Measured with `examples/store_memory.rs`.
+const ENTRY_OVERHEAD: u64 = 1024;
 
 /// A stored response, complete and immutable.
 #[derive(Debug)]
@@ -31,8 +29,6 @@ pub struct Entry {
     pub body: Vec<Bytes>,
     /// Total body bytes.
     pub body_len: u64,
-    /// The cache policy, for later revalidation.
-    pub policy: CachePolicy,
     /// When the entry was stored.
     pub stored_at: SystemTime,
     /// Age of the response when stored.
@@ -61,19 +57,20 @@ impl Entry {
     /// Builds an entry; `headers` should already be free of hop-by-hop fields.
     pub fn new(
         status: StatusCode,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Vec<Bytes>,
         decision: crate::policy::Decision,
         stored_at: SystemTime,
     ) -> Self {
-        headers.remove(http::header::AGE);
+        let headers = compact_headers(&headers);
+        let body = compact_body(body);
         let body_len: u64 = body.iter().map(|b| b.len() as u64).sum();
         let header_bytes: u64 = headers
             .iter()
-            .map(|(k, v)| (k.as_str().len() + v.len() + 32) as u64)
+            // A header map bucket per field besides the name and value bytes.
+            .map(|(k, v)| (k.as_str().len() + v.len() + 64) as u64)
             .sum();
-        // The policy holds its own copy of the response headers (and the request's).
-        let weight = body_len + 2 * header_bytes + ENTRY_OVERHEAD;
+        let weight = body_len + header_bytes + ENTRY_OVERHEAD;
         let tags = crate::purge::surrogate_keys(&headers);
         let (swr, sie, revalidate_only, validators) = (
             decision.stale_while_revalidate,
@@ -86,7 +83,6 @@ impl Entry {
             headers,
             body,
             body_len,
-            policy: decision.policy,
             stored_at,
             initial_age: decision.age,
             ttl: decision.ttl,
@@ -170,6 +166,53 @@ impl Entry {
     pub fn weight(&self) -> u32 {
         self.weight
     }
+}
+
+/// Bodies up to this size are stored as one exact-size buffer.
+const COMPACT_BODY: u64 = 1 << 20;
+
+/// The body as stored. Chunks from a network read are slices of the reader's buffer, and
+/// keeping one alive keeps the whole buffer (kilobytes for a small object): small bodies are
+/// copied once into one buffer of exactly their size. Large ones keep their chunks, which are
+/// most of their buffers anyway.
+fn compact_body(body: Vec<Bytes>) -> Vec<Bytes> {
+    let len: u64 = body.iter().map(|b| b.len() as u64).sum();
+    if len == 0 {
+        return Vec::new();
+    }
+    if len > COMPACT_BODY {
+        return body;
+    }
+    let mut one = bytes::BytesMut::with_capacity(len as usize);
+    for c in &body {
+        one.extend_from_slice(c);
+    }
+    vec![one.freeze()]
+}
+
+/// The header fields as stored, without `Age` (recomputed per response): every value copied
+/// into one shared buffer (values parsed from the network would pin the read buffer, and
+/// values built one by one cost an allocation each), in a map sized for exactly these fields.
+fn compact_headers(headers: &HeaderMap) -> HeaderMap {
+    let total: usize = headers.values().map(|v| v.len()).sum();
+    let mut block = bytes::BytesMut::with_capacity(total);
+    for v in headers.values() {
+        block.extend_from_slice(v.as_bytes());
+    }
+    let block = block.freeze();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    let mut at = 0;
+    for (k, v) in headers {
+        let end = at + v.len();
+        if k != http::header::AGE {
+            let mut value = http::HeaderValue::from_maybe_shared(block.slice(at..end))
+                .unwrap_or_else(|_| v.clone());
+            value.set_sensitive(v.is_sensitive());
+            out.append(k.clone(), value);
+        }
+        at = end;
+    }
+    out
 }
 
 /// How usable a stored entry is.

@@ -1,0 +1,79 @@
+//! Resident memory of a store holding N objects of a given size, as bytes per object over
+//! the payload. Objects look like real fills: a policy evaluated from typical origin headers.
+//!
+//! `cargo run --release -p cdn-core --example store_memory -- [N] [SIZE]` (1,000,000 × 1 KiB
+//! by default).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use cdn_core::policy::{evaluate, policy_request};
+use cdn_core::store::{Entry, Eviction, Store};
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: usize = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let size: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1024);
+    let store = Store::new(u64::MAX / 4, Eviction::TinyLfu);
+    let now = SystemTime::now();
+    let req_headers = {
+        let mut h = http::HeaderMap::new();
+        h.insert("accept", "*/*".parse().unwrap());
+        h.insert("user-agent", "loadgen/0.1".parse().unwrap());
+        h
+    };
+    let before = rss_bytes();
+    for i in 0..n {
+        let key = format!("/obj/{i}?size={size}");
+        let resp = http::Response::builder()
+            .header("content-type", "application/octet-stream")
+            .header("cache-control", "public, max-age=3600")
+            .header("etag", "\"0123456789abcdef\"")
+            .header("date", "Fri, 27 Nov 2026 21:00:00 GMT")
+            .header("content-length", size)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let req = policy_request(&http::Method::GET, &key, &req_headers);
+        let decision = evaluate(&req, &resp, now);
+        let body = Bytes::from(vec![(i % 251) as u8; size]);
+        let entry = Entry::new(
+            http::StatusCode::OK,
+            resp.headers,
+            vec![body],
+            decision,
+            now,
+        );
+        store.insert(&key, Arc::new(entry)).await;
+    }
+    store.sync().await;
+    let after = rss_bytes();
+    let grown = after.saturating_sub(before);
+    let payload = (n * size) as u64;
+    println!(
+        "{n} objects of {size} B: entries {}, RSS grew {:.1} MiB for {:.1} MiB of payload: {:.0} bytes per object over the payload; the store charges {:.0} bytes per object ({:.2} of the RSS growth)",
+        store.entry_count(),
+        grown as f64 / 1048576.0,
+        payload as f64 / 1048576.0,
+        (grown as f64 - payload as f64) / n as f64,
+        store.weighted_size() as f64 / n as f64,
+        store.weighted_size() as f64 / grown as f64
+    );
+}
