@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use rand::{RngExt, SeedableRng};
+
 use serde::Serialize;
 
 /// What to run.
@@ -29,10 +30,109 @@ pub struct Options {
     pub max_requests: Option<u64>,
     /// Request path template; `{key}` is replaced by a key number.
     pub path: String,
-    /// Keys drawn uniformly from `0..keys`.
+    /// Keys are drawn from `0..keys`...
     pub keys: u64,
+    /// ...with this distribution.
+    pub dist: Dist,
+    /// Open loop: this many requests per second in total, latency measured from when each
+    /// request was due (coordinated omission corrected, as wrk2 does). `None`: closed loop.
+    pub rate: Option<f64>,
+    /// HTTP/2 (prior knowledge) instead of HTTP/1.1.
+    pub h2: bool,
     /// RNG seed, for repeatable key streams.
     pub seed: u64,
+}
+
+/// How keys are drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Dist {
+    /// Every key equally likely.
+    Uniform,
+    /// Zipf with this exponent (0.99 is the classic web cache workload).
+    Zipf(f64),
+    /// A hot set: `keys` of the keys get `traffic` of the requests (e.g. 0.01 and 0.9).
+    Hot {
+        /// Fraction of the keys that are hot.
+        keys: f64,
+        /// Fraction of the requests they get.
+        traffic: f64,
+    },
+}
+
+impl std::str::FromStr for Dist {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("`{s}`: use uniform, zipf:S (e.g. zipf:0.99) or hot:KEYS:TRAFFIC (e.g. hot:0.01:0.9)")
+        };
+        let mut parts = s.split(':');
+        match parts.next() {
+            Some("uniform") => Ok(Dist::Uniform),
+            Some("zipf") => {
+                let e: f64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+                if e <= 0.0 {
+                    return Err(bad());
+                }
+                Ok(Dist::Zipf(e))
+            }
+            Some("hot") => {
+                let k: f64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+                let t: f64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+                if !(0.0..=1.0).contains(&k) || !(0.0..=1.0).contains(&t) {
+                    return Err(bad());
+                }
+                Ok(Dist::Hot {
+                    keys: k,
+                    traffic: t,
+                })
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Draws keys from a distribution over `0..n`.
+pub struct Keys {
+    n: u64,
+    dist: Dist,
+    zipf: Option<rand_distr::Zipf<f64>>,
+}
+
+impl Keys {
+    /// A sampler for `n` keys.
+    pub fn new(n: u64, dist: Dist) -> anyhow::Result<Self> {
+        let n = n.max(1);
+        let zipf = match dist {
+            Dist::Zipf(e) => {
+                Some(rand_distr::Zipf::new(n as f64, e).map_err(|e| anyhow::anyhow!("zipf: {e}"))?)
+            }
+            _ => None,
+        };
+        Ok(Self { n, dist, zipf })
+    }
+
+    /// The next key.
+    pub fn sample(&self, rng: &mut impl rand::Rng) -> u64 {
+        use rand_distr::Distribution;
+        match self.dist {
+            Dist::Uniform => rng.random_range(0..self.n),
+            // Zipf ranks are 1..=n; rank 1 is the most popular key, 0.
+            Dist::Zipf(_) => self
+                .zipf
+                .as_ref()
+                .map(|z| z.sample(rng) as u64 - 1)
+                .unwrap_or(0)
+                .min(self.n - 1),
+            Dist::Hot { keys, traffic } => {
+                let hot = ((self.n as f64 * keys).ceil() as u64).clamp(1, self.n);
+                if rng.random_bool(traffic) || hot == self.n {
+                    rng.random_range(0..hot)
+                } else {
+                    rng.random_range(hot..self.n)
+                }
+            }
+        }
+    }
 }
 
 /// What a run measured.
@@ -134,31 +234,40 @@ async fn worker(
         bytes: 0,
         hits: 0,
     };
-    let mut sender = connect(addr).await?;
+    let keys = Keys::new(opts.keys, opts.dist)?;
+    let mut sender = connect(addr, opts.h2).await?;
+    // Open loop: this worker's share of the rate, one request due every `interval`; latency
+    // counts from when a request was due, so a stall is not hidden (coordinated omission).
+    let interval = opts
+        .rate
+        .map(|r| Duration::from_secs_f64(opts.connections as f64 / r.max(0.001)));
+    let mut due = Instant::now();
     while Instant::now() < deadline {
-        if budget
-            .fetch_update(
-                std::sync::atomic::Ordering::Relaxed,
-                std::sync::atomic::Ordering::Relaxed,
-                |b| b.checked_sub(1),
-            )
-            .is_err()
-        {
+        let take = |b: u64| b.checked_sub(1);
+        let ordering = std::sync::atomic::Ordering::Relaxed;
+        if budget.fetch_update(ordering, ordering, take).is_err() {
             break;
         }
-        let key = if opts.keys <= 1 {
-            0
-        } else {
-            rng.random_range(0..opts.keys)
-        };
+        let key = keys.sample(&mut rng);
         let path = opts.path.replace("{key}", &key.to_string());
-        let req = http::Request::get(path)
-            .header(http::header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())?;
-        let t0 = Instant::now();
+        let req = if opts.h2 {
+            http::Request::get(format!("http://{addr}{path}")).body(Empty::<Bytes>::new())?
+        } else {
+            http::Request::get(&path)
+                .header(http::header::HOST, addr.to_string())
+                .body(Empty::<Bytes>::new())?
+        };
+        let t0 = match interval {
+            Some(iv) => {
+                tokio::time::sleep_until(due.into()).await;
+                let t = due;
+                due += iv;
+                t
+            }
+            None => Instant::now(),
+        };
         let result = async {
-            sender.ready().await?;
-            let resp = sender.send_request(req).await?;
+            let resp = sender.send(req).await?;
             let hit = resp
                 .headers()
                 .get("x-cache")
@@ -179,25 +288,56 @@ async fn worker(
             }
             Err(_) => {
                 w.errors += 1;
-                sender = connect(addr).await?;
+                sender = connect(addr, opts.h2).await?;
             }
         }
     }
     Ok(w)
 }
 
-async fn connect(
-    addr: SocketAddr,
-) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
+/// One connection, HTTP/1.1 or HTTP/2.
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Sender {
+    async fn send(
+        &mut self,
+        req: http::Request<Empty<Bytes>>,
+    ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
+        Ok(match self {
+            Sender::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+            Sender::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+        })
+    }
+}
+
+async fn connect(addr: SocketAddr, h2: bool) -> anyhow::Result<Sender> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
     tcp.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
+    if h2 {
+        let exec = hyper_util::rt::TokioExecutor::new();
+        let (sender, conn) = hyper::client::conn::http2::handshake(exec, TokioIo::new(tcp)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Sender::H2(sender))
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Sender::H1(sender))
+    }
 }
 
 /// Purge-propagation measurement: what to run.
@@ -364,4 +504,37 @@ where
         out.push(r?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distributions_parse_and_skew_as_asked() {
+        assert_eq!("uniform".parse::<Dist>().unwrap(), Dist::Uniform);
+        assert_eq!("zipf:0.99".parse::<Dist>().unwrap(), Dist::Zipf(0.99));
+        assert!("zipf:-1".parse::<Dist>().is_err());
+        assert!("hot:2:0.9".parse::<Dist>().is_err());
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let n = 100_000;
+        let zipf = Keys::new(1000, Dist::Zipf(1.1)).unwrap();
+        let top10 = (0..n).filter(|_| zipf.sample(&mut rng) < 10).count();
+        assert!(
+            top10 as f64 / n as f64 > 0.4,
+            "zipf 1.1: the top 1% of keys get most traffic ({top10})"
+        );
+        let hot = Keys::new(
+            1000,
+            Dist::Hot {
+                keys: 0.01,
+                traffic: 0.9,
+            },
+        )
+        .unwrap();
+        let hits = (0..n).filter(|_| hot.sample(&mut rng) < 10).count();
+        assert!((hits as f64 / n as f64 - 0.9).abs() < 0.01, "{hits}");
+        let uni = Keys::new(1000, Dist::Uniform).unwrap();
+        assert!((0..n).all(|_| uni.sample(&mut rng) < 1000));
+    }
 }

@@ -25,9 +25,19 @@ struct Cli {
     /// Path template; `{key}` becomes a key number.
     #[arg(long, default_value = "/obj/{key}?size=1024")]
     path: String,
-    /// Number of distinct keys (uniform).
+    /// Number of distinct keys.
     #[arg(long, default_value_t = 1)]
     keys: u64,
+    /// Key distribution: uniform, zipf:S (e.g. zipf:0.99) or hot:KEYS:TRAFFIC (hot:0.01:0.9).
+    #[arg(long, default_value = "uniform")]
+    dist: loadgen::Dist,
+    /// Open loop at this many requests/s in total (coordinated omission corrected); default:
+    /// closed loop, each connection sending as fast as answers come back.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// HTTP/2 with prior knowledge.
+    #[arg(long)]
+    h2: bool,
     /// RNG seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -75,6 +85,9 @@ async fn main() -> anyhow::Result<()> {
         max_requests: cli.requests,
         path: cli.path,
         keys: cli.keys,
+        dist: cli.dist,
+        rate: cli.rate,
+        h2: cli.h2,
         seed: cli.seed,
     })
     .await?;
