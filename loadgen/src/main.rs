@@ -11,8 +11,12 @@ use clap::Parser;
 #[command(version)]
 struct Cli {
     /// Edge address (repeatable; connections are spread round-robin).
-    #[arg(long = "target", required = true)]
+    #[arg(long = "target", required_unless_present = "hit_ratio")]
     targets: Vec<SocketAddr>,
+    /// No network: replay --requests keys (--keys, --dist) through the store's eviction
+    /// policies (TinyLFU and LRU) at 0.1%, 1% and 10% capacity and print the hit ratios.
+    #[arg(long)]
+    hit_ratio: bool,
     /// Concurrent keep-alive connections.
     #[arg(long, short = 'c', default_value_t = 32)]
     connections: usize,
@@ -61,6 +65,28 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.hit_ratio {
+        let requests = cli.requests.unwrap_or(1_000_000);
+        let rows =
+            loadgen::hit_ratios(cli.keys, cli.dist, requests, &[0.001, 0.01, 0.1], cli.seed)?;
+        println!(
+            "{requests} requests over {} keys ({:?}):",
+            cli.keys, cli.dist
+        );
+        for r in &rows {
+            println!(
+                "  {:>8} capacity {:>7} ({:>5.1}%): hit ratio {:.4}",
+                r.policy,
+                r.capacity,
+                r.fraction * 100.0,
+                r.hit_ratio
+            );
+        }
+        if let Some(path) = cli.json {
+            std::fs::write(&path, serde_json::to_vec_pretty(&rows)?)?;
+        }
+        return Ok(());
+    }
     let purge = if cli.purges > 0 {
         let (Some(admin), Some(token), Some(origin)) = (cli.admin, cli.token.clone(), cli.origin)
         else {
