@@ -97,7 +97,11 @@ async fn serve_stream(
                 )
                 .await;
             }
-            tracing::debug!(id, %path, "request");
+            let rid = headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::debug!(id, request_id = rid, %path, "request");
             serve_request(node, &path, &headers, &mut send).await
         }
         Ok(Some(Frame::MembersRequest)) => send_members(node, &mut send).await,

@@ -42,13 +42,34 @@ pub async fn run(edge: Arc<Edge>, listener: TcpListener, shutdown: CancellationT
     .await
 }
 
-async fn handle(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(edge: Arc<Edge>, mut req: Request<Incoming>) -> Response<Body> {
     Stats::inc(&edge.stats.requests);
-    match *req.method() {
+    let rid = request_id(&edge, &mut req);
+    let mut resp = match *req.method() {
         Method::GET | Method::HEAD => cached(&edge, req).await,
         _ if req.method().as_str() == "PURGE" => purge(&edge, req).await,
         _ => pass(&edge, req).await,
+    };
+    resp.headers_mut().insert(X_REQUEST_ID, rid);
+    resp
+}
+
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// The request's id: the client's `X-Request-Id` when it sent a sane one, else ours
+/// (`<edge id>-<n>`). It travels with the request (to the node in the `Request` frame's
+/// fields, and to the origin), is logged on both tiers, and comes back to the client.
+fn request_id(edge: &Edge, req: &mut Request<Incoming>) -> HeaderValue {
+    if let Some(v) = req.headers().get(X_REQUEST_ID) {
+        if !v.is_empty() && v.len() <= 128 && v.to_str().is_ok() {
+            return v.clone();
+        }
     }
+    let n = edge.next_request_id.fetch_add(1, Ordering::Relaxed);
+    let v = HeaderValue::from_str(&format!("{}-{n}", edge.config.id))
+        .unwrap_or(HeaderValue::from_static("edge"));
+    req.headers_mut().insert(X_REQUEST_ID, v.clone());
+    v
 }
 
 /// GET and HEAD: L1, then a coalesced fill. HEAD is answered from the full GET object.

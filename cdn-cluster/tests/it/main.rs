@@ -1,6 +1,7 @@
 //! End-to-end tests through real sockets: origin-stub, cache nodes over QUIC, edges over HTTP.
 
 mod cluster;
+mod limits;
 mod pull_through;
 mod purge;
 mod push;

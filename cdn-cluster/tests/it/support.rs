@@ -175,3 +175,10 @@ pub fn everyone(nodes: usize, edges: usize) -> Vec<String> {
     v.sort();
     v
 }
+
+/// GET with extra request fields; panics on transport errors.
+pub async fn get_with_fields(addr: SocketAddr, path: &str, fields: &[(&str, &str)]) -> Got {
+    request(addr, Method::GET, path, false, fields, None)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}

@@ -1,0 +1,112 @@
+//! Limits and malformed input at an edge's client port, over a raw socket.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{cluster, get, get_with_fields};
+
+/// Sends raw bytes and returns what came back before the edge closed (bounded in time).
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_4xx_and_the_edge_keeps_serving() {
+    let c = cluster(1, 1, |_| {}).await;
+    let edge = c.edges[0].http_addr;
+    let long = "a".repeat(100 * 1024);
+    let corpus: Vec<(String, Vec<u8>)> = vec![
+        ("garbage".into(), b"GARBAGE\r\n\r\n".to_vec()),
+        (
+            "header without a colon".into(),
+            b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".to_vec(),
+        ),
+        (
+            "bad content-length".into(),
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(),
+        ),
+        (
+            "two content-lengths".into(),
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+                .to_vec(),
+        ),
+        (
+            "nul in a header".into(),
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n".to_vec(),
+        ),
+        (
+            "huge header".into(),
+            format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {long}\r\n\r\n").into_bytes(),
+        ),
+        (
+            "huge URI".into(),
+            format!("GET /{long} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes(),
+        ),
+        (
+            "too many headers".into(),
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+                (0..200)
+                    .map(|i| format!("X-{i}: v\r\n"))
+                    .collect::<String>()
+            )
+            .into_bytes(),
+        ),
+    ];
+    for (what, bytes) in &corpus {
+        let answer = raw(edge, bytes).await;
+        let status: u16 = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            (400..500).contains(&status),
+            "{what}: got {:?}",
+            answer.lines().next()
+        );
+    }
+    let ok = get(edge, "/after-the-corpus?size=10").await;
+    assert_eq!(ok.status, http::StatusCode::OK, "the edge still serves");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_too_slow_to_send_its_headers_is_dropped() {
+    let c = cluster(1, 1, |cfg| cfg.edge.header_read_timeout_ms = 300).await;
+    let mut s = TcpStream::connect(c.edges[0].http_addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // Never finish the head: the edge must hang up on its own.
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(closed.is_ok(), "the connection was closed by the edge");
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let c = cluster(1, 1, |_| {}).await;
+    let edge = c.edges[0].http_addr;
+    let a = get(edge, "/rid?size=5").await;
+    let b = get(edge, "/rid?size=5").await;
+    assert!(
+        a.header("x-request-id").starts_with("edge-0-"),
+        "{}",
+        a.header("x-request-id")
+    );
+    assert_ne!(a.header("x-request-id"), b.header("x-request-id"));
+    let mine = get_with_fields(edge, "/rid?size=5", &[("x-request-id", "client-chosen-42")]).await;
+    assert_eq!(mine.header("x-request-id"), "client-chosen-42");
+    c.stop().await;
+}
