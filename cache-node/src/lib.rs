@@ -101,6 +101,8 @@ pub struct Node {
     links: Arc<links::Links>,
     peers: Arc<PeerPool>,
     next_purge_id: AtomicU64,
+    // Fault injection: while set, requests are accepted and never answered (a hung node).
+    stalled: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -122,6 +124,12 @@ impl Node {
     /// Config in force.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Makes the node hang (accept requests, never answer) or recover: the in-process
+    /// stand-in for SIGSTOP in fault tests.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::SeqCst);
     }
 
     /// Edges connected to this node.
@@ -402,6 +410,7 @@ pub async fn start(
         links: Arc::default(),
         peers: peers.clone(),
         next_purge_id: AtomicU64::new(1),
+        stalled: std::sync::atomic::AtomicBool::new(false),
         config,
     });
     peers.set_inbound(Arc::new(inbound::FromPeers::new(Arc::downgrade(&node))));

@@ -97,6 +97,9 @@ async fn serve_stream(
                 )
                 .await;
             }
+            while node.stalled.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             let rid = headers
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
@@ -255,7 +258,18 @@ async fn serve_request(
             Freshness::Stale { .. } => stale = Some(entry),
         }
     }
+    if policy::only_if_cached(headers) {
+        // A hedge (or a client's only-if-cached): never start an origin fill for it.
+        return refuse(
+            send,
+            ErrorCode::NotCached,
+            format!("{key} is not stored here"),
+        )
+        .await;
+    }
     Stats::inc(&node.stats.misses);
+    // Tell the edge we are alive and filling: a slow answer now is the origin's, not ours.
+    send_frame(send, &Frame::Pending).await?;
     let reader = join_fill(node, key, headers, stale).await;
     let own = match reader.head().await {
         // Someone else's private response, or another variant: fetch our own, unshared.

@@ -31,6 +31,9 @@ pub enum PeerError {
         /// Why.
         reason: String,
     },
+    /// Asked only for what it stores (a hedge), the node does not have it.
+    #[error("node {0} does not store it")]
+    NotCached(String),
     /// The node answered with an error, broke the protocol, or did not answer in time.
     #[error("node {node}: {reason}")]
     Refused {
@@ -623,19 +626,22 @@ pub async fn fetch_whole(
     let work = async {
         let (mut send, mut reader) = pool.open(member, &request).await?;
         let _ = send.finish();
-        let (status, cache, headers) =
-            match reader.next().await.map_err(|e| refused(e.to_string()))? {
-                Some(Frame::ResponseHead {
-                    status,
-                    cache,
-                    headers,
-                    ..
-                }) => (status, cache, headers),
-                Some(Frame::Error { code, message }) => {
-                    return Err(refused(format!("{code:?}: {message}")))
-                }
-                other => return Err(refused(format!("unexpected answer {other:?}"))),
-            };
+        let mut first = reader.next().await.map_err(|e| refused(e.to_string()))?;
+        while matches!(first, Some(Frame::Pending)) {
+            first = reader.next().await.map_err(|e| refused(e.to_string()))?;
+        }
+        let (status, cache, headers) = match first {
+            Some(Frame::ResponseHead {
+                status,
+                cache,
+                headers,
+                ..
+            }) => (status, cache, headers),
+            Some(Frame::Error { code, message }) => {
+                return Err(refused(format!("{code:?}: {message}")))
+            }
+            other => return Err(refused(format!("unexpected answer {other:?}"))),
+        };
         let body = crate::push::read_body(&mut reader, max)
             .await
             .map_err(refused)?;

@@ -32,7 +32,8 @@ const T_PURGE: u8 = 9;
 const T_ACK: u8 = 10;
 const T_RESUME: u8 = 11;
 const T_PUSH: u8 = 12;
-const T_LAST: u8 = T_PUSH;
+const T_PENDING: u8 = 13;
+const T_LAST: u8 = T_PENDING;
 
 /// Request methods a node serves. Anything else never leaves the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,8 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or resource failure inside the node.
     Internal,
+    /// Asked only for what is stored (`only-if-cached`, a hedge), and it is not.
+    NotCached,
     /// A code this version does not know (from a newer peer).
     Unknown(u16),
 }
@@ -68,6 +71,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => 3,
             ErrorCode::Unavailable => 4,
             ErrorCode::Internal => 5,
+            ErrorCode::NotCached => 6,
             ErrorCode::Unknown(c) => c,
         }
     }
@@ -79,6 +83,7 @@ impl ErrorCode {
             3 => ErrorCode::BadRequest,
             4 => ErrorCode::Unavailable,
             5 => ErrorCode::Internal,
+            6 => ErrorCode::NotCached,
             c => ErrorCode::Unknown(c),
         }
     }
@@ -231,6 +236,9 @@ pub enum Frame {
         /// Pass on to connected edges.
         forward: bool,
     },
+    /// Node → edge, before `ResponseHead` on a miss: the node is alive and filling from the
+    /// origin, so a slow answer is the origin's, not a hung node's (no hedge is sent).
+    Pending,
     /// The answer to `Purge` and `Push`: members that applied it, and members that should
     /// have but did not acknowledge in time.
     Ack {
@@ -270,6 +278,7 @@ impl Frame {
             Frame::Purge { .. } => "Purge",
             Frame::Ack { .. } => "Ack",
             Frame::Push { .. } => "Push",
+            Frame::Pending => "Pending",
             Frame::Resume { .. } => "Resume",
         }
     }
@@ -335,6 +344,7 @@ impl Frame {
                 T_ERROR
             }
             Frame::MembersRequest => T_MEMBERS_REQUEST,
+            Frame::Pending => T_PENDING,
             Frame::Members { members } => {
                 payload.put_u16(len_u16(members.len()));
                 for m in members {
@@ -483,6 +493,7 @@ impl Frame {
                 message: get_string(&mut p)?,
             },
             T_MEMBERS_REQUEST => Frame::MembersRequest,
+            T_PENDING => Frame::Pending,
             T_MEMBERS => {
                 let n = get_u16(&mut p)? as usize;
                 let mut members = Vec::with_capacity(n.min(1024));
@@ -727,6 +738,7 @@ mod tests {
                 message: String::new(),
             },
             Frame::MembersRequest,
+            Frame::Pending,
             Frame::Members {
                 members: vec![Member {
                     id: "node-0".into(),

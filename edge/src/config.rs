@@ -42,6 +42,9 @@ pub struct Config {
     pub node_response_timeout_ms: u64,
     /// How long a node that failed to connect is skipped before it is tried again.
     pub node_retry_ms: u64,
+    /// Ask the next owner too when the first has not answered within this many ms; 0 (the
+    /// default) uses the p95 of recent answers, so only the slowest 5% are hedged.
+    pub hedge_after_ms: u64,
     /// Origin TCP connect timeout.
     pub origin_connect_timeout_ms: u64,
     /// Time to wait for the origin's response head.
@@ -84,6 +87,7 @@ impl Default for Config {
             node_connect_timeout_ms: 1_000,
             node_response_timeout_ms: 35_000,
             node_retry_ms: 1_000,
+            hedge_after_ms: 0,
             origin_connect_timeout_ms: 2_000,
             origin_response_timeout_ms: 30_000,
             idle_timeout_ms: 10_000,

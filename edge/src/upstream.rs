@@ -2,7 +2,7 @@
 //! owner selection, and a fill that pulls an object from its owners into a flight.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use cdn_core::fill::{FillError, FillErrorKind, FlightWriter, Head, Served, Sink, Via};
 use cdn_core::peers::{PeerError, PeerPool};
@@ -11,16 +11,35 @@ use cdn_core::store::{Entry, Store};
 use cdn_proto::{Frame, Member, Method};
 use tokio::sync::watch;
 
+/// Response-head latencies kept for the hedge delay.
+const LATENCY_WINDOW: usize = 512;
+
+/// How long after a hedge found nothing stored the next owner is asked in full, if the first
+/// owner still has not answered: a stuck owner, rather than a slow one.
+const ESCALATE_AFTER: Duration = Duration::from_secs(1);
+
 /// The edge's view of the node tier.
 pub struct Upstream {
     pool: Arc<PeerPool>,
     replicas: usize,
+    hedge_after: Option<Duration>,
+    // A std mutex: a push or a copy of 512 numbers, never held across an await.
+    latency: std::sync::Mutex<std::collections::VecDeque<u32>>,
+    hedges: std::sync::atomic::AtomicU64,
 }
 
 impl Upstream {
     /// An upstream over `pool`, trying `replicas` owners per key.
-    pub fn new(pool: Arc<PeerPool>, replicas: usize) -> Self {
-        Self { pool, replicas }
+    pub fn new(pool: Arc<PeerPool>, replicas: usize, hedge_after: Option<Duration>) -> Self {
+        Self {
+            pool,
+            replicas,
+            hedge_after,
+            latency: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(
+                LATENCY_WINDOW,
+            )),
+            hedges: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     /// The connection pool (and member list).
@@ -55,6 +74,7 @@ impl Upstream {
         request_id: u64,
         key: &str,
         headers: &http::HeaderMap,
+        alive: &std::sync::atomic::AtomicBool,
     ) -> Result<(Head, FrameReader), PeerError> {
         let refused = |reason: String| PeerError::Refused {
             node: member.id.clone(),
@@ -68,15 +88,25 @@ impl Upstream {
         };
         let (mut send, mut reader) = self.pool.open(member, &frame).await?;
         let _ = send.finish();
-        let first = tokio::time::timeout(self.pool.timeouts().response, reader.next())
-            .await
-            .map_err(|_| {
-                refused(format!(
-                    "no response head within {:?}",
-                    self.pool.timeouts().response
-                ))
-            })?
-            .map_err(|e| refused(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + self.pool.timeouts().response;
+        let mut first;
+        loop {
+            first = tokio::time::timeout_at(deadline, reader.next())
+                .await
+                .map_err(|_| {
+                    refused(format!(
+                        "no response head within {:?}",
+                        self.pool.timeouts().response
+                    ))
+                })?
+                .map_err(|e| refused(e.to_string()))?;
+            if matches!(first, Some(Frame::Pending)) {
+                // Alive, waiting on the origin: no reason to ask another owner.
+                alive.store(true, std::sync::atomic::Ordering::Release);
+                continue;
+            }
+            break;
+        }
         match first {
             Some(Frame::ResponseHead {
                 status,
@@ -104,6 +134,10 @@ impl Upstream {
                     reader,
                 ))
             }
+            Some(Frame::Error {
+                code: cdn_proto::ErrorCode::NotCached,
+                ..
+            }) => Err(PeerError::NotCached(member.id.clone())),
             Some(Frame::Error { code, message }) => Err(refused(format!("{code:?}: {message}"))),
             Some(other) => {
                 reader.stop(codes::PROTOCOL);
@@ -139,85 +173,212 @@ impl Upstream {
         if let Some(s) = stale {
             with_validators.extend(cdn_core::policy::validators_for(&s.headers));
         }
-        for member in self.owners(key) {
-            let (mut head, mut reader) = match self
-                .request(&member, request_id, key, &with_validators)
-                .await
-            {
-                Ok(x) => x,
-                Err(f) => {
-                    tracing::debug!(%key, error = %f, "owner failed; trying the next");
-                    failures.push(f);
-                    continue;
-                }
-            };
-            let now = SystemTime::now();
-            let parts = {
-                let mut r = http::Response::new(());
-                *r.status_mut() = head.status;
-                *r.headers_mut() = head.headers.clone();
-                r.into_parts().0
-            };
-            let policy_req = cdn_core::policy::policy_request(&http::Method::GET, key, headers);
-            if let (Some(s), http::StatusCode::NOT_MODIFIED) = (stale, head.status) {
-                // The node confirmed our copy: refresh it and serve its body.
-                let (entry, storable) =
-                    cdn_core::fill::revalidated(s, &head.headers, &policy_req, now, rules);
-                let entry = Arc::new(entry.with_source(member.id.as_str().into()));
-                if storable {
-                    l1.insert_filled(key, headers, entry.clone(), mark).await;
-                }
-                let node_status = match &head.via {
-                    Via::Node { status, .. } => *status,
-                    _ => cdn_proto::CacheStatus::Hit,
-                };
-                let mut h = entry.headers.clone();
-                h.insert(
-                    http::header::AGE,
-                    http::HeaderValue::from(entry.age(now).as_secs()),
-                );
-                w.set_head(
-                    Head {
-                        status: entry.status,
-                        headers: h,
-                        content_length: Some(entry.body_len),
-                        storable,
-                        via: Via::Node {
-                            id: member.id.as_str().into(),
-                            status: node_status,
-                        },
-                        served: Served::Revalidated,
-                        variant: cdn_core::fill::variant_of(key, &entry.headers, headers),
-                    },
-                    true,
-                );
-                for c in &entry.body {
-                    w.push(c.clone());
-                }
-                let _ = reader.next().await;
-                w.finish();
-                return Ok(Ok(()));
+        let owners = self.owners(key);
+        let Some((member, mut head, mut reader)) = self
+            .first_head(&owners, request_id, key, &with_validators, &mut failures)
+            .await
+        else {
+            return Err((w, failures));
+        };
+        let now = SystemTime::now();
+        let parts = {
+            let mut r = http::Response::new(());
+            *r.status_mut() = head.status;
+            *r.headers_mut() = head.headers.clone();
+            r.into_parts().0
+        };
+        let policy_req = cdn_core::policy::policy_request(&http::Method::GET, key, headers);
+        if let (Some(s), http::StatusCode::NOT_MODIFIED) = (stale, head.status) {
+            // The node confirmed our copy: refresh it and serve its body.
+            let (entry, storable) =
+                cdn_core::fill::revalidated(s, &head.headers, &policy_req, now, rules);
+            let entry = Arc::new(entry.with_source(member.id.as_str().into()));
+            if storable {
+                l1.insert_filled(key, headers, entry.clone(), mark).await;
             }
-            let decision = cdn_core::policy::evaluate_with(&policy_req, &parts, now, rules);
-            head.storable = decision.storable;
-            head.variant = cdn_core::fill::variant_of(key, &head.headers, headers);
-            let fill = NodeFill {
-                key,
-                mark,
-                expected: head.content_length,
-                storable: decision.storable && head.content_length.is_none_or(|l| l <= max_object),
-                max_object,
-                status: head.status,
-                headers: head.headers.clone(),
-                decision,
-                now,
-                source: member.id.as_str().into(),
-                request: headers.clone(),
+            let node_status = match &head.via {
+                Via::Node { status, .. } => *status,
+                _ => cdn_proto::CacheStatus::Hit,
             };
-            w.set_head(head, fill.decision.storable);
-            return Ok(fill.stream_body(&mut reader, l1, w).await);
+            let mut h = entry.headers.clone();
+            h.insert(
+                http::header::AGE,
+                http::HeaderValue::from(entry.age(now).as_secs()),
+            );
+            w.set_head(
+                Head {
+                    status: entry.status,
+                    headers: h,
+                    content_length: Some(entry.body_len),
+                    storable,
+                    via: Via::Node {
+                        id: member.id.as_str().into(),
+                        status: node_status,
+                    },
+                    served: Served::Revalidated,
+                    variant: cdn_core::fill::variant_of(key, &entry.headers, headers),
+                },
+                true,
+            );
+            for c in &entry.body {
+                w.push(c.clone());
+            }
+            let _ = reader.next().await;
+            w.finish();
+            return Ok(Ok(()));
         }
-        Err((w, failures))
+        let decision = cdn_core::policy::evaluate_with(&policy_req, &parts, now, rules);
+        head.storable = decision.storable;
+        head.variant = cdn_core::fill::variant_of(key, &head.headers, headers);
+        let fill = NodeFill {
+            key,
+            mark,
+            expected: head.content_length,
+            storable: decision.storable && head.content_length.is_none_or(|l| l <= max_object),
+            max_object,
+            status: head.status,
+            headers: head.headers.clone(),
+            decision,
+            now,
+            source: member.id.as_str().into(),
+            request: headers.clone(),
+        };
+        w.set_head(head, fill.decision.storable);
+        return Ok(fill.stream_body(&mut reader, l1, w).await);
+    }
+
+    /// Asks the owners for `key`, best first: the next owner is asked at once when one fails,
+    /// and also when the current one has not answered within the hedge delay (then the first
+    /// head wins and the other request is dropped). `None` when no owner produced a head.
+    async fn first_head(
+        &self,
+        owners: &[Member],
+        request_id: u64,
+        key: &str,
+        headers: &http::HeaderMap,
+        failures: &mut Vec<PeerError>,
+    ) -> Option<(Member, Head, FrameReader)> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        // A hedge asks only for what the next owner already stores: it must never start a
+        // second origin fill for an object the first owner is merely slow to serve.
+        let mut hedge_headers = headers.clone();
+        hedge_headers.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("only-if-cached"),
+        );
+        let hedge_headers = &hedge_headers;
+        let mut pending = FuturesUnordered::new();
+        // Set when the first owner says it is filling (`Pending`): it is alive and the wait is
+        // the origin's, which a second owner would only duplicate.
+        let first_alive = Arc::new(AtomicBool::new(false));
+        let ask = |m: &Member, alive: Arc<AtomicBool>, hedge: bool| {
+            let m = m.clone();
+            async move {
+                let started = std::time::Instant::now();
+                let h = if hedge { hedge_headers } else { headers };
+                let r = self.request(&m, request_id, key, h, &alive).await;
+                let filled = alive.load(Ordering::Acquire);
+                (m, started.elapsed(), filled, hedge, r)
+            }
+        };
+        let mut next = 0;
+        if let Some(m) = owners.first() {
+            pending.push(ask(m, first_alive.clone(), false));
+            next = 1;
+        }
+        let hedge = tokio::time::sleep(self.hedge_delay());
+        tokio::pin!(hedge);
+        let mut hedged = false;
+        // An owner that answered a hedge with "not stored": asked in full if the first owner
+        // still has not answered a while later (it is hung, not slow), or has failed.
+        let mut escalate_to: Option<Member> = None;
+        let escalate = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(escalate);
+        loop {
+            tokio::select! {
+                done = pending.next(), if !pending.is_empty() => {
+                    let Some((m, took, filled, was_hedge, r)) = done else { continue };
+                    match r {
+                        Ok((head, reader)) => {
+                            // The hedge delay tracks answers from memory, not origin fills.
+                            if !filled {
+                                self.record_latency(took);
+                            }
+                            return Some((m, head, reader));
+                        }
+                        Err(PeerError::NotCached(_)) if was_hedge => {
+                            escalate_to = Some(m);
+                            escalate.as_mut().reset(tokio::time::Instant::now() + ESCALATE_AFTER);
+                            if pending.is_empty() {
+                                if let Some(m) = escalate_to.take() {
+                                    pending.push(ask(&m, Arc::default(), false));
+                                }
+                            }
+                        }
+                        Err(f) => {
+                            tracing::debug!(%key, error = %f, "owner failed; trying the next");
+                            failures.push(f);
+                            if let Some(m) = escalate_to.take() {
+                                pending.push(ask(&m, Arc::default(), false));
+                            } else if next < owners.len() {
+                                pending.push(ask(&owners[next], Arc::default(), false));
+                                next += 1;
+                            } else if pending.is_empty() {
+                                return None;
+                            }
+                        }
+                    }
+                }
+                _ = &mut hedge, if !hedged && next < owners.len() => {
+                    hedged = true;
+                    if first_alive.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    tracing::debug!(%key, owner = %owners[next].id, "hedging to the next owner");
+                    self.hedges.fetch_add(1, Ordering::Relaxed);
+                    pending.push(ask(&owners[next], Arc::default(), true));
+                    next += 1;
+                }
+                _ = &mut escalate, if escalate_to.is_some() => {
+                    if let Some(m) = escalate_to.take() {
+                        tracing::debug!(%key, owner = %m.id, "first owner hung: asking the next in full");
+                        pending.push(ask(&m, Arc::default(), false));
+                    }
+                }
+                else => return None,
+            }
+        }
+    }
+
+    /// The delay before a second owner is asked: the configured one, or the p95 of recent
+    /// response heads (bounded to 5 ms – 1 s; 50 ms until there is history).
+    pub fn hedge_delay(&self) -> Duration {
+        if let Some(d) = self.hedge_after {
+            return d;
+        }
+        let lat = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        if lat.len() < 20 {
+            return Duration::from_millis(50);
+        }
+        let mut v: Vec<u32> = lat.iter().copied().collect();
+        drop(lat);
+        v.sort_unstable();
+        let p95 = v[(v.len() * 95 / 100).min(v.len() - 1)];
+        Duration::from_micros(p95 as u64).clamp(Duration::from_millis(5), Duration::from_secs(1))
+    }
+
+    fn record_latency(&self, took: Duration) {
+        let mut lat = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        if lat.len() == LATENCY_WINDOW {
+            lat.pop_front();
+        }
+        lat.push_back(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+    }
+
+    /// Second requests sent because the first owner was slow.
+    pub fn hedges(&self) -> u64 {
+        self.hedges.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

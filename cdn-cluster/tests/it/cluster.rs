@@ -31,7 +31,11 @@ async fn any_node_answers_a_key_it_does_not_own() {
     cdn_core::quic::send_frame(&mut send, &req).await.unwrap();
     send.finish().unwrap();
     let mut reader = cdn_core::quic::FrameReader::new(recv);
-    let Some(Frame::ResponseHead { status, node, .. }) = reader.next().await.unwrap() else {
+    // A miss is announced (`Pending`) before the head.
+    let mut first = reader.next().await.unwrap();
+    assert_eq!(first, Some(Frame::Pending));
+    first = reader.next().await.unwrap();
+    let Some(Frame::ResponseHead { status, node, .. }) = first else {
         panic!("no head")
     };
     assert_eq!(status, 200);
@@ -41,5 +45,73 @@ async fn any_node_answers_a_key_it_does_not_own() {
         .unwrap();
     let bytes: Vec<u8> = body.iter().flat_map(|b| b.iter().copied()).collect();
     assert!(bytes == origin_stub::expected_body(key, 2000));
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_hung_owner_is_hedged_around() {
+    let c = cluster(3, 1, |cfg| {
+        cfg.replicas = 2;
+        cfg.edge.hedge_after_ms = 100;
+    })
+    .await;
+    let edge = c.edges[0].http_addr;
+    // Two keys with the same primary: one pushed (both owners hold it), one cold.
+    let up = c.edges[0].edge.upstream();
+    let primary_id = up.owners("/hedge/held")[0].id.clone();
+    let cold = (0..)
+        .map(|i| format!("/hedge/cold/{i}?size=1000"))
+        .find(|k| up.owners(k)[0].id == primary_id)
+        .unwrap();
+    let held_owners = up.owners("/hedge/held");
+    let push = crate::support::request(
+        c.edges[0].admin_addr,
+        http::Method::PUT,
+        "/objects/hedge/held",
+        false,
+        &[
+            ("authorization", "Bearer test-token"),
+            ("cache-control", "max-age=600"),
+        ],
+        Some("held by both owners".into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(push.status, http::StatusCode::OK);
+    let primary = c
+        .nodes
+        .iter()
+        .flatten()
+        .find(|n| n.id() == primary_id)
+        .unwrap();
+    primary.node.set_stalled(true);
+    // The hedge finds it at the second owner. Without hedging each GET would wait for the
+    // node response timeout (35 s).
+    let g = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::support::get(edge, "/hedge/held"),
+    )
+    .await
+    .expect("the hedge answers");
+    assert_eq!(g.body, "held by both owners");
+    assert_eq!(
+        g.header("x-cache"),
+        format!("MISS, HIT from {}", held_owners[1].id)
+    );
+    // Cold: the hedge finds nothing stored (and starts no fill); a second later the second
+    // owner is asked in full and fills it once.
+    let g = tokio::time::timeout(Duration::from_secs(5), crate::support::get(edge, &cold))
+        .await
+        .expect("answered after the escalation");
+    assert_eq!(g.status, http::StatusCode::OK);
+    assert!(g.body == origin_stub::expected_body(&cold, 1000));
+    assert!(
+        g.header("x-cache").starts_with("MISS, MISS from"),
+        "{}",
+        g.header("x-cache")
+    );
+    assert_eq!(c.origin_count(&cold), 1);
+    assert_eq!(up.hedges(), 2);
+    primary.node.set_stalled(false);
     c.stop().await;
 }

@@ -88,6 +88,7 @@ fn frame() -> impl Strategy<Value = Frame> {
             message,
         }),
         Just(Frame::MembersRequest),
+        Just(Frame::Pending),
         prop::collection::vec((text(), text(), text()), 0..5).prop_map(|m| Frame::Members {
             members: m
                 .into_iter()
