@@ -65,6 +65,8 @@ pub struct Stats {
     pub misses: AtomicU64,
     /// Served stale while a background request refreshed the entry.
     pub stale: AtomicU64,
+    /// Filled objects copied to the key's other owners.
+    pub replicated: AtomicU64,
     /// Requests that waited on another request's fill.
     pub coalesced: AtomicU64,
     /// Requests sent to the origin.
@@ -82,6 +84,10 @@ pub struct Stats {
 impl Stats {
     fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Reads a counter.

@@ -9,7 +9,7 @@ use cdn_core::push::{push_to, PushObject, PushReport};
 use cdn_proto::{CacheStatus, Member};
 use std::sync::atomic::Ordering;
 
-use crate::Node;
+use crate::{Node, Stats};
 
 impl Node {
     fn owners(&self, key: &str) -> Vec<Member> {
@@ -66,9 +66,49 @@ impl Node {
         report
     }
 
+    /// After a fill stored `key` here (at or after `since`), copies it to the key's other
+    /// owners, so a read that falls over or is hedged to them finds it. Best effort: an owner
+    /// that cannot take it now fills on its own later. Responses with `Vary` are not copied
+    /// (a push carries no request to pick the variant by).
+    pub async fn replicate(&self, key: &str, request: &http::HeaderMap, since: SystemTime) {
+        let Some(entry) = self.store.lookup(key, request).await else {
+            return;
+        };
+        if entry.stored_at < since || entry.headers.contains_key(http::header::VARY) {
+            return;
+        }
+        let others: Vec<Member> = self
+            .owners(key)
+            .into_iter()
+            .filter(|m| m.id != self.config.id)
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        let now = SystemTime::now();
+        let mut headers = entry.headers.clone();
+        headers.insert(
+            http::header::AGE,
+            http::HeaderValue::from(entry.age(now).as_secs()),
+        );
+        let obj = PushObject {
+            key: key.to_string(),
+            status: entry.status,
+            headers,
+            body: entry.body.clone(),
+        };
+        let id = self.next_purge_id.fetch_add(1, Ordering::Relaxed);
+        for m in &others {
+            match push_to(&self.peers, m, &obj, id, false, self.op_deadline()).await {
+                Ok(_) => Stats::add(&self.stats.replicated, 1),
+                Err(e) => tracing::debug!(%key, node = %m.id, error = %e, "replica not stored"),
+            }
+        }
+    }
+
     /// Stores a pushed object here.
     pub async fn store_pushed(&self, obj: &PushObject) -> Result<(), String> {
-        let entry = obj.entry(SystemTime::now())?;
+        let entry = obj.entry(SystemTime::now(), &self.config.rules())?;
         self.store.insert_pushed(&obj.key, Arc::new(entry)).await;
         Ok(())
     }

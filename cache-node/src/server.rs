@@ -397,8 +397,10 @@ fn spawn_origin_fetch(
             max_object: node.config.max_object(),
             rules: &rules,
         };
-        if let Err(e) = fill::fetch_origin(&node.origin, &into, &key, &headers, stale, w).await {
-            tracing::warn!(%key, error = %e, "origin fill failed");
+        let started = SystemTime::now();
+        match fill::fetch_origin(&node.origin, &into, &key, &headers, stale, w).await {
+            Ok(()) => node.replicate(&key, &headers, started).await,
+            Err(e) => tracing::warn!(%key, error = %e, "origin fill failed"),
         }
     });
 }

@@ -370,7 +370,10 @@ async fn push_route(state: Arc<dyn AdminState>, req: http::Request<Incoming>) ->
         Err(r) => return r,
     };
     let obj = PushObject::from_request(key, &headers, body);
-    if let Err(e) = obj.entry(std::time::SystemTime::now()) {
+    if let Err(e) = obj.entry(
+        std::time::SystemTime::now(),
+        &crate::policy::Rules::default(),
+    ) {
         return text(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("push refused: {e}"),

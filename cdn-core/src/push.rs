@@ -58,9 +58,9 @@ impl PushObject {
         }
     }
 
-    /// The entry to store at `now`, under the same freshness rules as a fetched response;
-    /// `Err` says why it is not storable.
-    pub fn entry(&self, now: SystemTime) -> Result<Entry, String> {
+    /// The entry to store at `now`, under the same freshness rules as a fetched response
+    /// (the member's `rules`); `Err` says why it is not storable.
+    pub fn entry(&self, now: SystemTime, rules: &crate::policy::Rules) -> Result<Entry, String> {
         let mut headers = self.headers.clone();
         if !headers.contains_key(http::header::DATE) {
             headers.insert(
@@ -75,7 +75,7 @@ impl PushObject {
         let mut resp = http::Response::new(());
         *resp.status_mut() = self.status;
         *resp.headers_mut() = headers.clone();
-        let decision = crate::policy::evaluate(&req, &resp.into_parts().0, now);
+        let decision = crate::policy::evaluate_with(&req, &resp.into_parts().0, now, rules);
         if !decision.storable {
             return Err("not cacheable: give it a lifetime (Cache-Control: max-age=N or s-maxage=N) and no private/no-store".into());
         }

@@ -71,7 +71,7 @@ impl Inbound for FromNodes {
                         let obj =
                             cdn_core::push::PushObject::from_frame(key, status, headers, body)?;
                         let entry = obj
-                            .entry(std::time::SystemTime::now())?
+                            .entry(std::time::SystemTime::now(), &edge.config.rules())?
                             .with_source(from.clone());
                         edge.l1.insert_pushed(&obj.key, Arc::new(entry)).await;
                         Ok::<_, String>(())

@@ -52,7 +52,7 @@ impl Edge {
         members: &[Member],
         report: &mut PushReport,
     ) {
-        match obj.entry(SystemTime::now()) {
+        match obj.entry(SystemTime::now(), &self.config.rules()) {
             Ok(e) => {
                 self.l1.insert_pushed(&obj.key, Arc::new(e)).await;
                 report.edges.push(self.config.id.clone());

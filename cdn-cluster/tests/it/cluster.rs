@@ -115,3 +115,39 @@ async fn a_hung_owner_is_hedged_around() {
     primary.node.set_stalled(false);
     c.stop().await;
 }
+
+#[tokio::test]
+async fn a_fill_is_copied_to_the_other_owners() {
+    let c = cluster(3, 1, |cfg| cfg.replicas = 2).await;
+    let key = "/replicated?size=3000&cc=max-age%3D600";
+    let owners = c.edges[0].edge.upstream().owners(key);
+    let g = crate::support::get(c.edges[0].http_addr, key).await;
+    assert!(g
+        .header("x-cache")
+        .ends_with(&format!("MISS from {}", owners[0].id)));
+    let second = c
+        .nodes
+        .iter()
+        .flatten()
+        .find(|n| n.id() == owners[1].id)
+        .unwrap();
+    let held = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(e) = second.node.store().get(key).await {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the second owner receives a copy");
+    let body: Vec<u8> = held.body.iter().flat_map(|b| b.iter().copied()).collect();
+    assert!(body == origin_stub::expected_body(key, 3000));
+    assert!(held.is_fresh(std::time::SystemTime::now()));
+    assert_eq!(
+        c.origin_count(key),
+        1,
+        "the copy came from the first owner, not the origin"
+    );
+    c.stop().await;
+}
