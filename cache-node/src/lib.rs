@@ -109,6 +109,8 @@ pub struct Node {
     next_purge_id: AtomicU64,
     // Fault injection: while set, requests are accepted and never answered (a hung node).
     stalled: std::sync::atomic::AtomicBool,
+    // Fault injection: while set, responses break off right after their head.
+    breaking: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -136,6 +138,12 @@ impl Node {
     /// stand-in for SIGSTOP in fault tests.
     pub fn set_stalled(&self, stalled: bool) {
         self.stalled.store(stalled, Ordering::SeqCst);
+    }
+
+    /// Makes the node break every response off after its head, or stop doing so: a node
+    /// dying mid-response, for fault tests.
+    pub fn set_breaking(&self, breaking: bool) {
+        self.breaking.store(breaking, Ordering::SeqCst);
     }
 
     /// Edges connected to this node.
@@ -417,6 +425,7 @@ pub async fn start(
         peers: peers.clone(),
         next_purge_id: AtomicU64::new(1),
         stalled: std::sync::atomic::AtomicBool::new(false),
+        breaking: std::sync::atomic::AtomicBool::new(false),
         config,
     });
     peers.set_inbound(Arc::new(inbound::FromPeers::new(Arc::downgrade(&node))));

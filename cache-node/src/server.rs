@@ -305,6 +305,9 @@ async fn respond_entry(
         );
         return send_not_modified(node, send, &headers, cache).await;
     }
+    if node.breaking.load(std::sync::atomic::Ordering::SeqCst) {
+        return break_mid_body(node, send, entry, cache).await;
+    }
     let n = send_entry(send, entry, cache, &node.config.id, now).await?;
     node.stats
         .bytes_sent
@@ -330,6 +333,37 @@ async fn send_not_modified(
     )
     .await?;
     send_frame(send, &Frame::End { len: 0 }).await?;
+    send.finish()?;
+    Ok(())
+}
+
+/// Fault injection: sends the head and half the body, then ends the stream without `End`, as
+/// a node that dies mid-response looks to the edge (delivered reliably, unlike a reset).
+async fn break_mid_body(
+    node: &Node,
+    send: &mut quinn::SendStream,
+    entry: &cdn_core::store::Entry,
+    cache: CacheStatus,
+) -> Result<(), WireError> {
+    send_frame(
+        send,
+        &Frame::ResponseHead {
+            status: entry.status.as_u16(),
+            cache,
+            node: node.config.id.clone(),
+            content_length: Some(entry.body_len),
+            headers: fields_from_headers(&entry.headers),
+        },
+    )
+    .await?;
+    let half = (entry.body_len / 2) as usize;
+    let body: Vec<u8> = entry
+        .body
+        .iter()
+        .flat_map(|b| b.iter().copied())
+        .take(half)
+        .collect();
+    send_data(send, Bytes::from(body)).await?;
     send.finish()?;
     Ok(())
 }
@@ -443,6 +477,11 @@ async fn stream_flight(
         },
     )
     .await?;
+    if node.breaking.load(std::sync::atomic::Ordering::SeqCst) {
+        // Fault injection: the head, then the end of the stream without a body or `End`.
+        send.finish()?;
+        return Ok(());
+    }
     let mut sent = 0u64;
     while let Some(chunk) = reader.next_chunk().await {
         match chunk {

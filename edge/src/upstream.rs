@@ -75,7 +75,7 @@ impl Upstream {
         key: &str,
         headers: &http::HeaderMap,
         alive: &std::sync::atomic::AtomicBool,
-    ) -> Result<(Head, FrameReader), PeerError> {
+    ) -> Result<(Head, NodeBody), PeerError> {
         let refused = |reason: String| PeerError::Refused {
             node: member.id.clone(),
             reason,
@@ -118,21 +118,32 @@ impl Upstream {
                 let status =
                     http::StatusCode::from_u16(status).map_err(|_| refused("bad status".into()))?;
                 let headers = headers_from_fields(headers).map_err(|e| refused(e.to_string()))?;
-                Ok((
-                    Head {
-                        status,
-                        headers,
-                        content_length,
-                        storable: false,
-                        via: Via::Node {
-                            id: node.into(),
-                            status: cache,
-                        },
-                        served: Served::Fetched,
-                        variant: None,
+                let head = Head {
+                    status,
+                    headers,
+                    content_length,
+                    storable: false,
+                    via: Via::Node {
+                        id: node.into(),
+                        status: cache,
                     },
-                    reader,
-                ))
+                    served: Served::Fetched,
+                    variant: None,
+                };
+                if content_length.is_some_and(|l| l <= SMALL_BODY) {
+                    // Small: read it whole before answering, so a node that dies mid-body is
+                    // just another failed owner and the next one is asked; the client never
+                    // sees a broken response for it.
+                    let body = tokio::time::timeout_at(
+                        deadline,
+                        cdn_core::push::read_body(&mut reader, SMALL_BODY),
+                    )
+                    .await
+                    .map_err(|_| refused("body not complete in time".into()))?
+                    .map_err(refused)?;
+                    return Ok((head, NodeBody::Whole(body)));
+                }
+                Ok((head, NodeBody::Stream(reader)))
             }
             Some(Frame::Error {
                 code: cdn_proto::ErrorCode::NotCached,
@@ -174,7 +185,7 @@ impl Upstream {
             with_validators.extend(cdn_core::policy::validators_for(&s.headers));
         }
         let owners = self.owners(key);
-        let Some((member, mut head, mut reader)) = self
+        let Some((member, mut head, body)) = self
             .first_head(&owners, request_id, key, &with_validators, &mut failures)
             .await
         else {
@@ -223,7 +234,9 @@ impl Upstream {
             for c in &entry.body {
                 w.push(c.clone());
             }
-            let _ = reader.next().await;
+            if let NodeBody::Stream(mut reader) = body {
+                let _ = reader.next().await;
+            }
             w.finish();
             return Ok(Ok(()));
         }
@@ -244,7 +257,10 @@ impl Upstream {
             request: headers.clone(),
         };
         w.set_head(head, fill.decision.storable);
-        return Ok(fill.stream_body(&mut reader, l1, w).await);
+        Ok(match body {
+            NodeBody::Whole(chunks) => fill.store_whole(chunks, l1, w).await,
+            NodeBody::Stream(mut reader) => fill.stream_body(&mut reader, l1, w).await,
+        })
     }
 
     /// Asks the owners for `key`, best first: the next owner is asked at once when one fails,
@@ -257,7 +273,7 @@ impl Upstream {
         key: &str,
         headers: &http::HeaderMap,
         failures: &mut Vec<PeerError>,
-    ) -> Option<(Member, Head, FrameReader)> {
+    ) -> Option<(Member, Head, NodeBody)> {
         use futures::stream::{FuturesUnordered, StreamExt};
         use std::sync::atomic::{AtomicBool, Ordering};
         // A hedge asks only for what the next owner already stores: it must never start a
@@ -382,6 +398,15 @@ impl Upstream {
     }
 }
 
+/// Bodies up to this size are read whole from the node before the response starts.
+const SMALL_BODY: u64 = 256 * 1024;
+
+/// A node's response body: read already, or still to stream.
+enum NodeBody {
+    Whole(Vec<bytes::Bytes>),
+    Stream(FrameReader),
+}
+
 /// A node's response being received: what is needed to check and store it at the end.
 struct NodeFill<'a> {
     key: &'a str,
@@ -400,6 +425,32 @@ struct NodeFill<'a> {
 impl NodeFill<'_> {
     /// Streams the body frames into `w`; stores the entry in `l1` when complete, valid and
     /// storable.
+    /// Publishes a body read whole, and stores the entry when it may.
+    async fn store_whole(
+        self,
+        chunks: Vec<bytes::Bytes>,
+        l1: &Store,
+        mut w: FlightWriter<Head>,
+    ) -> Result<(), FillError> {
+        for c in chunks {
+            w.push(c);
+        }
+        if self.storable && w.len() <= self.max_object {
+            let entry = Entry::new(
+                self.status,
+                self.headers,
+                w.chunks(),
+                self.decision,
+                self.now,
+            )
+            .with_source(self.source);
+            l1.insert_filled(self.key, &self.request, Arc::new(entry), self.mark)
+                .await;
+        }
+        w.finish();
+        Ok(())
+    }
+
     async fn stream_body(
         self,
         reader: &mut FrameReader,

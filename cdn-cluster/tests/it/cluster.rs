@@ -151,3 +151,46 @@ async fn a_fill_is_copied_to_the_other_owners() {
     );
     c.stop().await;
 }
+
+#[tokio::test]
+async fn an_owner_dying_mid_response_costs_a_small_object_no_error() {
+    let c = cluster(3, 1, |cfg| cfg.replicas = 2).await;
+    let key = "/dies-mid-body?size=20000&cc=max-age%3D600";
+    let owners = c.edges[0].edge.upstream().owners(key);
+    // Fill it (the first owner copies it to the second), then drop the edge's own copy.
+    crate::support::get(c.edges[0].http_addr, key).await;
+    let second = c
+        .nodes
+        .iter()
+        .flatten()
+        .find(|n| n.id() == owners[1].id)
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while second.node.store().get(key).await.is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("replicated");
+    c.edges[0].edge.l1().remove(key).await;
+    let first = c
+        .nodes
+        .iter()
+        .flatten()
+        .find(|n| n.id() == owners[0].id)
+        .unwrap();
+    first.node.set_breaking(true);
+    let g = crate::support::get(c.edges[0].http_addr, key).await;
+    assert_eq!(g.status, http::StatusCode::OK);
+    assert!(
+        g.body == origin_stub::expected_body(key, 20000),
+        "whole and exact"
+    );
+    assert_eq!(
+        g.header("x-cache"),
+        format!("MISS, HIT from {}", owners[1].id)
+    );
+    assert_eq!(c.origin_count(key), 1);
+    first.node.set_breaking(false);
+    c.stop().await;
+}
