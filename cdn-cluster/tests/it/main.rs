@@ -2,6 +2,7 @@
 
 mod cluster;
 mod limits;
+mod processes;
 mod pull_through;
 mod purge;
 mod push;
