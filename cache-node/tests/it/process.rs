@@ -112,3 +112,20 @@ fn the_binary_starts_and_serves_its_admin_api_then_stops_on_sigterm() {
     let code = child.wait().unwrap();
     assert!(code.success(), "clean exit on SIGTERM: {code:?}");
 }
+
+#[test]
+fn the_commented_example_config_is_valid() {
+    let dir = tls_dir();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/cache-node.toml");
+    let out = bin()
+        .args(["--config", example, "--check-config", "--tls-dir"])
+        .arg(dir.path().join("tls"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "config ok");
+}

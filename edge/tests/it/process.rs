@@ -39,3 +39,22 @@ fn bad_values_exit_2_naming_the_key() {
     let out = bin().arg("--config").arg(&file).output().unwrap();
     one_line_exit_2(out, "no_such_key");
 }
+
+#[test]
+fn the_commented_example_config_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    cdn_core::tls::init_dir(&tls).unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/edge.toml");
+    let out = bin()
+        .args(["--config", example, "--check-config", "--tls-dir"])
+        .arg(&tls)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "config ok");
+}
