@@ -68,14 +68,13 @@ async fn kill_9_of_a_node_under_load_costs_no_failed_request() {
         .success());
     let mut procs = Procs(Vec::new());
     let quiet = || Stdio::null();
-    let origin = free_tcp();
-    procs.0.push(
-        Command::new(bin("origin-stub"))
-            .args(["--listen", &origin.to_string()])
-            .stdout(quiet())
-            .stderr(quiet())
-            .spawn()
-            .unwrap(),
+    // The origin runs in this process: the processes under test are the nodes and edges.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let stop_origin = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(
+        origin_stub::OriginStub::new(origin_stub::Config::default())
+            .run(listener, stop_origin.clone()),
     );
     let nodes: Vec<(SocketAddr, SocketAddr)> = (0..3).map(|_| (free_udp(), free_tcp())).collect();
     for (j, (quic, admin)) in nodes.iter().enumerate() {
