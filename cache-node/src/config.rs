@@ -116,12 +116,7 @@ impl Config {
             ));
         }
         for s in &self.seeds {
-            if s.parse::<SocketAddr>().is_err() {
-                return Err(ConfigError::new(
-                    "seeds",
-                    format!("`{s}` is not an ip:port address"),
-                ));
-            }
+            cdn_core::peers::check_seed(s).map_err(|e| ConfigError::new("seeds", e))?;
         }
         if self.origin_response_timeout_ms == 0 {
             return Err(ConfigError::new(

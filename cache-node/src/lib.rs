@@ -413,8 +413,7 @@ pub async fn start(
         },
     ));
     peers.merge_members(vec![member.clone()]);
-    let seeds: Vec<std::net::SocketAddr> =
-        config.seeds.iter().filter_map(|s| s.parse().ok()).collect();
+    let seeds = config.seeds.clone();
     let node = Arc::new(Node {
         store: Store::new(config.capacity.0, config.eviction),
         fills: Coalescer::default(),

@@ -477,10 +477,24 @@ impl PeerPool {
     /// Keeps a connection to every seed and every known member other than `skip_id` (our own
     /// id, for nodes), reconnecting as needed, until `shutdown`. Connections carry
     /// invalidations back to us, so they are held open, not only opened on demand.
-    pub async fn maintain(self: Arc<Self>, seeds: Vec<SocketAddr>, shutdown: CancellationToken) {
+    ///
+    /// Seeds are `ip:port` or `host:port`; names are resolved again on every round, so a DNS
+    /// name with one address per node (a Kubernetes headless service) follows the nodes.
+    pub async fn maintain(self: Arc<Self>, seeds: Vec<String>, shutdown: CancellationToken) {
         loop {
-            let mut targets: Vec<(String, SocketAddr)> =
-                seeds.iter().map(|a| (a.to_string(), *a)).collect();
+            let mut targets: Vec<(String, SocketAddr)> = Vec::new();
+            for seed in &seeds {
+                match tokio::net::lookup_host(seed.as_str()).await {
+                    Ok(addrs) => {
+                        for a in addrs {
+                            if !targets.iter().any(|(_, t)| *t == a) {
+                                targets.push((a.to_string(), a));
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(%seed, error = %e, "seed does not resolve"),
+                }
+            }
             for m in self.members().iter() {
                 if m.id == self.me.id {
                     continue;
@@ -522,6 +536,21 @@ impl PeerPool {
     /// Closes every connection.
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"shutting down");
+    }
+}
+
+/// Checks a seed: `ip:port`, or `host:port` to be resolved by DNS.
+pub fn check_seed(seed: &str) -> Result<(), String> {
+    if seed.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    match seed.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty() && port.parse::<u16>().is_ok() && !host.contains('/') =>
+        {
+            Ok(())
+        }
+        _ => Err(format!("`{seed}` is not an ip:port or host:port address")),
     }
 }
 
@@ -656,4 +685,19 @@ pub async fn fetch_whole(
     tokio::time::timeout(deadline, work)
         .await
         .unwrap_or_else(|_| Err(refused(format!("no answer within {deadline:?}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_are_ip_port_or_host_port() {
+        assert!(check_seed("127.0.0.1:4433").is_ok());
+        assert!(check_seed("[::1]:4433").is_ok());
+        assert!(check_seed("cdn-nodes.default.svc.cluster.local:4433").is_ok());
+        assert!(check_seed("localhost").is_err());
+        assert!(check_seed(":4433").is_err());
+        assert!(check_seed("host:port").is_err());
+    }
 }

@@ -132,12 +132,7 @@ impl Config {
             return Err(ConfigError::new("idle_timeout_ms", "must be at least 100"));
         }
         for s in &self.seeds {
-            if s.parse::<SocketAddr>().is_err() {
-                return Err(ConfigError::new(
-                    "seeds",
-                    format!("`{s}` is not an ip:port address"),
-                ));
-            }
+            cdn_core::peers::check_seed(s).map_err(|e| ConfigError::new("seeds", e))?;
         }
         Ok(())
     }

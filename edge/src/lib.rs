@@ -397,7 +397,7 @@ pub async fn start(
     ));
     let hedge = (config.hedge_after_ms > 0).then(|| Duration::from_millis(config.hedge_after_ms));
     let upstream = Arc::new(Upstream::new(pool.clone(), config.replicas, hedge));
-    let seeds: Vec<SocketAddr> = config.seeds.iter().filter_map(|s| s.parse().ok()).collect();
+    let seeds = config.seeds.clone();
     let edge = Arc::new(Edge {
         l1: Store::new(config.capacity.0, config.eviction),
         fills: Coalescer::default(),

@@ -194,3 +194,39 @@ async fn an_owner_dying_mid_response_costs_a_small_object_no_error() {
     first.node.set_breaking(false);
     c.stop().await;
 }
+
+#[tokio::test]
+async fn seeds_may_be_dns_names() {
+    let c = cluster(2, 1, |_| {}).await;
+    let port = c.nodes[0].as_ref().unwrap().quic_addr.port();
+    let mut cfg = edge::Config {
+        id: "edge-dns".into(),
+        seeds: vec![format!("localhost:{port}")],
+        origin: c.origin_url.clone(),
+        ..edge::Config::default()
+    };
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    cfg.listen = http.local_addr().unwrap();
+    cfg.admin = admin.local_addr().unwrap();
+    let e = edge::start(
+        cfg,
+        &c.tls,
+        http,
+        admin,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), e.wait_for_members(2))
+        .await
+        .expect("the edge found both nodes through a name");
+    let g = crate::support::get(e.http_addr, "/via-dns-seed?size=10").await;
+    assert!(
+        g.header("x-cache").contains("from node-"),
+        "{}",
+        g.header("x-cache")
+    );
+    e.stop().await;
+    c.stop().await;
+}
