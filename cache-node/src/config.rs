@@ -15,6 +15,9 @@ pub struct Config {
     pub id: String,
     /// QUIC (UDP) address to serve edges and peers on.
     pub listen: SocketAddr,
+    /// The QUIC address edges and peers are told to use, when `listen` is a wildcard (e.g.
+    /// `0.0.0.0:4433` in a container: advertise the pod's address).
+    pub advertise: Option<SocketAddr>,
     /// Admin HTTP address (`/healthz`, `/status`, `/metrics`).
     pub admin: SocketAddr,
     /// Other nodes' QUIC addresses to join through.
@@ -67,6 +70,7 @@ impl Default for Config {
         Self {
             id: "node-0".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            advertise: None,
             admin: SocketAddr::from(([127, 0, 0, 1], 9050)),
             seeds: vec![],
             origin: "http://127.0.0.1:8080".into(),
@@ -117,6 +121,18 @@ impl Config {
         }
         for s in &self.seeds {
             cdn_core::peers::check_seed(s).map_err(|e| ConfigError::new("seeds", e))?;
+        }
+        if self.listen.ip().is_unspecified() && self.advertise.is_none() {
+            return Err(ConfigError::new(
+                "advertise",
+                format!(
+                    "required when listen is {} (others cannot reach a wildcard address)",
+                    self.listen
+                ),
+            ));
+        }
+        if self.advertise.is_some_and(|a| a.ip().is_unspecified()) {
+            return Err(ConfigError::new("advertise", "must be a specific address"));
         }
         if self.origin_response_timeout_ms == 0 {
             return Err(ConfigError::new(

@@ -393,9 +393,11 @@ pub async fn start(
         Duration::from_millis(config.origin_response_timeout_ms),
     )
     .map_err(|e| cdn_core::config::ConfigError::new("origin", e))?;
+    // The address others reach us at: `advertise`, or the bound address when it is specific.
+    let reachable = config.advertise.unwrap_or(quic_addr);
     let member = Member {
         id: config.id.clone(),
-        addr: quic_addr.to_string(),
+        addr: reachable.to_string(),
         region: config.region.clone(),
     };
     let peers = Arc::new(PeerPool::new(
@@ -404,7 +406,7 @@ pub async fn start(
             id: config.id.clone(),
             role: cdn_proto::Role::Node,
             region: config.region.clone(),
-            addr: quic_addr.to_string(),
+            addr: reachable.to_string(),
         },
         Timeouts {
             connect: Duration::from_millis(1_000),

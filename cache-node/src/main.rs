@@ -28,6 +28,9 @@ struct Cli {
     /// QUIC (UDP) address.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// QUIC address to advertise when --listen is a wildcard (e.g. the pod IP).
+    #[arg(long, env = "CDN_ADVERTISE")]
+    advertise: Option<SocketAddr>,
     /// Admin HTTP address.
     #[arg(long)]
     admin: Option<SocketAddr>,
@@ -83,6 +86,9 @@ fn config_from(cli: Cli) -> Result<Config, ConfigError> {
     }
     if let Some(v) = cli.admin {
         c.admin = v;
+    }
+    if let Some(v) = cli.advertise {
+        c.advertise = Some(v);
     }
     if !cli.seeds.is_empty() {
         c.seeds = cli.seeds;

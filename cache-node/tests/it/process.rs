@@ -129,3 +129,31 @@ fn the_commented_example_config_is_valid() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "config ok");
 }
+
+#[test]
+fn a_wildcard_listen_address_needs_an_advertised_one() {
+    let dir = tls_dir();
+    let out = bin()
+        .args(["--listen", "0.0.0.0:0", "--check-config", "--tls-dir"])
+        .arg(dir.path().join("tls"))
+        .output()
+        .unwrap();
+    one_line_exit_2(out, "advertise");
+    let out = bin()
+        .args([
+            "--listen",
+            "0.0.0.0:0",
+            "--advertise",
+            "127.0.0.1:4433",
+            "--check-config",
+            "--tls-dir",
+        ])
+        .arg(dir.path().join("tls"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
