@@ -435,20 +435,7 @@ impl NodeFill<'_> {
         for c in chunks {
             w.push(c);
         }
-        if self.storable && w.len() <= self.max_object {
-            let entry = Entry::new(
-                self.status,
-                self.headers,
-                w.chunks(),
-                self.decision,
-                self.now,
-            )
-            .with_source(self.source);
-            l1.insert_filled(self.key, &self.request, Arc::new(entry), self.mark)
-                .await;
-        }
-        w.finish();
-        Ok(())
+        self.finish(l1, w).await
     }
 
     async fn stream_body(
@@ -504,6 +491,12 @@ impl NodeFill<'_> {
                 }
             }
         }
+        self.finish(l1, w).await
+    }
+
+    /// The body is complete: store it when it may be (whole, within the size limit), then
+    /// finish the flight (after storing, so no request misses both).
+    async fn finish(self, l1: &Store, w: FlightWriter<Head>) -> Result<(), FillError> {
         if self.storable && w.is_retaining() && w.len() <= self.max_object {
             let entry = Entry::new(
                 self.status,
