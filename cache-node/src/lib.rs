@@ -255,7 +255,11 @@ impl AdminState for Node {
             "id": self.config.id,
             "role": "cache-node",
             "region": self.config.region,
-            "members": self.peers.members().iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "region": m.region})).collect::<Vec<_>>(),
+            "members": self.peers.members().iter().map(|m| {
+                let up = m.id == self.config.id
+                    || m.addr.parse().is_ok_and(|a| self.peers.is_connected(a));
+                serde_json::json!({"id": m.id, "addr": m.addr, "region": m.region, "state": if up { "up" } else { "down" }})
+            }).collect::<Vec<_>>(),
             "edges": self.links.connected_edges(),
             "purges": Stats::get(&s.purges),
             "entries": self.store.entry_count(),

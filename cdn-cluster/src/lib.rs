@@ -166,6 +166,14 @@ impl Cluster {
             )
             .await
             .context("edges did not learn every node within 30 s")?;
+            let mut connects = e.edge.upstream().pool().watch_connects();
+            tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                connects.wait_for(|n| *n >= nodes.len() as u64),
+            )
+            .await
+            .context("edges did not connect to every node within 30 s")?
+            .context("edge stopped")?;
         }
         Ok(Self {
             origin_url,

@@ -234,7 +234,11 @@ impl AdminState for Edge {
             .upstream
             .members()
             .iter()
-            .map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "region": m.region}))
+            .map(|m| {
+                // "up": the link (and its invalidation stream) is open; "down": it is not.
+                let up = m.addr.parse().is_ok_and(|a| self.upstream.pool().is_connected(a));
+                serde_json::json!({"id": m.id, "addr": m.addr, "region": m.region, "state": if up { "up" } else { "down" }})
+            })
             .collect();
         serde_json::json!({
             "id": self.config.id,

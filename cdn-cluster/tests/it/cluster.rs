@@ -230,3 +230,51 @@ async fn seeds_may_be_dns_names() {
     e.stop().await;
     c.stop().await;
 }
+
+#[tokio::test]
+async fn status_shows_each_member_and_its_link_state() {
+    let mut c = cluster(3, 1, |cfg| cfg.edge.node_connect_timeout_ms = 300).await;
+    let status = |addr: std::net::SocketAddr| async move {
+        let g = crate::support::get(addr, "/status").await;
+        serde_json::from_slice::<serde_json::Value>(&g.body).unwrap()
+    };
+    let states = |v: &serde_json::Value| -> Vec<(String, String)> {
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["id"].as_str().unwrap().to_string(),
+                    m["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let edge = status(c.edges[0].admin_addr).await;
+    assert_eq!(
+        states(&edge),
+        vec![
+            ("node-0".into(), "up".into()),
+            ("node-1".into(), "up".into()),
+            ("node-2".into(), "up".into())
+        ]
+    );
+    let node = status(c.nodes[0].as_ref().unwrap().admin_addr).await;
+    assert_eq!(node["edges"], serde_json::json!(["edge-0"]));
+    assert!(states(&node).iter().all(|(_, s)| s == "up"), "{node}");
+    // A stopped node shows as down once its connection closed.
+    c.stop_node(2).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let v = status(c.edges[0].admin_addr).await;
+            if states(&v).contains(&("node-2".to_string(), "down".to_string())) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("node-2 reported down");
+    c.stop().await;
+}
