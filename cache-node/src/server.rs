@@ -137,16 +137,14 @@ async fn serve_stream(
                     .push_to_edges(&obj, id, deadline, &mut report)
                     .await;
             }
-            send_frame(
+            answer(
                 &mut send,
-                &Frame::Ack {
+                &[Frame::Ack {
                     acked: report.acked,
                     missing: report.missing,
-                },
+                }],
             )
-            .await?;
-            send.finish()?;
-            Ok(())
+            .await
         }
         Ok(Some(Frame::Hello {
             id,
@@ -155,40 +153,31 @@ async fn serve_stream(
             addr,
             resume,
         })) => {
-            let resume = match role {
-                Role::Edge => {
-                    // Register first: a purge numbered from here on is sent live, one
-                    // numbered before is in the replay (both is harmless).
-                    node.links.register_edge(id, conn.clone());
-                    Some(node.links.resume(resume))
-                }
-                Role::Node => {
-                    node.peers.merge_members(vec![Member { id, addr, region }]);
-                    Some(node.links.resume(resume))
-                }
-            };
-            let members = node.peers.members().as_ref().clone();
-            send_frame(&mut send, &Frame::Members { members }).await?;
-            if let Some(r) = resume {
-                send_frame(&mut send, &r).await?;
+            match role {
+                // Register first: a purge numbered from here on is sent live, one numbered
+                // before is in the replay (both is harmless).
+                Role::Edge => node.links.register_edge(id, conn.clone()),
+                Role::Node => node.peers.merge_members(vec![Member { id, addr, region }]),
             }
-            send.finish()?;
-            Ok(())
+            let members = node.peers.members().as_ref().clone();
+            answer(
+                &mut send,
+                &[Frame::Members { members }, node.links.resume(resume)],
+            )
+            .await
         }
         Ok(Some(Frame::Purge {
             id, forward, inv, ..
         })) => {
             let report = node.receive_purge(id, forward, &inv).await;
-            send_frame(
+            answer(
                 &mut send,
-                &Frame::Ack {
+                &[Frame::Ack {
                     acked: report.acked,
                     missing: report.missing,
-                },
+                }],
             )
-            .await?;
-            send.finish()?;
-            Ok(())
+            .await
         }
         Ok(Some(other)) => {
             refuse(
@@ -206,11 +195,18 @@ async fn serve_stream(
     }
 }
 
-async fn send_members(node: &Node, send: &mut quinn::SendStream) -> Result<(), WireError> {
-    let members = node.peers.members().as_ref().clone();
-    send_frame(send, &Frame::Members { members }).await?;
+/// Sends `frames` and finishes the stream: every short answer on a stream ends this way.
+async fn answer(send: &mut quinn::SendStream, frames: &[Frame]) -> Result<(), WireError> {
+    for f in frames {
+        send_frame(send, f).await?;
+    }
     send.finish()?;
     Ok(())
+}
+
+async fn send_members(node: &Node, send: &mut quinn::SendStream) -> Result<(), WireError> {
+    let members = node.peers.members().as_ref().clone();
+    answer(send, &[Frame::Members { members }]).await
 }
 
 async fn refuse(
@@ -218,9 +214,7 @@ async fn refuse(
     code: ErrorCode,
     message: String,
 ) -> Result<(), WireError> {
-    send_frame(send, &Frame::Error { code, message }).await?;
-    send.finish()?;
-    Ok(())
+    answer(send, &[Frame::Error { code, message }]).await
 }
 
 async fn serve_request(
@@ -321,20 +315,14 @@ async fn send_not_modified(
     headers: &http::HeaderMap,
     cache: CacheStatus,
 ) -> Result<(), WireError> {
-    send_frame(
-        send,
-        &Frame::ResponseHead {
-            status: 304,
-            cache,
-            node: node.config.id.clone(),
-            content_length: Some(0),
-            headers: fields_from_headers(headers),
-        },
-    )
-    .await?;
-    send_frame(send, &Frame::End { len: 0 }).await?;
-    send.finish()?;
-    Ok(())
+    let head = Frame::ResponseHead {
+        status: 304,
+        cache,
+        node: node.config.id.clone(),
+        content_length: Some(0),
+        headers: fields_from_headers(headers),
+    };
+    answer(send, &[head, Frame::End { len: 0 }]).await
 }
 
 /// Fault injection: sends the head and half the body, then ends the stream without `End`, as

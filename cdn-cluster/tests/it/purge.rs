@@ -191,15 +191,7 @@ async fn a_purge_during_a_slow_fill_keeps_the_old_body_out() {
     let edge = c.edges[0].http_addr;
     let in_flight = tokio::spawn(async move { get(edge, target).await });
     // Wait until the origin has the request (the fill is under way), then republish + purge.
-    let stats = c.stub.as_ref().unwrap().stats.clone();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while stats.target(target) == 0 {
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .expect("the fill reached the origin");
+    crate::support::origin_reaches(&c, target, 1).await;
     let generation = republish(&c);
     let (status, report) = admin_purge(c.edges[1].admin_addr, json!({"urls": [target]})).await;
     assert_eq!(status, StatusCode::OK);

@@ -2,7 +2,7 @@
 
 use http::{Method, StatusCode};
 
-use crate::support::{cluster, get, request};
+use crate::support::{cluster, get, origin_reaches, request};
 
 async fn get_with(
     addr: std::net::SocketAddr,
@@ -187,18 +187,6 @@ async fn responses_setting_cookies_are_not_shared_unless_configured() {
 
 fn stub(c: &cdn_cluster::Cluster) -> std::sync::Arc<origin_stub::Stats> {
     c.stub.as_ref().expect("stub").stats.clone()
-}
-
-/// Waits (bounded) until the origin has served `n` requests for `target`.
-async fn origin_reaches(c: &cdn_cluster::Cluster, target: &str, n: u64) {
-    let stats = stub(c);
-    tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while stats.target(target) < n {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("origin never saw {n} requests for {target}"));
 }
 
 #[tokio::test]

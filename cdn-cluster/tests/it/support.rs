@@ -182,3 +182,16 @@ pub async fn get_with_fields(addr: SocketAddr, path: &str, fields: &[(&str, &str
         .await
         .unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
+
+/// Waits (bounded) until the origin-stub has served `n` requests for `target`: the event tests
+/// wait for when a fill runs in the background.
+pub async fn origin_reaches(c: &Cluster, target: &str, n: u64) {
+    let stats = c.stub.as_ref().expect("stub").stats.clone();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while stats.target(target) < n {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("origin never saw {n} requests for {target}"));
+}
