@@ -140,21 +140,11 @@ impl Node {
             }
         }
         let Some(f) = fetched else {
-            return PrewarmResult {
-                url,
-                result: "origin error".into(),
-                detail: Some(last_error),
-                ..PrewarmResult::default()
-            };
+            return PrewarmResult::origin_error(url, None, last_error);
         };
-        let status = Some(f.status.as_u16());
+        let status = f.status.as_u16();
         if f.cache == CacheStatus::Pass {
-            return PrewarmResult {
-                url,
-                result: "not cacheable".into(),
-                status,
-                ..PrewarmResult::default()
-            };
+            return PrewarmResult::not_cacheable(url, status);
         }
         let mut pushed = vec![];
         if edges {
@@ -174,12 +164,6 @@ impl Node {
             pushed = r.acked;
             pushed.sort();
         }
-        PrewarmResult {
-            url,
-            result: "stored".into(),
-            status,
-            detail: None,
-            edges: pushed,
-        }
+        PrewarmResult::stored(url, status, pushed)
     }
 }

@@ -64,6 +64,40 @@ pub struct PrewarmResult {
     pub edges: Vec<String>,
 }
 
+impl PrewarmResult {
+    /// Fetched and stored by its owners (and pushed into `edges`).
+    pub fn stored(url: String, status: u16, edges: Vec<String>) -> Self {
+        Self {
+            url,
+            result: "stored".into(),
+            status: Some(status),
+            detail: None,
+            edges,
+        }
+    }
+
+    /// Fetched, but the response may not be stored.
+    pub fn not_cacheable(url: String, status: u16) -> Self {
+        Self {
+            url,
+            result: "not cacheable".into(),
+            status: Some(status),
+            ..Self::default()
+        }
+    }
+
+    /// No complete response from the origin (`status` when one began).
+    pub fn origin_error(url: String, status: Option<u16>, detail: String) -> Self {
+        Self {
+            url,
+            result: "origin error".into(),
+            status,
+            detail: Some(detail),
+            ..Self::default()
+        }
+    }
+}
+
 /// The JSON body of `POST /prewarm`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -96,31 +96,22 @@ impl Edge {
         let mut reader = crate::server::join_fill(&self, &url, &http::HeaderMap::new(), None).await;
         let head = match reader.head().await {
             Ok(h) => h,
-            Err(e) => {
-                return PrewarmResult {
-                    url,
-                    result: "origin error".into(),
-                    detail: Some(e.to_string()),
-                    ..PrewarmResult::default()
-                }
-            }
+            Err(e) => return PrewarmResult::origin_error(url, None, e.to_string()),
         };
         let mut body = Vec::new();
         while let Some(c) = reader.next_chunk().await {
             match c {
                 Ok(c) => body.push(c),
                 Err(e) => {
-                    return PrewarmResult {
+                    return PrewarmResult::origin_error(
                         url,
-                        result: "origin error".into(),
-                        status: Some(head.status.as_u16()),
-                        detail: Some(e.to_string()),
-                        ..PrewarmResult::default()
-                    }
+                        Some(head.status.as_u16()),
+                        e.to_string(),
+                    )
                 }
             }
         }
-        let status = Some(head.status.as_u16());
+        let status = head.status.as_u16();
         let node_passed = matches!(
             head.via,
             Via::Node {
@@ -129,12 +120,7 @@ impl Edge {
             }
         );
         if !head.storable || node_passed {
-            return PrewarmResult {
-                url,
-                result: "not cacheable".into(),
-                status,
-                ..PrewarmResult::default()
-            };
+            return PrewarmResult::not_cacheable(url, status);
         }
         let mut pushed = vec![];
         if edges {
@@ -154,12 +140,6 @@ impl Edge {
             pushed.sort();
             pushed.dedup();
         }
-        PrewarmResult {
-            url,
-            result: "stored".into(),
-            status,
-            detail: None,
-            edges: pushed,
-        }
+        PrewarmResult::stored(url, status, pushed)
     }
 }
