@@ -63,6 +63,16 @@ pub struct Config {
     pub honour_client_no_cache: bool,
     /// Owners per key (R): pushes are stored on this many nodes.
     pub replicas: usize,
+    /// Failure detector: how often this node probes one other member (SWIM).
+    pub probe_interval_ms: u64,
+    /// Failure detector: how long a probe waits before asking others to probe indirectly.
+    pub probe_timeout_ms: u64,
+    /// Failure detector: how long a suspected member has to answer before it is declared
+    /// down and its keys move to the next owners.
+    pub suspect_timeout_ms: u64,
+    /// On SIGTERM: how long requests in flight may take to finish after the cluster was told
+    /// this node leaves.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -90,6 +100,10 @@ impl Default for Config {
             grace_secs: 10,
             honour_client_no_cache: false,
             replicas: 2,
+            probe_interval_ms: 500,
+            probe_timeout_ms: 200,
+            suspect_timeout_ms: 1_500,
+            drain_timeout_ms: 10_000,
         }
     }
 }
@@ -134,6 +148,21 @@ impl Config {
         if self.advertise.is_some_and(|a| a.ip().is_unspecified()) {
             return Err(ConfigError::new("advertise", "must be a specific address"));
         }
+        if self.probe_interval_ms < 10 {
+            return Err(ConfigError::new("probe_interval_ms", "must be at least 10"));
+        }
+        if self.probe_timeout_ms == 0 || self.probe_timeout_ms >= self.probe_interval_ms {
+            return Err(ConfigError::new(
+                "probe_timeout_ms",
+                "must be greater than 0 and less than probe_interval_ms",
+            ));
+        }
+        if self.suspect_timeout_ms < self.probe_interval_ms {
+            return Err(ConfigError::new(
+                "suspect_timeout_ms",
+                "must be at least probe_interval_ms",
+            ));
+        }
         if self.origin_response_timeout_ms == 0 {
             return Err(ConfigError::new(
                 "origin_response_timeout_ms",
@@ -148,6 +177,16 @@ impl Config {
         cdn_core::policy::Rules {
             store_set_cookie: self.cache_set_cookie,
             grace: std::time::Duration::from_secs(self.grace_secs),
+        }
+    }
+
+    /// The failure detector's timing.
+    pub fn gossip(&self) -> cdn_core::membership::GossipTiming {
+        use std::time::Duration;
+        cdn_core::membership::GossipTiming {
+            probe_period: Duration::from_millis(self.probe_interval_ms),
+            probe_rtt: Duration::from_millis(self.probe_timeout_ms),
+            suspect_to_down: Duration::from_millis(self.suspect_timeout_ms),
         }
     }
 

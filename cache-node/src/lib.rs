@@ -28,7 +28,7 @@ use cdn_core::origin::Origin;
 use cdn_core::peers::{Me, PeerPool, PurgeReport, Timeouts};
 use cdn_core::store::Store;
 use cdn_core::tls::TlsMaterial;
-use cdn_proto::{Invalidation, Member};
+use cdn_proto::{Invalidation, Member, MemberState};
 pub use config::Config;
 use std::time::Instant;
 use tokio::net::TcpListener;
@@ -111,6 +111,27 @@ pub struct Node {
     stalled: std::sync::atomic::AtomicBool,
     // Fault injection: while set, responses break off right after their head.
     breaking: std::sync::atomic::AtomicBool,
+    membership: Arc<cdn_core::membership::Membership>,
+    // Set once the node announced it leaves; the endpoint then closes with `LEAVING`.
+    leaving: std::sync::atomic::AtomicBool,
+    // Requests being served, for draining on shutdown.
+    inflight: tokio::sync::watch::Sender<u64>,
+}
+
+/// Counts a request in flight while alive.
+pub(crate) struct InFlight<'a>(&'a Node);
+
+impl<'a> InFlight<'a> {
+    pub(crate) fn enter(node: &'a Node) -> Self {
+        node.inflight.send_modify(|n| *n += 1);
+        Self(node)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Node {
@@ -144,6 +165,31 @@ impl Node {
     /// dying mid-response, for fault tests.
     pub fn set_breaking(&self, breaking: bool) {
         self.breaking.store(breaking, Ordering::SeqCst);
+    }
+
+    /// Requests being served right now.
+    pub fn inflight(&self) -> u64 {
+        *self.inflight.borrow()
+    }
+
+    /// Leaves the cluster: tells the other nodes (gossip) and every connected edge (which
+    /// acknowledge), then waits up to `drain` for the requests in flight to finish. The
+    /// connections stay open meanwhile, so nothing in flight is cut off.
+    pub async fn leave(&self, drain: Duration) {
+        self.leaving.store(true, Ordering::SeqCst);
+        self.membership.leave().await;
+        let report = self
+            .links
+            .announce_members(self.peers.roster().as_ref().clone(), self.purge_deadline())
+            .await;
+        tracing::info!(edges = report.acked.len(), missing = ?report.missing, "left the cluster");
+        let mut rx = self.inflight.subscribe();
+        if tokio::time::timeout(drain, rx.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            tracing::warn!(inflight = self.inflight(), "drain deadline passed");
+        }
     }
 
     /// Edges connected to this node.
@@ -192,11 +238,13 @@ impl Node {
     pub async fn coordinate_purge(&self, inv: &Invalidation) -> PurgeReport {
         let started = Instant::now();
         let id = self.next_purge_id.fetch_add(1, Ordering::Relaxed);
+        // Down members are asked too (and reported missing): only a member that left on
+        // purpose is no longer expected to apply purges.
         let others: Vec<Member> = self
             .peers
-            .members()
+            .roster()
             .iter()
-            .filter(|m| m.id != self.config.id)
+            .filter(|m| m.id != self.config.id && m.state != MemberState::Left)
             .cloned()
             .collect();
         let deadline = self.purge_deadline();
@@ -255,11 +303,18 @@ impl AdminState for Node {
             "id": self.config.id,
             "role": "cache-node",
             "region": self.config.region,
-            "members": self.peers.members().iter().map(|m| {
+            "members": self.peers.roster().iter().map(|m| {
                 let up = m.id == self.config.id
                     || m.addr.parse().is_ok_and(|a| self.peers.is_connected(a));
-                serde_json::json!({"id": m.id, "addr": m.addr, "region": m.region, "state": if up { "up" } else { "down" }})
+                serde_json::json!({
+                    "id": m.id,
+                    "addr": m.addr,
+                    "region": m.region,
+                    "state": m.state.as_str(),
+                    "link": if up { "up" } else { "down" },
+                })
             }).collect::<Vec<_>>(),
+            "inflight": self.inflight(),
             "edges": self.links.connected_edges(),
             "purges": Stats::get(&s.purges),
             "entries": self.store.entry_count(),
@@ -348,8 +403,18 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Stops the node and waits for it to close its connections.
+    /// Stops the node gracefully (SIGTERM): leaves the cluster, drains requests in flight
+    /// (up to `drain_timeout_ms`), then closes its connections with `LEAVING`.
     pub async fn stop(self) {
+        let drain = Duration::from_millis(self.node.config.drain_timeout_ms);
+        self.node.leave(drain).await;
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Stops the node without leaving the cluster: what peers see of a crash, short of the
+    /// silence of `kill -9` (its connections close, without `LEAVING`).
+    pub async fn abort(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
     }
@@ -383,7 +448,7 @@ pub async fn start(
     let server_cfg = tls.quic_server(transport.clone())?;
     let client_cfg = tls.quic_client(transport)?;
     let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        tls.endpoint_config(quic_addr),
         Some(server_cfg),
         udp,
         Arc::new(quinn::TokioRuntime),
@@ -399,12 +464,12 @@ pub async fn start(
     .map_err(|e| cdn_core::config::ConfigError::new("origin", e))?;
     // The address others reach us at: `advertise`, or the bound address when it is specific.
     let reachable = config.advertise.unwrap_or(quic_addr);
-    let member = Member {
-        id: config.id.clone(),
-        addr: reachable.to_string(),
-        region: config.region.clone(),
-    };
-    let peers = Arc::new(PeerPool::new(
+    let member = Member::alive(
+        config.id.clone(),
+        reachable.to_string(),
+        config.region.clone(),
+    );
+    let peers = PeerPool::new(
         endpoint.clone(),
         Me {
             id: config.id.clone(),
@@ -417,9 +482,16 @@ pub async fn start(
             response: Duration::from_millis(config.origin_response_timeout_ms + 5_000),
             retry: Duration::from_millis(1_000),
         },
-    ));
-    peers.merge_members(vec![member.clone()]);
+    );
+    peers.set_view(reachable, vec![member.clone()]);
     let seeds = config.seeds.clone();
+    let membership = cdn_core::membership::Membership::start(
+        cdn_core::membership::NodeIdentity::new(&config.id, reachable, &config.region),
+        peers.clone(),
+        seeds.clone(),
+        config.gossip(),
+        shutdown.clone(),
+    );
     let node = Arc::new(Node {
         store: Store::new(config.capacity.0, config.eviction),
         fills: Coalescer::default(),
@@ -431,7 +503,23 @@ pub async fn start(
         next_purge_id: AtomicU64::new(1),
         stalled: std::sync::atomic::AtomicBool::new(false),
         breaking: std::sync::atomic::AtomicBool::new(false),
+        membership,
+        leaving: std::sync::atomic::AtomicBool::new(false),
+        inflight: tokio::sync::watch::Sender::new(0),
         config,
+    });
+    // Every change of the member list goes to the edges linked here.
+    let (n, s) = (node.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let mut rx = n.peers.watch_roster();
+        loop {
+            tokio::select! {
+                _ = s.cancelled() => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+            let roster = rx.borrow_and_update().as_ref().clone();
+            n.links.announce_members(roster, n.purge_deadline()).await;
+        }
     });
     peers.set_inbound(Arc::new(inbound::FromPeers::new(Arc::downgrade(&node))));
     let maintain = tokio::spawn(peers.maintain(seeds, shutdown.clone()));

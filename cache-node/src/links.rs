@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cdn_core::peers::PurgeReport;
 use cdn_core::push::{write_push, PushObject};
 use cdn_core::quic::{send_frame, FrameReader};
-use cdn_proto::{Frame, Invalidation, Position};
+use cdn_proto::{Frame, Invalidation, Member, Position};
 
 /// How long a disconnected edge still counts as expected to acknowledge purges.
 pub const REMEMBER: Duration = Duration::from_secs(300);
@@ -69,13 +69,17 @@ impl Links {
         self.publish();
         let links = self.clone();
         tokio::spawn(async move {
-            conn.closed().await;
+            let why = conn.closed().await;
             let mut m = links.lock();
-            if let Some(l) = m.get_mut(&id) {
-                if l.conn.as_ref().is_some_and(|c| c.stable_id() == stable) {
-                    l.conn = None;
-                    l.last_seen = Instant::now();
-                }
+            let ours = m
+                .get(&id)
+                .is_some_and(|l| l.conn.as_ref().is_some_and(|c| c.stable_id() == stable));
+            if ours && cdn_core::peers::close::is_leaving(&why) {
+                // Shut down on purpose: no longer expected to acknowledge purges.
+                m.remove(&id);
+            } else if let Some(l) = m.get_mut(&id).filter(|_| ours) {
+                l.conn = None;
+                l.last_seen = Instant::now();
             }
             drop(m);
             links.publish();
@@ -184,6 +188,24 @@ impl Links {
             read_ack(recv).await
         })
         .await;
+    }
+
+    /// Sends the member list to every connected edge and waits (up to `deadline`) until each
+    /// has applied it.
+    pub async fn announce_members(&self, members: Vec<Member>, deadline: Duration) -> PurgeReport {
+        let frame = Frame::Members { members };
+        let frame = &frame;
+        let mut report = PurgeReport::default();
+        self.each_edge(deadline, &mut report, "members", |conn| async move {
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            send_frame(&mut send, frame)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            read_ack(recv).await
+        })
+        .await;
+        report
     }
 
     /// Pushes `obj` into every connected edge's L1, reporting like [`Links::fan_out`].

@@ -11,7 +11,7 @@ use cdn_core::quic::{
     FrameReader, WireError,
 };
 use cdn_core::store::Freshness;
-use cdn_proto::{CacheStatus, ErrorCode, Frame, Member, Role};
+use cdn_proto::{CacheStatus, ErrorCode, Frame, Role};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Node, Stats};
@@ -38,12 +38,27 @@ pub async fn run(node: Arc<Node>, endpoint: quinn::Endpoint, shutdown: Cancellat
             }
         });
     }
-    endpoint.close(0u32.into(), b"node shutting down");
+    // Leaving on purpose (`NodeHandle::stop`) or dropped in a fault test (`abort`).
+    if node.leaving.load(std::sync::atomic::Ordering::SeqCst) {
+        endpoint.close(
+            cdn_core::peers::close::LEAVING.into(),
+            cdn_core::peers::close::LEAVING_REASON,
+        );
+    } else {
+        endpoint.close(0u32.into(), b"node stopped");
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
 }
 
 async fn serve_connection(node: Arc<Node>, conn: quinn::Connection, shutdown: CancellationToken) {
     let peer = conn.remote_address();
+    // Gossip arrives as datagrams on the links other nodes opened to us.
+    let (n, c) = (node.clone(), conn.clone());
+    tokio::spawn(async move {
+        while let Ok(d) = c.read_datagram().await {
+            n.membership.input(d);
+        }
+    });
     loop {
         let (send, recv) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -85,6 +100,7 @@ async fn serve_stream(
             id, path, headers, ..
         })) => {
             Stats::inc(&node.stats.requests);
+            let _inflight = crate::InFlight::enter(node);
             let headers = match headers_from_fields(headers) {
                 Ok(h) => h,
                 Err(e) => return refuse(&mut send, ErrorCode::BadRequest, e.to_string()).await,
@@ -157,9 +173,10 @@ async fn serve_stream(
                 // Register first: a purge numbered from here on is sent live, one numbered
                 // before is in the replay (both is harmless).
                 Role::Edge => node.links.register_edge(id, conn.clone()),
-                Role::Node => node.peers.merge_members(vec![Member { id, addr, region }]),
+                // Nodes become members through gossip, not by connecting.
+                Role::Node => tracing::debug!(%id, %addr, %region, "node linked"),
             }
-            let members = node.peers.members().as_ref().clone();
+            let members = node.peers.roster().as_ref().clone();
             answer(
                 &mut send,
                 &[Frame::Members { members }, node.links.resume(resume)],
@@ -205,7 +222,7 @@ async fn answer(send: &mut quinn::SendStream, frames: &[Frame]) -> Result<(), Wi
 }
 
 async fn send_members(node: &Node, send: &mut quinn::SendStream) -> Result<(), WireError> {
-    let members = node.peers.members().as_ref().clone();
+    let members = node.peers.roster().as_ref().clone();
     answer(send, &[Frame::Members { members }]).await
 }
 

@@ -159,6 +159,17 @@ impl Cluster {
                 .with_context(|| format!("starting edge-{i}"))?;
             edges.push(h);
         }
+        // Every node sees every other alive (gossip converged) before the cluster is ready.
+        for (j, n) in nodes.iter().enumerate() {
+            let mut members = n.node.peers().watch_members();
+            tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                members.wait_for(|m| m.len() >= cfg.nodes),
+            )
+            .await
+            .with_context(|| format!("node-{j} did not see every node alive within 30 s"))?
+            .context("node stopped")?;
+        }
         for e in &edges {
             tokio::time::timeout(
                 std::time::Duration::from_secs(30),
@@ -187,10 +198,18 @@ impl Cluster {
         })
     }
 
-    /// Stops node `j` (its connections close; edges route around it).
+    /// Stops node `j` gracefully, as on SIGTERM: it leaves the cluster, drains, closes.
     pub async fn stop_node(&mut self, j: usize) {
         if let Some(n) = self.nodes.get_mut(j).and_then(Option::take) {
             n.stop().await;
+        }
+    }
+
+    /// Stops node `j` without leaving the cluster (a crash, as far as peers can tell
+    /// in-process: its connections close without the `LEAVING` code).
+    pub async fn abort_node(&mut self, j: usize) {
+        if let Some(n) = self.nodes.get_mut(j).and_then(Option::take) {
+            n.abort().await;
         }
     }
 

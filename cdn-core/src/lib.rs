@@ -21,6 +21,7 @@ pub mod admin;
 pub mod config;
 pub mod fill;
 pub mod http;
+pub mod membership;
 pub mod origin;
 pub mod peers;
 pub mod policy;

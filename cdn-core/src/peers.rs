@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cdn_proto::{Frame, Invalidation, Member, Position, Role};
+use cdn_proto::{Frame, Invalidation, Member, MemberState, Position, Role};
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -146,10 +146,25 @@ pub struct Me {
 }
 
 /// The pool of connections to cache nodes, and the member list learned through them.
+///
+/// A node's own view comes from its gossip membership ([`crate::membership`]). An edge hears
+/// every node's view (in answer to `Hello`, and pushed on every change) and combines them:
+/// views that came over a link now down are ignored while any link is up, and each member's
+/// state is what most views say (see [`vote`]): a node killed with its link still open is
+/// down as soon as the others say so, and a node cut off from the others cannot talk the
+/// edge out of routing to them.
+/// A member whose connection closed with [`close::LEAVING`] is `Left` until it reconnects.
 pub struct PeerPool {
     endpoint: quinn::Endpoint,
     me: Me,
+    // Members to route to (alive or suspect), sorted by id: placement's input.
     members: watch::Sender<Arc<Vec<Member>>>,
+    // Every known member with its state, sorted by id: what `/status` shows.
+    roster: watch::Sender<Arc<Vec<Member>>>,
+    // Std mutex: each node's view by the node's address, replaced whole; never awaited.
+    views: Mutex<HashMap<SocketAddr, Vec<Member>>>,
+    // Std mutex: addresses that closed their connection with `LEAVING`.
+    left: Mutex<std::collections::HashSet<SocketAddr>>,
     // Std mutex: a map lookup or insert, never held across an await.
     peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     timeouts: Timeouts,
@@ -160,22 +175,30 @@ pub struct PeerPool {
     severed: std::sync::atomic::AtomicBool,
     // Fault injection for single links: addresses not to connect to.
     severed_peers: Mutex<std::collections::HashSet<SocketAddr>>,
+    // Ourselves, for tasks that outlive a call (set by `PeerPool::new`).
+    weak: OnceLock<std::sync::Weak<PeerPool>>,
 }
 
 impl PeerPool {
     /// A pool dialing from `endpoint` (which has the cluster's client config as default).
-    pub fn new(endpoint: quinn::Endpoint, me: Me, timeouts: Timeouts) -> Self {
-        Self {
+    pub fn new(endpoint: quinn::Endpoint, me: Me, timeouts: Timeouts) -> Arc<Self> {
+        let pool = Arc::new(Self {
             endpoint,
             me,
             members: watch::Sender::new(Arc::new(Vec::new())),
+            roster: watch::Sender::new(Arc::new(Vec::new())),
+            views: Mutex::default(),
+            left: Mutex::default(),
             peers: Mutex::new(HashMap::new()),
             timeouts,
             inbound: OnceLock::new(),
             connects: watch::Sender::new(0),
             severed: std::sync::atomic::AtomicBool::new(false),
             severed_peers: Mutex::default(),
-        }
+            weak: OnceLock::new(),
+        });
+        let _ = pool.weak.set(Arc::downgrade(&pool));
+        pool
     }
 
     /// Cuts the link to the node at `addr` and refuses it until [`PeerPool::restore_peer`].
@@ -241,9 +264,129 @@ impl PeerPool {
         self.timeouts
     }
 
-    /// The current member list (cache nodes), sorted by id.
+    /// The cache nodes to route to (alive or suspect), sorted by id.
     pub fn members(&self) -> Arc<Vec<Member>> {
         self.members.borrow().clone()
+    }
+
+    /// Every known cache node with its state, sorted by id.
+    pub fn roster(&self) -> Arc<Vec<Member>> {
+        self.roster.borrow().clone()
+    }
+
+    /// Follows changes of the roster (states included).
+    pub fn watch_roster(&self) -> watch::Receiver<Arc<Vec<Member>>> {
+        self.roster.subscribe()
+    }
+
+    /// Replaces what the node at `from` says about the members (a node passes its own
+    /// address and its gossip view).
+    pub fn set_view(&self, from: SocketAddr, view: Vec<Member>) {
+        let changed = {
+            let mut v = self.views.lock().unwrap_or_else(|p| p.into_inner());
+            if v.get(&from) == Some(&view) {
+                false
+            } else {
+                v.insert(from, view);
+                true
+            }
+        };
+        if changed {
+            self.recompute();
+        }
+    }
+
+    /// Marks the member at `addr` as having left (its connection closed with `LEAVING`).
+    pub fn mark_left(&self, addr: SocketAddr) {
+        if self
+            .left
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr)
+        {
+            self.recompute();
+        }
+    }
+
+    /// Forgets that the member at `addr` left (it is back).
+    pub fn clear_left(&self, addr: SocketAddr) {
+        if self
+            .left
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&addr)
+        {
+            self.recompute();
+        }
+    }
+
+    /// Rebuilds the roster and the routing list from the views, links and leaves.
+    fn recompute(&self) {
+        let roster = {
+            let views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+            let left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+            // Views that came over a link now down are stale; they count only while no link
+            // is up at all (then the last known list is the best there is).
+            let up = |a: &SocketAddr| self.me.role == Role::Node || self.is_connected(*a);
+            let any_up = views.keys().any(up);
+            // Every report about each member, noting which came from the member itself.
+            let mut reports: std::collections::BTreeMap<&str, Vec<(bool, &Member)>> =
+                Default::default();
+            for (from, view) in views.iter() {
+                if any_up && !up(from) {
+                    continue;
+                }
+                let from = from.to_string();
+                for m in view {
+                    reports
+                        .entry(m.id.as_str())
+                        .or_default()
+                        .push((m.addr == from, m));
+                }
+            }
+            let mut roster: Vec<Member> = reports
+                .values()
+                .map(|rs| {
+                    let own = rs.iter().find(|(o, _)| *o).map(|(_, m)| *m);
+                    let mut m = own.unwrap_or(rs[0].1).clone();
+                    m.state = vote(rs);
+                    if m.addr.parse().is_ok_and(|a| left.contains(&a)) {
+                        m.state = MemberState::Left;
+                    }
+                    m
+                })
+                .collect();
+            // Two nodes split from each other vote each other down; rather than route to
+            // nobody, trust what the members say of themselves.
+            if !roster.iter().any(Member::routable) {
+                for m in roster.iter_mut() {
+                    let own = reports
+                        .get(m.id.as_str())
+                        .and_then(|rs| rs.iter().find(|(o, _)| *o));
+                    if let Some((_, r)) = own {
+                        if m.state != MemberState::Left {
+                            m.state = r.state;
+                        }
+                    }
+                }
+            }
+            roster
+        };
+        let routable: Vec<Member> = roster.iter().filter(|m| m.routable()).cloned().collect();
+        self.roster.send_if_modified(|r| {
+            if **r == roster {
+                return false;
+            }
+            *r = Arc::new(roster);
+            true
+        });
+        self.members.send_if_modified(|r| {
+            if **r == routable {
+                return false;
+            }
+            *r = Arc::new(routable);
+            true
+        });
     }
 
     /// Follows changes of the member list.
@@ -339,7 +482,9 @@ impl PeerPool {
             .find(|m| m.addr == addr.to_string())
             .map(|m| Arc::from(m.id.as_str()))
             .unwrap_or_else(|| Arc::from(addr.to_string()));
-        self.merge_members(members);
+        if self.me.role == Role::Edge {
+            self.set_view(addr, members);
+        }
         if let (Some(h), Some(Frame::Resume { at, replay, gap })) = (self.inbound.get(), resume) {
             h.resume(node_id.clone(), addr, at, replay, gap).await;
         }
@@ -354,10 +499,20 @@ impl PeerPool {
             });
         }
         peer.up.store(true, std::sync::atomic::Ordering::Release);
+        self.clear_left(addr);
+        self.recompute();
         let (p, c) = (peer.clone(), conn.clone());
+        let pool = self.weak.get().cloned();
         tokio::spawn(async move {
-            c.closed().await;
+            let why = c.closed().await;
             p.up.store(false, std::sync::atomic::Ordering::Release);
+            if let Some(pool) = pool.and_then(|w| w.upgrade()) {
+                if close::is_leaving(&why) {
+                    tracing::info!(node = %p.addr, "node left the cluster");
+                    pool.mark_left(p.addr);
+                }
+                pool.recompute();
+            }
         });
         self.connects.send_modify(|n| *n += 1);
         Ok(conn)
@@ -448,32 +603,6 @@ impl PeerPool {
             .unwrap_or_else(|_| Err(refused(format!("no answer within {deadline:?}"))))
     }
 
-    /// Merges members into the list (by id; the newest address wins).
-    pub fn merge_members(&self, learned: Vec<Member>) {
-        self.members.send_if_modified(|list| {
-            let mut changed = false;
-            let mut next: Vec<Member> = list.as_ref().clone();
-            for m in learned {
-                match next.iter_mut().find(|x| x.id == m.id) {
-                    Some(x) if *x == m => {}
-                    Some(x) => {
-                        *x = m;
-                        changed = true;
-                    }
-                    None => {
-                        next.push(m);
-                        changed = true;
-                    }
-                }
-            }
-            if changed {
-                next.sort_by(|a, b| a.id.cmp(&b.id));
-                *list = Arc::new(next);
-            }
-            changed
-        });
-    }
-
     /// Keeps a connection to every seed and every known member other than `skip_id` (our own
     /// id, for nodes), reconnecting as needed, until `shutdown`. Connections carry
     /// invalidations back to us, so they are held open, not only opened on demand.
@@ -533,10 +662,82 @@ impl PeerPool {
         }
     }
 
-    /// Closes every connection.
+    /// Closes every connection, telling peers we leave the cluster.
     pub fn close(&self) {
-        self.endpoint.close(0u32.into(), b"shutting down");
+        self.endpoint
+            .close(close::LEAVING.into(), close::LEAVING_REASON);
     }
+
+    /// Sends one gossip datagram to the node at `addr` (connecting first if needed, in the
+    /// background: a datagram that cannot go now is lost, as on UDP, and SWIM copes).
+    pub fn send_datagram(
+        &self,
+        addr: SocketAddr,
+        data: bytes::Bytes,
+    ) -> tokio::task::JoinHandle<()> {
+        let pool = self.weak.get().and_then(|w| w.upgrade());
+        tokio::spawn(async move {
+            let Some(pool) = pool else { return };
+            match pool.connection(&addr.to_string(), addr).await {
+                Ok(c) => {
+                    if let Err(e) = c.send_datagram(data) {
+                        tracing::debug!(%addr, error = %e, "gossip datagram not sent");
+                    }
+                }
+                Err(e) => tracing::trace!(%addr, error = %e, "gossip peer not reachable"),
+            }
+        })
+    }
+}
+
+/// Connection close codes (application level).
+pub mod close {
+    /// The member is shutting down gracefully and leaves the cluster.
+    pub const LEAVING: u32 = 0x10;
+    /// The reason text sent with [`LEAVING`].
+    pub const LEAVING_REASON: &[u8] = b"leaving the cluster";
+
+    /// Whether a connection closed because the peer left the cluster.
+    pub fn is_leaving(e: &quinn::ConnectionError) -> bool {
+        matches!(e, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == LEAVING.into())
+    }
+}
+
+/// A member's state from the reports about it (`true`: the member's own report): a member
+/// that says it left has left; otherwise the majority wins, a tie is settled by the others'
+/// reports, and a remaining tie by the most alive state.
+fn vote(reports: &[(bool, &Member)]) -> MemberState {
+    if reports
+        .iter()
+        .any(|(own, m)| *own && m.state == MemberState::Left)
+    {
+        return MemberState::Left;
+    }
+    let tally = |others_only: bool| {
+        let mut t: std::collections::BTreeMap<MemberState, usize> = Default::default();
+        for (own, m) in reports {
+            if !(others_only && *own) {
+                *t.entry(m.state).or_default() += 1;
+            }
+        }
+        t
+    };
+    let winners = |t: &std::collections::BTreeMap<MemberState, usize>| -> Vec<MemberState> {
+        let max = t.values().copied().max().unwrap_or(0);
+        t.iter()
+            .filter(|(_, n)| **n == max)
+            .map(|(s, _)| *s)
+            .collect()
+    };
+    let all = winners(&tally(false));
+    if all.len() == 1 {
+        return all[0];
+    }
+    let others = winners(&tally(true));
+    if others.len() == 1 {
+        return others[0];
+    }
+    all.into_iter().min().unwrap_or(MemberState::Alive)
 }
 
 /// Checks a seed: `ip:port`, or `host:port` to be resolved by DNS.
@@ -690,6 +891,38 @@ pub async fn fetch_whole(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn m(state: MemberState) -> Member {
+        Member {
+            state,
+            ..Member::alive("n1", "127.0.0.1:1", "")
+        }
+    }
+
+    #[test]
+    fn member_state_is_the_majority_of_reports() {
+        use MemberState::*;
+        let (alive, down, suspect, left) = (m(Alive), m(Down), m(Suspect), m(Left));
+        // Killed with its link still open: its own stale report is outvoted.
+        assert_eq!(
+            vote(&[(true, &alive), (false, &down), (false, &down)]),
+            Down
+        );
+        // Cut off from one peer only: still alive.
+        assert_eq!(
+            vote(&[(true, &alive), (false, &alive), (false, &down)]),
+            Alive
+        );
+        // A tie is settled by the others.
+        assert_eq!(vote(&[(true, &alive), (false, &down)]), Down);
+        assert_eq!(vote(&[(false, &suspect), (false, &alive)]), Alive);
+        // Leaving is the member's own word.
+        assert_eq!(
+            vote(&[(true, &left), (false, &alive), (false, &alive)]),
+            Left
+        );
+        assert_eq!(vote(&[(false, &left), (false, &alive)]), Alive);
+    }
 
     #[test]
     fn seeds_are_ip_port_or_host_port() {

@@ -98,6 +98,74 @@ pub struct Member {
     pub addr: String,
     /// Region name, empty when none is set.
     pub region: String,
+    /// Liveness as the sender sees it.
+    pub state: MemberState,
+}
+
+impl Member {
+    /// An alive member.
+    pub fn alive(
+        id: impl Into<String>,
+        addr: impl Into<String>,
+        region: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            addr: addr.into(),
+            region: region.into(),
+            state: MemberState::Alive,
+        }
+    }
+
+    /// Whether requests should be routed to it (alive, or suspected but not yet declared down).
+    pub fn routable(&self) -> bool {
+        matches!(self.state, MemberState::Alive | MemberState::Suspect)
+    }
+}
+
+/// A member's liveness, from the failure detector (SWIM) and graceful leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum MemberState {
+    /// Answering probes.
+    #[default]
+    Alive,
+    /// Missed a probe; still routed to until declared down.
+    Suspect,
+    /// Declared down by the failure detector (crashed or unreachable).
+    Down,
+    /// Left the cluster on purpose (shut down gracefully).
+    Left,
+}
+
+impl MemberState {
+    /// The state's name, as `/status` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Down => "down",
+            MemberState::Left => "left",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            MemberState::Alive => 0,
+            MemberState::Suspect => 1,
+            MemberState::Down => 2,
+            MemberState::Left => 3,
+        }
+    }
+
+    fn from_code(c: u8) -> Result<Self, DecodeError> {
+        Ok(match c {
+            0 => MemberState::Alive,
+            1 => MemberState::Suspect,
+            2 => MemberState::Down,
+            3 => MemberState::Left,
+            _ => return Err(DecodeError::Malformed("unknown member state")),
+        })
+    }
 }
 
 /// What kind of member is speaking.
@@ -351,6 +419,7 @@ impl Frame {
                     put_str(&mut payload, m.id.as_bytes());
                     put_str(&mut payload, m.addr.as_bytes());
                     put_str(&mut payload, m.region.as_bytes());
+                    payload.put_u8(m.state.code());
                 }
                 T_MEMBERS
             }
@@ -502,6 +571,7 @@ impl Frame {
                         id: get_string(&mut p)?,
                         addr: get_string(&mut p)?,
                         region: get_string(&mut p)?,
+                        state: MemberState::from_code(get_u8(&mut p)?)?,
                     });
                 }
                 Frame::Members { members }
@@ -740,11 +810,13 @@ mod tests {
             Frame::MembersRequest,
             Frame::Pending,
             Frame::Members {
-                members: vec![Member {
-                    id: "node-0".into(),
-                    addr: "127.0.0.1:4433".into(),
-                    region: "eu".into(),
-                }],
+                members: vec![
+                    Member::alive("node-0", "127.0.0.1:4433", "eu"),
+                    Member {
+                        state: MemberState::Left,
+                        ..Member::alive("node-1", "127.0.0.1:4434", "")
+                    },
+                ],
             },
             Frame::Hello {
                 id: "edge-1".into(),

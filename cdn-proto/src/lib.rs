@@ -15,7 +15,9 @@ pub mod frame;
 pub mod placement;
 pub mod status;
 
-pub use frame::{DecodeError, ErrorCode, Frame, Invalidation, Member, Method, Position, Role};
+pub use frame::{
+    DecodeError, ErrorCode, Frame, Invalidation, Member, MemberState, Method, Position, Role,
+};
 pub use placement::{owners, score};
 pub use status::CacheStatus;
 

@@ -91,6 +91,17 @@ impl Inbound for FromNodes {
                         let _ = send.finish();
                     }
                 }
+                Ok(Some(Frame::Members { members })) => {
+                    tracing::debug!(node = %from, members = members.len(), "member list");
+                    edge.upstream.pool().set_view(addr, members);
+                    let ack = Frame::Ack {
+                        acked: vec![edge.config.id.clone()],
+                        missing: vec![],
+                    };
+                    if send_frame(&mut send, &ack).await.is_ok() {
+                        let _ = send.finish();
+                    }
+                }
                 Ok(Some(other)) => {
                     tracing::debug!(node = %from, frame = other.name(), "unexpected frame from node");
                     let _ = send.reset(codes::PROTOCOL.into());

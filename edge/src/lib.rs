@@ -161,7 +161,16 @@ impl Edge {
             acked: vec![self.config.id.clone()],
             ..PurgeReport::default()
         };
-        let nodes = self.upstream.members();
+        // Down nodes are asked too (and reported missing): only a node that left on purpose
+        // no longer owes the cluster its purges.
+        let nodes: Vec<cdn_proto::Member> = self
+            .upstream
+            .pool()
+            .roster()
+            .iter()
+            .filter(|m| m.state != cdn_proto::MemberState::Left)
+            .cloned()
+            .collect();
         let deadline = Duration::from_millis(self.config.purge_timeout_ms);
         cdn_core::peers::fan_out_purge(
             self.upstream.pool(),
@@ -232,12 +241,23 @@ impl AdminState for Edge {
         let s = &self.stats;
         let members: Vec<_> = self
             .upstream
-            .members()
+            .pool()
+            .roster()
             .iter()
             .map(|m| {
-                // "up": the link (and its invalidation stream) is open; "down": it is not.
-                let up = m.addr.parse().is_ok_and(|a| self.upstream.pool().is_connected(a));
-                serde_json::json!({"id": m.id, "addr": m.addr, "region": m.region, "state": if up { "up" } else { "down" }})
+                // "state": what the nodes' failure detector says; "link": whether this edge's
+                // connection (and its invalidation stream) is open.
+                let up = m
+                    .addr
+                    .parse()
+                    .is_ok_and(|a| self.upstream.pool().is_connected(a));
+                serde_json::json!({
+                    "id": m.id,
+                    "addr": m.addr,
+                    "region": m.region,
+                    "state": m.state.as_str(),
+                    "link": if up { "up" } else { "down" },
+                })
             })
             .collect();
         serde_json::json!({
@@ -385,7 +405,7 @@ pub async fn start(
         Duration::from_millis(config.origin_response_timeout_ms),
     )
     .map_err(|e| cdn_core::config::ConfigError::new("origin", e))?;
-    let pool = Arc::new(PeerPool::new(
+    let pool = PeerPool::new(
         endpoint,
         Me {
             id: config.id.clone(),
@@ -398,7 +418,7 @@ pub async fn start(
             response: Duration::from_millis(config.node_response_timeout_ms),
             retry: Duration::from_millis(config.node_retry_ms),
         },
-    ));
+    );
     let hedge = (config.hedge_after_ms > 0).then(|| Duration::from_millis(config.hedge_after_ms));
     let upstream = Arc::new(Upstream::new(pool.clone(), config.replicas, hedge));
     let seeds = config.seeds.clone();

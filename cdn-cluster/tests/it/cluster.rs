@@ -238,7 +238,7 @@ async fn status_shows_each_member_and_its_link_state() {
         let g = crate::support::get(addr, "/status").await;
         serde_json::from_slice::<serde_json::Value>(&g.body).unwrap()
     };
-    let states = |v: &serde_json::Value| -> Vec<(String, String)> {
+    let states = |v: &serde_json::Value| -> Vec<(String, String, String)> {
         v["members"]
             .as_array()
             .unwrap()
@@ -247,34 +247,40 @@ async fn status_shows_each_member_and_its_link_state() {
                 (
                     m["id"].as_str().unwrap().to_string(),
                     m["state"].as_str().unwrap().to_string(),
+                    m["link"].as_str().unwrap().to_string(),
                 )
             })
             .collect()
     };
+    let all = |state: &str| -> Vec<(String, String, String)> {
+        (0..3)
+            .map(|j| (format!("node-{j}"), state.to_string(), "up".to_string()))
+            .collect()
+    };
     let edge = status(c.edges[0].admin_addr).await;
-    assert_eq!(
-        states(&edge),
-        vec![
-            ("node-0".into(), "up".into()),
-            ("node-1".into(), "up".into()),
-            ("node-2".into(), "up".into())
-        ]
-    );
+    assert_eq!(states(&edge), all("alive"));
     let node = status(c.nodes[0].as_ref().unwrap().admin_addr).await;
     assert_eq!(node["edges"], serde_json::json!(["edge-0"]));
-    assert!(states(&node).iter().all(|(_, s)| s == "up"), "{node}");
-    // A stopped node shows as down once its connection closed.
+    assert_eq!(states(&node), all("alive"), "{node}");
+    // A node stopped gracefully has left, as seen from the edge and from a peer, as soon as
+    // the stop returns: it told them before closing.
     c.stop_node(2).await;
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let v = status(c.edges[0].admin_addr).await;
-            if states(&v).contains(&("node-2".to_string(), "down".to_string())) {
-                return;
+    let gone = ("node-2".to_string(), "left".to_string(), "down".to_string());
+    let until = |addr, want: (String, String, String)| async move {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let v = status(addr).await;
+                if states(&v).contains(&want) {
+                    return v;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("node-2 reported down");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{want:?} not reported by {addr}"))
+    };
+    until(c.edges[0].admin_addr, gone.clone()).await;
+    until(c.nodes[0].as_ref().unwrap().admin_addr, gone).await;
+    assert_eq!(c.edges[0].edge.upstream().members().len(), 2);
     c.stop().await;
 }

@@ -1,4 +1,5 @@
-//! The real binaries as separate processes, for what only processes can show (kill -9).
+//! The real binaries as separate processes, for what only processes can show: kill -9,
+//! SIGSTOP/SIGCONT, SIGTERM, restarts, and the membership converging after each.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,17 +33,6 @@ fn free_tcp() -> SocketAddr {
         .unwrap()
 }
 
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 async fn wait_http(addr: SocketAddr, path: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -56,118 +46,285 @@ async fn wait_http(addr: SocketAddr, path: &str) {
     }
 }
 
+/// The member ids a member's `/status` lists in `state` (`alive`, `down`, `left`, ...).
+async fn members_in(admin: SocketAddr, state: &str) -> Vec<String> {
+    // A stopped (SIGSTOP) member accepts the connection and never answers.
+    let get = crate::support::send(admin, http::Method::GET, "/status", false, None);
+    let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(500), get).await else {
+        return vec![];
+    };
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    let mut ids: Vec<String> = v["members"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|m| m["state"] == state)
+                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+fn ids(nodes: &[usize]) -> Vec<String> {
+    nodes.iter().map(|j| format!("node-{j}")).collect()
+}
+
+/// The processes' logs: shown with `CDN_TEST_LOGS=1` (and `RUST_LOG`), dropped otherwise.
+fn logs() -> Stdio {
+    if std::env::var_os("CDN_TEST_LOGS").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
+}
+
+struct NodeProc {
+    quic: SocketAddr,
+    admin: SocketAddr,
+    child: Option<Child>,
+}
+
+struct EdgeProc {
+    http: SocketAddr,
+    admin: SocketAddr,
+    child: Child,
+}
+
+/// Cache nodes and edges as processes, an origin-stub in this process.
+struct Fleet {
+    dir: tempfile::TempDir,
+    origin: SocketAddr,
+    nodes: Vec<NodeProc>,
+    edges: Vec<EdgeProc>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let children = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.child.as_mut())
+            .chain(self.edges.iter_mut().map(|e| &mut e.child));
+        for c in children {
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Fleet {
+    /// `nodes` nodes and `edges` edges (edge config file lines in `edge_toml`), R = 2, each
+    /// edge's L1 too small to keep 1 KiB objects so every request goes to the node tier.
+    /// Returns once every node and edge lists every node alive.
+    async fn start(nodes: usize, edges: usize, edge_toml: &str) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Command::new(bin("cache-node"))
+            .args(["init-tls", "--dir"])
+            .arg(dir.path().join("tls"))
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = listener.local_addr().unwrap();
+        tokio::spawn(
+            origin_stub::OriginStub::new(origin_stub::Config::default())
+                .run(listener, tokio_util::sync::CancellationToken::new()),
+        );
+        let mut fleet = Fleet {
+            dir,
+            origin,
+            nodes: (0..nodes)
+                .map(|_| NodeProc {
+                    quic: free_udp(),
+                    admin: free_tcp(),
+                    child: None,
+                })
+                .collect(),
+            edges: Vec::new(),
+        };
+        for j in 0..nodes {
+            fleet.spawn_node(j);
+        }
+        let toml = fleet.dir.path().join("edge.toml");
+        std::fs::write(&toml, edge_toml).unwrap();
+        for i in 0..edges {
+            let (http, admin) = (free_tcp(), free_tcp());
+            let mut cmd = Command::new(bin("edge"));
+            cmd.arg("--config").arg(&toml);
+            cmd.args(["--id", &format!("edge-{i}")])
+                .args(["--listen", &http.to_string()])
+                .args(["--admin", &admin.to_string()])
+                .args(["--origin", &format!("http://{}", fleet.origin)])
+                .args(["--replicas", "2", "--capacity", "2KiB", "--tls-dir"])
+                .arg(fleet.dir.path().join("tls"));
+            for n in &fleet.nodes {
+                cmd.args(["--seed", &n.quic.to_string()]);
+            }
+            let child = cmd.stdout(Stdio::null()).stderr(logs()).spawn();
+            fleet.edges.push(EdgeProc {
+                http,
+                admin,
+                child: child.unwrap(),
+            });
+        }
+        for n in &fleet.nodes {
+            wait_http(n.admin, "/healthz").await;
+        }
+        for e in &fleet.edges {
+            wait_http(e.http, "/ready?size=1").await;
+        }
+        let all: Vec<usize> = (0..nodes).collect();
+        let took = fleet.converge(&all, Duration::from_secs(10)).await;
+        eprintln!("{nodes} nodes and {edges} edges agree on the member list {took:?} after start");
+        fleet
+    }
+
+    fn spawn_node(&mut self, j: usize) {
+        let mut cmd = Command::new(bin("cache-node"));
+        cmd.args(["--id", &format!("node-{j}")])
+            .args(["--listen", &self.nodes[j].quic.to_string()])
+            .args(["--admin", &self.nodes[j].admin.to_string()])
+            .args(["--origin", &format!("http://{}", self.origin)])
+            .args(["--replicas", "2", "--tls-dir"])
+            .arg(self.dir.path().join("tls"));
+        for n in &self.nodes {
+            cmd.args(["--seed", &n.quic.to_string()]);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(logs()).spawn();
+        self.nodes[j].child = Some(child.unwrap());
+    }
+
+    /// Waits for node `j`'s process to exit, off the runtime (the load keeps running).
+    async fn reap(&mut self, j: usize) -> std::process::ExitStatus {
+        let mut child = self.nodes[j].child.take().expect("node running");
+        tokio::task::spawn_blocking(move || child.wait().expect("wait for the node"))
+            .await
+            .expect("reaper")
+    }
+
+    fn signal(&self, j: usize, sig: &str) {
+        let pid = self.nodes[j].child.as_ref().expect("node running").id();
+        assert!(Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Every running member's admin address.
+    fn admins(&self) -> Vec<SocketAddr> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.admin)
+            .chain(self.edges.iter().map(|e| e.admin))
+            .collect()
+    }
+
+    /// Waits until every running member lists exactly `alive` as alive; panics after
+    /// `within`. Returns how long it took.
+    async fn converge(&self, alive: &[usize], within: Duration) -> Duration {
+        let want = ids(alive);
+        let started = Instant::now();
+        for admin in self.admins() {
+            loop {
+                let got = members_in(admin, "alive").await;
+                if got == want {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < within,
+                    "{admin} lists {got:?} alive, not {want:?}, after {within:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        started.elapsed()
+    }
+
+    /// Waits until every other running member lists node `j` in `state`; returns how long
+    /// it took.
+    async fn all_see(&self, j: usize, state: &str, within: Duration) -> Duration {
+        let started = Instant::now();
+        let id = format!("node-{j}");
+        let others = self
+            .admins()
+            .into_iter()
+            .filter(|a| *a != self.nodes[j].admin);
+        for admin in others {
+            while !members_in(admin, state).await.contains(&id) {
+                assert!(
+                    started.elapsed() < within,
+                    "{admin} does not list {id} as {state} after {within:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        started.elapsed()
+    }
+
+    /// GETs 200 objects through every edge (each fill is copied to its second owner).
+    async fn warm(&self) {
+        for k in 0..200 {
+            for e in &self.edges {
+                let g = crate::support::get(e.http, &format!("{PATH_PREFIX}{k}{PATH_QUERY}")).await;
+                assert_eq!(g.status, http::StatusCode::OK);
+            }
+        }
+    }
+
+    /// An open-loop load of `rate` GETs/s over the warmed objects through every edge.
+    fn load(&self, rate: f64, secs: u64, seed: u64) -> tokio::task::JoinHandle<loadgen::Report> {
+        let opts = loadgen::Options {
+            targets: self.edges.iter().map(|e| e.http).collect(),
+            // Enough connections that a request waiting out a hedge delay does not hold up
+            // the ones scheduled after it (open loop: latency counts from when each was due).
+            connections: 64,
+            duration: Duration::from_secs(secs),
+            max_requests: None,
+            path: format!("{PATH_PREFIX}{{key}}{PATH_QUERY}"),
+            keys: 200,
+            dist: loadgen::Dist::Uniform,
+            rate: Some(rate),
+            h2: false,
+            seed,
+        };
+        tokio::spawn(async move { loadgen::run(opts).await.expect("load runs") })
+    }
+}
+
+const PATH_PREFIX: &str = "/load/";
+const PATH_QUERY: &str = "?size=1024&cc=max-age%3D600";
+
+fn print(what: &str, r: &loadgen::Report) {
+    eprintln!(
+        "{what}: {} requests, {:.0} req/s, errors {}, p50 {} us, p99 {} us, max {} us",
+        r.requests, r.rps, r.errors, r.p50_us, r.p99_us, r.max_us
+    );
+}
+
 #[tokio::test]
 async fn kill_9_of_a_node_under_load_costs_no_failed_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let tls = dir.path().join("tls");
-    assert!(Command::new(bin("cache-node"))
-        .args(["init-tls", "--dir"])
-        .arg(&tls)
-        .status()
-        .unwrap()
-        .success());
-    let mut procs = Procs(Vec::new());
-    let quiet = || Stdio::null();
-    // The origin runs in this process: the processes under test are the nodes and edges.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = listener.local_addr().unwrap();
-    let stop_origin = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(
-        origin_stub::OriginStub::new(origin_stub::Config::default())
-            .run(listener, stop_origin.clone()),
-    );
-    let nodes: Vec<(SocketAddr, SocketAddr)> = (0..3).map(|_| (free_udp(), free_tcp())).collect();
-    for (j, (quic, admin)) in nodes.iter().enumerate() {
-        let mut cmd = Command::new(bin("cache-node"));
-        cmd.args([
-            "--id",
-            &format!("node-{j}"),
-            "--listen",
-            &quic.to_string(),
-            "--admin",
-            &admin.to_string(),
-        ])
-        .args([
-            "--origin",
-            &format!("http://{origin}"),
-            "--replicas",
-            "2",
-            "--tls-dir",
-        ])
-        .arg(&tls);
-        for (q, _) in &nodes {
-            cmd.args(["--seed", &q.to_string()]);
-        }
-        procs
-            .0
-            .push(cmd.stdout(quiet()).stderr(quiet()).spawn().unwrap());
-    }
-    let edges: Vec<SocketAddr> = (0..2).map(|_| free_tcp()).collect();
-    for (i, http) in edges.iter().enumerate() {
-        let mut cmd = Command::new(bin("edge"));
-        // An L1 too small to keep 1 KiB objects: every request goes to the node tier.
-        cmd.args([
-            "--id",
-            &format!("edge-{i}"),
-            "--listen",
-            &http.to_string(),
-            "--admin",
-            &free_tcp().to_string(),
-        ])
-        .args([
-            "--origin",
-            &format!("http://{origin}"),
-            "--replicas",
-            "2",
-            "--capacity",
-            "2KiB",
-            "--tls-dir",
-        ])
-        .arg(&tls);
-        for (q, _) in &nodes {
-            cmd.args(["--seed", &q.to_string()]);
-        }
-        procs
-            .0
-            .push(cmd.stdout(quiet()).stderr(quiet()).spawn().unwrap());
-    }
-    for (_, admin) in &nodes {
-        wait_http(*admin, "/healthz").await;
-    }
-    for e in &edges {
-        wait_http(*e, "/ready?size=1").await;
-    }
-    // Warm 200 objects through both edges (each fill is copied to its second owner).
-    for k in 0..200 {
-        for e in &edges {
-            crate::support::get(*e, &format!("/load/{k}?size=1024&cc=max-age%3D600")).await;
-        }
-    }
-    let load = tokio::spawn(loadgen::run(loadgen::Options {
-        targets: edges.clone(),
-        connections: 16,
-        duration: Duration::from_secs(4),
-        max_requests: None,
-        path: "/load/{key}?size=1024&cc=max-age%3D600".into(),
-        keys: 200,
-        dist: loadgen::Dist::Uniform,
-        rate: Some(2_500.0),
-        h2: false,
-        seed: 9,
-    }));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    // kill -9 the first node while the load runs.
-    let victim = &mut procs.0[1];
-    assert!(Command::new("kill")
-        .args(["-9", &victim.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let _ = victim.wait();
-    let report = load.await.unwrap().unwrap();
+    let mut f = Fleet::start(3, 2, "").await;
+    f.warm().await;
+    let load = f.load(2_500.0, 4, 9);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    f.signal(1, "-9");
+    let killed = Instant::now();
+    f.reap(1).await;
+    // Every node and edge marks it down: from then on no edge routes to it.
+    let detected = f.all_see(1, "down", Duration::from_secs(10)).await;
+    let report = load.await.unwrap();
+    print("kill -9 under load", &report);
     eprintln!(
-        "kill -9 under load: {} requests, {:.0} req/s, errors {}, p50 {} us, p99 {} us, max {} us",
-        report.requests, report.rps, report.errors, report.p50_us, report.p99_us, report.max_us
+        "kill -9: every node and edge lists the node down {:?} after the kill",
+        killed.elapsed().min(detected)
     );
     assert!(
         report.rps >= 2_000.0,
@@ -178,4 +335,74 @@ async fn kill_9_of_a_node_under_load_costs_no_failed_request() {
         report.errors, 0,
         "no client request failed while a node was killed"
     );
+    f.converge(&[0, 2], Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn a_stopped_node_is_hedged_around_and_rejoins_when_continued() {
+    let hedge_ms = 25;
+    let f = Fleet::start(3, 2, &format!("hedge_after_ms = {hedge_ms}\n")).await;
+    f.warm().await;
+    let normal = f.load(1_000.0, 3, 1).await.unwrap();
+    print("node hits, no fault", &normal);
+    let load = f.load(1_000.0, 3, 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    f.signal(1, "-STOP");
+    let stopped = Instant::now();
+    let report = load.await.unwrap();
+    print("node 1 stopped (SIGSTOP) under load", &report);
+    assert_eq!(report.errors, 0, "no request failed while a node hung");
+    // The hang is absorbed by hedging: p99 within the hedge delay plus the normal p99.
+    let bound = hedge_ms * 1_000 + normal.p99_us;
+    assert!(
+        report.p99_us <= bound,
+        "p99 {} us while a node hung, over hedge delay + normal p99 = {bound} us",
+        report.p99_us
+    );
+    f.all_see(1, "down", Duration::from_secs(10)).await;
+    eprintln!("SIGSTOP: declared down within {:?}", stopped.elapsed());
+    f.signal(1, "-CONT");
+    let took = f.converge(&[0, 1, 2], Duration::from_secs(10)).await;
+    eprintln!("SIGCONT: every member lists node-1 alive again after {took:?}");
+}
+
+#[tokio::test]
+async fn a_restarted_node_rejoins_and_serves_its_share() {
+    let mut f = Fleet::start(3, 1, "").await;
+    f.signal(1, "-9");
+    f.reap(1).await;
+    f.all_see(1, "down", Duration::from_secs(10)).await;
+    f.spawn_node(1);
+    wait_http(f.nodes[1].admin, "/healthz").await;
+    let took = f.converge(&[0, 1, 2], Duration::from_secs(10)).await;
+    eprintln!("restart: every member lists node-1 alive again after {took:?}");
+    // Fresh keys spread over all three nodes again, the restarted one included.
+    let edge = f.edges[0].http;
+    for k in 0..300 {
+        let g = crate::support::get(edge, &format!("/share/{k}?size=16")).await;
+        assert_eq!(g.status, http::StatusCode::OK);
+    }
+    let status = crate::support::get(f.nodes[1].admin, "/status").await;
+    let v: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    let served = v["origin_fetches"].as_u64().unwrap();
+    assert!(
+        (70..=130).contains(&served),
+        "the restarted node filled {served} of 300 fresh keys, not about a third"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_leaves_the_cluster_without_failing_a_request() {
+    let mut f = Fleet::start(3, 2, "").await;
+    f.warm().await;
+    let load = f.load(2_000.0, 3, 5);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    f.signal(1, "-TERM");
+    let exit = f.reap(1).await;
+    assert!(exit.success(), "the node exits cleanly on SIGTERM: {exit}");
+    // It told everyone before it exited.
+    f.all_see(1, "left", Duration::from_millis(200)).await;
+    let report = load.await.unwrap();
+    print("SIGTERM of a node under load", &report);
+    assert_eq!(report.errors, 0, "no request failed while a node left");
 }

@@ -268,13 +268,16 @@ async fn mutating_admin_calls_need_the_token_and_bad_requests_say_why() {
 }
 
 #[tokio::test]
-async fn a_purge_reports_a_stopped_node_as_missing() {
-    let mut c = cluster(3, 2, |cfg| {
+async fn a_purge_reports_a_crashed_node_as_missing_but_not_one_that_left() {
+    let mut c = cluster(4, 2, |cfg| {
         cfg.edge.purge_timeout_ms = 1_000;
         cfg.node.purge_timeout_ms = 1_000;
     })
     .await;
-    c.stop_node(1).await;
+    // node-1 crashes: it still owes the cluster this purge (it replays it when it is back).
+    c.abort_node(1).await;
+    // node-3 leaves gracefully: it no longer holds anything the purge could be about.
+    c.stop_node(3).await;
     let (status, report) = admin_purge(c.edges[0].admin_addr, json!({"all": true})).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(

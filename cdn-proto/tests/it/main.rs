@@ -2,7 +2,9 @@
 
 use bytes::{Bytes, BytesMut};
 use cdn_proto::frame::Field;
-use cdn_proto::{CacheStatus, ErrorCode, Frame, Invalidation, Member, Method, Position, Role};
+use cdn_proto::{
+    CacheStatus, ErrorCode, Frame, Invalidation, Member, MemberState, Method, Position, Role,
+};
 use proptest::prelude::*;
 
 fn text() -> impl Strategy<Value = String> {
@@ -89,11 +91,23 @@ fn frame() -> impl Strategy<Value = Frame> {
         }),
         Just(Frame::MembersRequest),
         Just(Frame::Pending),
-        prop::collection::vec((text(), text(), text()), 0..5).prop_map(|m| Frame::Members {
-            members: m
-                .into_iter()
-                .map(|(id, addr, region)| Member { id, addr, region })
-                .collect()
+        prop::collection::vec((text(), text(), text(), 0u8..4), 0..5).prop_map(|m| {
+            Frame::Members {
+                members: m
+                    .into_iter()
+                    .map(|(id, addr, region, state)| Member {
+                        id,
+                        addr,
+                        region,
+                        state: [
+                            MemberState::Alive,
+                            MemberState::Suspect,
+                            MemberState::Down,
+                            MemberState::Left,
+                        ][state as usize],
+                    })
+                    .collect(),
+            }
         }),
         (text(), any::<bool>(), text(), text(), position()).prop_map(
             |(id, edge, region, addr, resume)| Frame::Hello {
