@@ -35,8 +35,11 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Directory with `ca.pem`, `member.pem`, `member.key` (from `cache-node init-tls`).
     pub tls_dir: Option<PathBuf>,
-    /// Region name.
+    /// Region name: edges place keys over the nodes of their own region.
     pub region: String,
+    /// A region whose nodes this node asks before the origin (tiered cache / shield): a cold
+    /// object is then fetched from the origin once for every region with this parent.
+    pub parent_region: Option<String>,
     /// Origin TCP connect timeout: a healthy origin on the same network connects in
     /// milliseconds; past 2 s it is down and waiters should hear so.
     pub origin_connect_timeout_ms: u64,
@@ -90,6 +93,7 @@ impl Default for Config {
             admin_token: None,
             tls_dir: None,
             region: String::new(),
+            parent_region: None,
             origin_connect_timeout_ms: 2_000,
             origin_response_timeout_ms: 30_000,
             max_streams: 1024,
@@ -147,6 +151,12 @@ impl Config {
         }
         if self.advertise.is_some_and(|a| a.ip().is_unspecified()) {
             return Err(ConfigError::new("advertise", "must be a specific address"));
+        }
+        if self.parent_region.as_ref() == Some(&self.region) {
+            return Err(ConfigError::new(
+                "parent_region",
+                "must differ from region (a region cannot shield itself)",
+            ));
         }
         if self.probe_interval_ms < 10 {
             return Err(ConfigError::new("probe_interval_ms", "must be at least 10"));

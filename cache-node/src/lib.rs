@@ -71,6 +71,8 @@ pub struct Stats {
     pub coalesced: AtomicU64,
     /// Requests sent to the origin.
     pub origin_fetches: AtomicU64,
+    /// Misses filled from the parent region's nodes instead of the origin.
+    pub parent_fetches: AtomicU64,
     /// Streams that ended in an error frame or reset.
     pub errors: AtomicU64,
     /// Body bytes sent to edges.
@@ -112,6 +114,8 @@ pub struct Node {
     // Fault injection: while set, responses break off right after their head.
     breaking: std::sync::atomic::AtomicBool,
     membership: Arc<cdn_core::membership::Membership>,
+    // The parent region's nodes, asked before the origin (when `parent_region` is set).
+    parent: Option<cdn_core::upstream::Upstream>,
     // Set once the node announced it leaves; the endpoint then closes with `LEAVING`.
     leaving: std::sync::atomic::AtomicBool,
     // Requests being served, for draining on shutdown.
@@ -325,6 +329,8 @@ impl AdminState for Node {
             "misses": Stats::get(&s.misses),
             "coalesced": Stats::get(&s.coalesced),
             "origin_fetches": Stats::get(&s.origin_fetches),
+            "parent_fetches": Stats::get(&s.parent_fetches),
+            "parent_region": self.config.parent_region,
             "errors": Stats::get(&s.errors),
         })
     }
@@ -504,6 +510,10 @@ pub async fn start(
         stalled: std::sync::atomic::AtomicBool::new(false),
         breaking: std::sync::atomic::AtomicBool::new(false),
         membership,
+        parent: config.parent_region.as_ref().map(|p| {
+            cdn_core::upstream::Upstream::new(peers.clone(), config.replicas, None)
+                .in_region(p, false)
+        }),
         leaving: std::sync::atomic::AtomicBool::new(false),
         inflight: tokio::sync::watch::Sender::new(0),
         config,

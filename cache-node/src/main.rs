@@ -58,6 +58,9 @@ struct Cli {
     /// Region name.
     #[arg(long)]
     region: Option<String>,
+    /// Region whose nodes to ask before the origin (tiered cache).
+    #[arg(long)]
+    parent_region: Option<String>,
     /// available (default) or strict: see README, "Consistency".
     #[arg(long)]
     consistency: Option<cdn_core::config::Consistency>,
@@ -113,6 +116,9 @@ fn config_from(cli: Cli) -> Result<Config, ConfigError> {
     }
     if let Some(v) = cli.region {
         c.region = v;
+    }
+    if let Some(v) = cli.parent_region {
+        c.parent_region = Some(v);
     }
     if let Some(v) = cli.consistency {
         c.consistency = v;

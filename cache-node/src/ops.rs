@@ -12,11 +12,33 @@ use std::sync::atomic::Ordering;
 use crate::{Node, Stats};
 
 impl Node {
+    /// The owners of `key` in this node's region, best first.
     fn owners(&self, key: &str) -> Vec<Member> {
-        let members = self.peers.members();
+        self.owners_in(key, &self.config.region)
+    }
+
+    fn owners_in(&self, key: &str, region: &str) -> Vec<Member> {
+        let all = self.peers.members();
+        let members: Vec<&Member> = all.iter().filter(|m| m.region == region).collect();
         cdn_proto::owners(key.as_bytes(), &members, self.config.replicas, |m| &m.id)
             .into_iter()
             .map(|i| members[i].clone())
+            .collect()
+    }
+
+    /// The owners of `key` in every region (a push is stored in all of them).
+    fn owners_everywhere(&self, key: &str) -> Vec<Member> {
+        let mut regions: Vec<String> = self
+            .peers
+            .members()
+            .iter()
+            .map(|m| m.region.clone())
+            .collect();
+        regions.sort();
+        regions.dedup();
+        regions
+            .iter()
+            .flat_map(|r| self.owners_in(key, r))
             .collect()
     }
 
@@ -28,7 +50,7 @@ impl Node {
     /// pushes it into every edge connected to this node.
     pub async fn push(&self, obj: PushObject, edges: bool) -> PushReport {
         let id = self.next_purge_id.fetch_add(1, Ordering::Relaxed);
-        let owners = self.owners(&obj.key);
+        let owners = self.owners_everywhere(&obj.key);
         let members = self.peers.members();
         let mut report = PushReport::default();
         let deadline = self.op_deadline();

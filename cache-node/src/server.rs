@@ -428,7 +428,6 @@ fn spawn_origin_fetch(
     stale: Option<Arc<cdn_core::store::Entry>>,
     w: fill::FlightWriter<Head>,
 ) {
-    Stats::inc(&node.stats.origin_fetches);
     tokio::spawn(async move {
         let rules = node.config.rules();
         let into = fill::Sink {
@@ -437,6 +436,37 @@ fn spawn_origin_fetch(
             rules: &rules,
         };
         let started = SystemTime::now();
+        // A region with a parent asks the parent's owners first: they fill from the origin
+        // once for every child region (and coalesce concurrent misses from all of them).
+        let w = match &node.parent {
+            Some(parent) if !parent.owners(&key).is_empty() => {
+                let id = node
+                    .next_purge_id
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Stats::inc(&node.stats.parent_fetches);
+                match parent
+                    .fill(id, &key, &headers, &into, stale.as_ref(), w)
+                    .await
+                {
+                    Ok(Ok(())) => {
+                        node.replicate(&key, &headers, started).await;
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(%key, error = %e, "parent fill failed after the head");
+                        return;
+                    }
+                    Err((w, failures)) => {
+                        for f in &failures {
+                            tracing::debug!(%key, error = %f, "parent region owner failed");
+                        }
+                        w
+                    }
+                }
+            }
+            _ => w,
+        };
+        Stats::inc(&node.stats.origin_fetches);
         match fill::fetch_origin(&node.origin, &into, &key, &headers, stale, w).await {
             Ok(()) => node.replicate(&key, &headers, started).await,
             Err(e) => tracing::warn!(%key, error = %e, "origin fill failed"),

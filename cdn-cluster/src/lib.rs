@@ -37,6 +37,10 @@ pub struct ClusterConfig {
     pub edge: edge::Config,
     /// Template for the origin-stub (its address is ephemeral).
     pub origin_stub: origin_stub::Config,
+    /// Node j's region and parent region (nodes past the list keep the template's).
+    pub node_regions: Vec<(String, Option<String>)>,
+    /// Edge i's region (edges past the list keep the template's).
+    pub edge_regions: Vec<String>,
 }
 
 impl Default for ClusterConfig {
@@ -52,6 +56,8 @@ impl Default for ClusterConfig {
             node: cache_node::Config::default(),
             edge: edge::Config::default(),
             origin_stub: origin_stub::Config::default(),
+            node_regions: Vec::new(),
+            edge_regions: Vec::new(),
         }
     }
 }
@@ -80,6 +86,9 @@ pub struct Cluster {
     pub tls: TlsMaterial,
     shutdown: CancellationToken,
     stub_shutdown: CancellationToken,
+    cfg: ClusterConfig,
+    // Every node's QUIC address (the seeds of nodes and edges).
+    seeds: Vec<String>,
 }
 
 fn port(base: u16, offset: usize) -> anyhow::Result<u16> {
@@ -122,21 +131,7 @@ impl Cluster {
             .collect::<Result<_, _>>()?;
         let mut nodes = Vec::new();
         for (j, udp) in udps.into_iter().enumerate() {
-            let mut c = cfg.node.clone();
-            c.id = format!("node-{j}");
-            c.seeds = seeds.clone();
-            c.replicas = cfg.replicas;
-            c.origin = origin_url.clone();
-            c.admin_token = Some(cfg.admin_token.clone());
-            c.listen = udp.local_addr()?;
-            let admin = TcpListener::bind(("127.0.0.1", port(cfg.admin_port, 50 + j)?))
-                .await
-                .with_context(|| format!("binding node-{j} admin port"))?;
-            c.admin = admin.local_addr()?;
-            let h = cache_node::start(c, &tls, udp, admin, shutdown.child_token())
-                .await
-                .with_context(|| format!("starting node-{j}"))?;
-            nodes.push(h);
+            nodes.push(start_node(&cfg, j, udp, &seeds, &origin_url, &tls, &shutdown).await?);
         }
         let mut edges = Vec::new();
         for i in 0..cfg.edges {
@@ -146,6 +141,9 @@ impl Cluster {
             c.seeds = seeds.clone();
             c.replicas = cfg.replicas;
             c.admin_token = Some(cfg.admin_token.clone());
+            if let Some(r) = cfg.edge_regions.get(i) {
+                c.region = r.clone();
+            }
             let http = TcpListener::bind(("127.0.0.1", port(cfg.edge_port, i)?))
                 .await
                 .with_context(|| format!("binding edge-{i} HTTP port"))?;
@@ -191,10 +189,12 @@ impl Cluster {
             stub,
             nodes: nodes.into_iter().map(Some).collect(),
             edges,
-            admin_token: cfg.admin_token,
+            admin_token: cfg.admin_token.clone(),
             tls,
             shutdown,
             stub_shutdown,
+            cfg,
+            seeds,
         })
     }
 
@@ -211,6 +211,44 @@ impl Cluster {
         if let Some(n) = self.nodes.get_mut(j).and_then(Option::take) {
             n.abort().await;
         }
+    }
+
+    /// Starts one more node (seeded with every node's address) and waits until every node
+    /// and edge lists it alive. Returns its index.
+    pub async fn add_node(&mut self) -> anyhow::Result<usize> {
+        let j = self.nodes.len();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").context("binding node QUIC socket")?;
+        let addr = udp.local_addr()?.to_string();
+        self.seeds.push(addr.clone());
+        let h = start_node(
+            &self.cfg,
+            j,
+            udp,
+            &self.seeds,
+            &self.origin_url,
+            &self.tls,
+            &self.shutdown,
+        )
+        .await?;
+        self.nodes.push(Some(h));
+        let id = format!("node-{j}");
+        let knows = |m: &Arc<Vec<cdn_proto::Member>>| m.iter().any(|m| m.id == id);
+        let wait = std::time::Duration::from_secs(30);
+        for n in self.nodes.iter().flatten() {
+            let mut rx = n.node.peers().watch_members();
+            tokio::time::timeout(wait, rx.wait_for(knows))
+                .await
+                .with_context(|| format!("{} did not see {id} alive", n.id()))?
+                .context("node stopped")?;
+        }
+        for e in &self.edges {
+            let mut rx = e.edge.upstream().watch_members();
+            tokio::time::timeout(wait, rx.wait_for(knows))
+                .await
+                .with_context(|| format!("an edge did not see {id} alive"))?
+                .context("edge stopped")?;
+        }
+        Ok(j)
     }
 
     /// Stops the origin-stub (the origin goes down; members see connection errors).
@@ -236,4 +274,34 @@ impl Cluster {
         }
         self.shutdown.cancel();
     }
+}
+
+/// Starts node `j` from the template on `udp`.
+async fn start_node(
+    cfg: &ClusterConfig,
+    j: usize,
+    udp: std::net::UdpSocket,
+    seeds: &[String],
+    origin_url: &str,
+    tls: &TlsMaterial,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<NodeHandle> {
+    let mut c = cfg.node.clone();
+    c.id = format!("node-{j}");
+    c.seeds = seeds.to_vec();
+    c.replicas = cfg.replicas;
+    c.origin = origin_url.to_string();
+    c.admin_token = Some(cfg.admin_token.clone());
+    c.listen = udp.local_addr()?;
+    if let Some((region, parent)) = cfg.node_regions.get(j) {
+        c.region = region.clone();
+        c.parent_region = parent.clone();
+    }
+    let admin = TcpListener::bind(("127.0.0.1", port(cfg.admin_port, 50 + j)?))
+        .await
+        .with_context(|| format!("binding node-{j} admin port"))?;
+    c.admin = admin.local_addr()?;
+    cache_node::start(c, tls, udp, admin, shutdown.child_token())
+        .await
+        .with_context(|| format!("starting node-{j}"))
 }

@@ -31,6 +31,7 @@ pub mod quic;
 pub mod range;
 pub mod store;
 pub mod tls;
+pub mod upstream;
 
 /// Installs the ring crypto provider as rustls' process default. Configs built here pass the
 /// provider explicitly; this guards any library that asks rustls for the default.

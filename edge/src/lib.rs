@@ -4,7 +4,6 @@
 //! Layout:
 //! - [`config`]: the typed config (TOML + flags) and its validation.
 //! - [`inbound`]: streams nodes open towards the edge (invalidations).
-//! - [`upstream`]: member list, pooled QUIC connections, owner selection, node fills.
 //! - [`ops`]: push and prewarm, as accepted on the admin API.
 //! - [`server`]: the HTTP request handling (hit, coalesced miss, pass).
 //! - this file: [`Edge`] (shared state and counters), [`start`] and its [`EdgeHandle`].
@@ -14,7 +13,6 @@ pub mod config;
 pub mod inbound;
 pub mod ops;
 pub mod server;
-pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,12 +25,12 @@ use cdn_core::origin::Origin;
 use cdn_core::peers::{Me, PeerPool, PurgeReport, Timeouts};
 use cdn_core::store::Store;
 use cdn_core::tls::TlsMaterial;
+use cdn_core::upstream::Upstream;
 pub use config::Config;
 use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use upstream::Upstream;
 
 /// Why an edge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -420,7 +418,10 @@ pub async fn start(
         },
     );
     let hedge = (config.hedge_after_ms > 0).then(|| Duration::from_millis(config.hedge_after_ms));
-    let upstream = Arc::new(Upstream::new(pool.clone(), config.replicas, hedge));
+    // Owners are chosen among the nodes of the edge's own region, when it has any.
+    let upstream = Arc::new(
+        Upstream::new(pool.clone(), config.replicas, hedge).in_region(&config.region, true),
+    );
     let seeds = config.seeds.clone();
     let edge = Arc::new(Edge {
         l1: Store::new(config.capacity.0, config.eviction),

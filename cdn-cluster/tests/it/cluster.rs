@@ -117,6 +117,53 @@ async fn a_hung_owner_is_hedged_around() {
 }
 
 #[tokio::test]
+async fn an_owner_that_keeps_losing_to_hedges_is_asked_last() {
+    let c = cluster(3, 1, |cfg| cfg.edge.hedge_after_ms = 100).await;
+    let up = c.edges[0].edge.upstream();
+    // Five objects with the same primary, pushed so both owners hold them.
+    let primary_id = up.owners("/eject/0")[0].id.clone();
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("/eject/{i}"))
+        .filter(|k| up.owners(k)[0].id == primary_id)
+        .take(5)
+        .collect();
+    for k in &keys {
+        let push = crate::support::request(
+            c.edges[0].admin_addr,
+            http::Method::PUT,
+            &format!("/objects{k}"),
+            false,
+            &[
+                ("authorization", "Bearer test-token"),
+                ("cache-control", "max-age=600"),
+            ],
+            Some(format!("body of {k}")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(push.status, http::StatusCode::OK);
+    }
+    let primary = c
+        .nodes
+        .iter()
+        .flatten()
+        .find(|n| n.id() == primary_id)
+        .unwrap();
+    primary.node.set_stalled(true);
+    for (i, k) in keys.iter().enumerate() {
+        let g = crate::support::get(c.edges[0].http_addr, k).await;
+        assert_eq!(g.body, format!("body of {k}"));
+        let second = &up.owners(k)[1].id;
+        assert_eq!(g.header("x-cache"), format!("MISS, HIT from {second}"));
+        // Three hedges lost in a row eject the primary: later reads go to the second owner
+        // first and need no hedge.
+        assert_eq!(up.hedges(), (i as u64 + 1).min(3), "after GET {i}");
+    }
+    primary.node.set_stalled(false);
+    c.stop().await;
+}
+
+#[tokio::test]
 async fn a_fill_is_copied_to_the_other_owners() {
     let c = cluster(3, 1, |cfg| cfg.replicas = 2).await;
     let key = "/replicated?size=3000&cc=max-age%3D600";
@@ -283,4 +330,146 @@ async fn status_shows_each_member_and_its_link_state() {
     until(c.nodes[0].as_ref().unwrap().admin_addr, gone).await;
     assert_eq!(c.edges[0].edge.upstream().members().len(), 2);
     c.stop().await;
+}
+
+#[tokio::test]
+async fn keys_spread_evenly_and_a_node_added_under_load_takes_only_its_share() {
+    let mut c = cluster(5, 1, |_| {}).await;
+    let keys: Vec<String> = (0..100_000).map(|k| format!("/spread/{k}")).collect();
+    let primaries = |c: &cdn_cluster::Cluster| -> Vec<String> {
+        let up = c.edges[0].edge.upstream();
+        keys.iter().map(|k| up.owners(k)[0].id.clone()).collect()
+    };
+    let before = primaries(&c);
+    for j in 0..5 {
+        let n = before
+            .iter()
+            .filter(|id| **id == format!("node-{j}"))
+            .count();
+        assert!(
+            (19_000..=21_000).contains(&n),
+            "node-{j} is primary for {n} of 100,000 keys, not 20,000 ± 5%"
+        );
+    }
+    // A sixth node joins while a load runs through the edge.
+    let load = tokio::spawn(loadgen::run(loadgen::Options {
+        targets: vec![c.edges[0].http_addr],
+        connections: 8,
+        duration: Duration::from_secs(3),
+        max_requests: None,
+        path: "/join/{key}?size=512&cc=max-age%3D600".into(),
+        keys: 500,
+        dist: loadgen::Dist::Uniform,
+        rate: Some(500.0),
+        h2: false,
+        seed: 3,
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let six = c.add_node().await.unwrap();
+    assert_eq!(six, 5);
+    let after = primaries(&c);
+    let moved: Vec<(&String, &String)> =
+        before.iter().zip(&after).filter(|(b, a)| b != a).collect();
+    let share = moved.len() as f64 / keys.len() as f64;
+    assert!(
+        (0.14..=0.20).contains(&share),
+        "{:.1}% of keys moved, not 14-20%",
+        share * 100.0
+    );
+    assert!(
+        moved.iter().all(|(_, a)| *a == "node-5"),
+        "keys moved only to the new node, never between old ones"
+    );
+    let report = load.await.unwrap().unwrap();
+    assert_eq!(report.errors, 0, "no request failed while a node joined");
+    // The new node serves its share: fresh keys land on it.
+    let status = crate::support::get(c.nodes[5].as_ref().unwrap().admin_addr, "/status").await;
+    let before_fetches = serde_json::from_slice::<serde_json::Value>(&status.body).unwrap()
+        ["origin_fetches"]
+        .as_u64()
+        .unwrap();
+    for k in 0..300 {
+        crate::support::get(c.edges[0].http_addr, &format!("/fresh/{k}?size=16")).await;
+    }
+    let status = crate::support::get(c.nodes[5].as_ref().unwrap().admin_addr, "/status").await;
+    let fetched = serde_json::from_slice::<serde_json::Value>(&status.body).unwrap()
+        ["origin_fetches"]
+        .as_u64()
+        .unwrap()
+        - before_fetches;
+    assert!(
+        (25..=75).contains(&fetched),
+        "the new node filled {fetched} of 300 fresh keys, not about a sixth"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_cold_object_reaches_the_origin_once_across_a_region_and_its_parent() {
+    let c = cluster(4, 2, |cfg| {
+        cfg.node_regions = vec![
+            ("eu".into(), None),
+            ("eu".into(), None),
+            ("us".into(), Some("eu".into())),
+            ("us".into(), Some("eu".into())),
+        ];
+        cfg.edge_regions = vec!["eu".into(), "us".into()];
+    })
+    .await;
+    let (eu, us) = (c.edges[0].http_addr, c.edges[1].http_addr);
+    // Each edge places keys over its own region's nodes.
+    let key = "/regional/a?size=3000";
+    for (i, region) in [(0, "eu"), (1, "us")] {
+        let owners = c.edges[i].edge.upstream().owners(key);
+        assert_eq!(owners.len(), 2);
+        assert!(owners.iter().all(|m| m.region == region), "{owners:?}");
+    }
+    // Asked in the child region first: its owner asks the parent region, which fills once.
+    let got = crate::support::get(us, key).await;
+    assert_eq!(got.body, origin_stub::expected_body(key, 3000));
+    let got = crate::support::get(eu, key).await;
+    assert_eq!(got.body, origin_stub::expected_body(key, 3000));
+    assert_eq!(
+        c.origin_count(key),
+        1,
+        "one origin request for both regions"
+    );
+    let parent_fetches: u64 = c
+        .nodes
+        .iter()
+        .flatten()
+        .map(|n| cdn_cluster_stat(n, |s| &s.parent_fetches))
+        .sum();
+    assert_eq!(
+        parent_fetches, 1,
+        "the us owner asked the parent region once"
+    );
+    // Both regions at once: still one origin request (the parent coalesces).
+    let key = "/regional/b?size=3000&latency_ms=100";
+    let (a, b) = tokio::join!(crate::support::get(us, key), crate::support::get(eu, key));
+    assert_eq!(a.body, origin_stub::expected_body(key, 3000));
+    assert_eq!(b.body, origin_stub::expected_body(key, 3000));
+    assert_eq!(c.origin_count(key), 1);
+    // A purge accepted in the child region reaches the parent's nodes and edges too.
+    let (status, report) = crate::support::admin_purge(
+        c.edges[1].admin_addr,
+        serde_json::json!({"urls": ["/regional/a?size=3000"]}),
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::OK, "{report}");
+    assert!(
+        crate::support::ids(&report, "missing").is_empty(),
+        "{report}"
+    );
+    let got = crate::support::get(eu, "/regional/a?size=3000").await;
+    assert_eq!(got.edge_cache(), "MISS");
+    assert_eq!(c.origin_count("/regional/a?size=3000"), 2);
+    c.stop().await;
+}
+
+fn cdn_cluster_stat(
+    n: &cache_node::NodeHandle,
+    field: impl Fn(&cache_node::Stats) -> &std::sync::atomic::AtomicU64,
+) -> u64 {
+    cache_node::Stats::get(field(n.node.stats()))
 }

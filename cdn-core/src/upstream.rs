@@ -1,13 +1,15 @@
-//! The node tier as an edge sees it: the member list, one pooled QUIC connection per node,
-//! owner selection, and a fill that pulls an object from its owners into a flight.
+//! A cache tier seen from in front of it: the member list, one pooled QUIC connection per
+//! node, owner selection (within a region when one is set), and a fill that pulls an object
+//! from its owners into a flight. Edges use it for the node tier of their region; a node whose
+//! region has a parent uses it for the parent region's nodes (the shield).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use cdn_core::fill::{FillError, FillErrorKind, FlightWriter, Head, Served, Sink, Via};
-use cdn_core::peers::{PeerError, PeerPool};
-use cdn_core::quic::{codes, fields_from_headers, headers_from_fields, FrameReader, WireError};
-use cdn_core::store::{Entry, Store};
+use crate::fill::{FillError, FillErrorKind, FlightWriter, Head, Served, Sink, Via};
+use crate::peers::{PeerError, PeerPool};
+use crate::quic::{codes, fields_from_headers, headers_from_fields, FrameReader, WireError};
+use crate::store::{Entry, Store};
 use cdn_proto::{Frame, Member, Method};
 use tokio::sync::watch;
 
@@ -18,6 +20,23 @@ const LATENCY_WINDOW: usize = 512;
 /// owner still has not answered: a stuck owner, rather than a slow one.
 const ESCALATE_AFTER: Duration = Duration::from_secs(1);
 
+/// How long an owner that keeps losing to hedges is asked after the others (outlier
+/// ejection): longer than the failure detector takes to declare a hung node down (about
+/// 2.5 s), so a hung node costs a hedge delay to the few requests that found it out, not to
+/// every request until then.
+const EJECT_FOR: Duration = Duration::from_secs(3);
+
+/// Hedges an owner must lose in a row (with no answer of its own in between) to be ejected:
+/// a healthy node's slow tail loses one now and then, a hung one loses them all.
+const EJECT_AFTER: u32 = 3;
+
+/// An owner's recent record against hedges.
+#[derive(Default)]
+struct Record {
+    losses: u32,
+    ejected_until: Option<std::time::Instant>,
+}
+
 /// The edge's view of the node tier.
 pub struct Upstream {
     pool: Arc<PeerPool>,
@@ -26,6 +45,13 @@ pub struct Upstream {
     // A std mutex: a push or a copy of 512 numbers, never held across an await.
     latency: std::sync::Mutex<std::collections::VecDeque<u32>>,
     hedges: std::sync::atomic::AtomicU64,
+    // Place keys over this region's members only (None: every member).
+    region: Option<String>,
+    // With a region that has no members: use every member (an edge) or none (a shield).
+    fallback_to_all: bool,
+    // Owners that recently lost to hedges, by id. A std mutex: a lookup or update per miss,
+    // never held across an await.
+    records: std::sync::Mutex<std::collections::HashMap<String, Record>>,
 }
 
 impl Upstream {
@@ -39,7 +65,18 @@ impl Upstream {
                 LATENCY_WINDOW,
             )),
             hedges: std::sync::atomic::AtomicU64::new(0),
+            region: None,
+            fallback_to_all: true,
+            records: std::sync::Mutex::default(),
         }
+    }
+
+    /// Places keys over the members of `region` only; when it has none, over every member
+    /// (`fallback_to_all`) or over none (then every fill goes to the caller's fallback).
+    pub fn in_region(mut self, region: &str, fallback_to_all: bool) -> Self {
+        self.region = Some(region.to_string());
+        self.fallback_to_all = fallback_to_all;
+        self
     }
 
     /// The connection pool (and member list).
@@ -59,7 +96,14 @@ impl Upstream {
 
     /// The owners of `key`, best first.
     pub fn owners(&self, key: &str) -> Vec<Member> {
-        let members = self.members();
+        let all = self.members();
+        let mut members: Vec<&Member> = all
+            .iter()
+            .filter(|m| self.region.as_ref().is_none_or(|r| &m.region == r))
+            .collect();
+        if members.is_empty() && self.fallback_to_all {
+            members = all.iter().collect();
+        }
         cdn_proto::owners(key.as_bytes(), &members, self.replicas, |m| &m.id)
             .into_iter()
             .map(|i| members[i].clone())
@@ -136,7 +180,7 @@ impl Upstream {
                     // sees a broken response for it.
                     let body = tokio::time::timeout_at(
                         deadline,
-                        cdn_core::push::read_body(&mut reader, SMALL_BODY),
+                        crate::push::read_body(&mut reader, SMALL_BODY),
                     )
                     .await
                     .map_err(|_| refused("body not complete in time".into()))?
@@ -178,13 +222,13 @@ impl Upstream {
         let mut failures = Vec::new();
         let mark = l1.fill_mark();
         // The client's own conditionals never shape a shared fill; ours revalidate a stale copy.
-        let headers = &cdn_core::fill::fill_headers(client_headers);
+        let headers = &crate::fill::fill_headers(client_headers);
         let stale = stale.filter(|s| s.validators);
         let mut with_validators = headers.clone();
         if let Some(s) = stale {
-            with_validators.extend(cdn_core::policy::validators_for(&s.headers));
+            with_validators.extend(crate::policy::validators_for(&s.headers));
         }
-        let owners = self.owners(key);
+        let owners = self.in_preference_order(self.owners(key));
         let Some((member, mut head, body)) = self
             .first_head(&owners, request_id, key, &with_validators, &mut failures)
             .await
@@ -198,11 +242,11 @@ impl Upstream {
             *r.headers_mut() = head.headers.clone();
             r.into_parts().0
         };
-        let policy_req = cdn_core::policy::policy_request(&http::Method::GET, key, headers);
+        let policy_req = crate::policy::policy_request(&http::Method::GET, key, headers);
         if let (Some(s), http::StatusCode::NOT_MODIFIED) = (stale, head.status) {
             // The node confirmed our copy: refresh it and serve its body.
             let (entry, storable) =
-                cdn_core::fill::revalidated(s, &head.headers, &policy_req, now, rules);
+                crate::fill::revalidated(s, &head.headers, &policy_req, now, rules);
             let entry = Arc::new(entry.with_source(member.id.as_str().into()));
             if storable {
                 l1.insert_filled(key, headers, entry.clone(), mark).await;
@@ -227,7 +271,7 @@ impl Upstream {
                         status: node_status,
                     },
                     served: Served::Revalidated,
-                    variant: cdn_core::fill::variant_of(key, &entry.headers, headers),
+                    variant: crate::fill::variant_of(key, &entry.headers, headers),
                 },
                 true,
             );
@@ -240,9 +284,9 @@ impl Upstream {
             w.finish();
             return Ok(Ok(()));
         }
-        let decision = cdn_core::policy::evaluate_with(&policy_req, &parts, now, rules);
+        let decision = crate::policy::evaluate_with(&policy_req, &parts, now, rules);
         head.storable = decision.storable;
-        head.variant = cdn_core::fill::variant_of(key, &head.headers, headers);
+        head.variant = crate::fill::variant_of(key, &head.headers, headers);
         let fill = NodeFill {
             key,
             mark,
@@ -321,6 +365,14 @@ impl Upstream {
                             if !filled {
                                 self.record_latency(took);
                             }
+                            if was_hedge && !first_alive.load(Ordering::Acquire) {
+                                // The first owner lost to the hedge: ask it last for a while.
+                                if let Some(first) = owners.first() {
+                                    self.eject(&first.id);
+                                }
+                            } else {
+                                self.reinstate(&m.id);
+                            }
                             return Some((m, head, reader));
                         }
                         Err(PeerError::NotCached(_)) if was_hedge => {
@@ -364,6 +416,41 @@ impl Upstream {
                 }
                 else => return None,
             }
+        }
+    }
+
+    /// `owners` with the ejected ones moved to the end (order otherwise kept).
+    fn in_preference_order(&self, mut owners: Vec<Member>) -> Vec<Member> {
+        let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if records.is_empty() {
+            return owners;
+        }
+        let now = std::time::Instant::now();
+        owners.sort_by_key(|m| {
+            records
+                .get(&m.id)
+                .and_then(|r| r.ejected_until)
+                .is_some_and(|until| until > now)
+        });
+        owners
+    }
+
+    /// `id` lost a hedge; after [`EJECT_AFTER`] in a row it is asked last for [`EJECT_FOR`].
+    fn eject(&self, id: &str) {
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let r = records.entry(id.to_string()).or_default();
+        r.losses += 1;
+        if r.losses >= EJECT_AFTER {
+            tracing::debug!(owner = %id, "owner keeps losing to hedges: asked last for a while");
+            r.ejected_until = Some(std::time::Instant::now() + EJECT_FOR);
+        }
+    }
+
+    /// `id` answered: its record is clean again.
+    fn reinstate(&self, id: &str) {
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if !records.is_empty() {
+            records.remove(id);
         }
     }
 
@@ -416,7 +503,7 @@ struct NodeFill<'a> {
     max_object: u64,
     status: http::StatusCode,
     headers: http::HeaderMap,
-    decision: cdn_core::policy::Decision,
+    decision: crate::policy::Decision,
     now: SystemTime,
     source: Arc<str>,
     request: http::HeaderMap,
