@@ -440,24 +440,47 @@ pub async fn start(
     admin: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<NodeHandle, NodeError> {
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let socket = runtime
+        .wrap_udp_socket(udp)
+        .map_err(|source| NodeError::Io {
+            what: "setting up the QUIC socket".into(),
+            source,
+        })?;
+    start_on(config, tls, socket, runtime, Some(admin), shutdown).await
+}
+
+/// Starts a node on any QUIC socket and runtime (a simulated network in simulation tests),
+/// with or without an admin listener (without one, `admin_addr` is unspecified).
+pub async fn start_on(
+    config: Config,
+    tls: &TlsMaterial,
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+    runtime: Arc<dyn quinn::Runtime>,
+    admin: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<NodeHandle, NodeError> {
     config.validate()?;
     let io = |what: &str| {
         let what = what.to_string();
         move |source| NodeError::Io { what, source }
     };
-    let quic_addr = udp.local_addr().map_err(io("reading QUIC address"))?;
-    let admin_addr = admin.local_addr().map_err(io("reading admin address"))?;
+    let quic_addr = socket.local_addr().map_err(io("reading QUIC address"))?;
+    let admin_addr = match &admin {
+        Some(a) => a.local_addr().map_err(io("reading admin address"))?,
+        None => SocketAddr::from(([0, 0, 0, 0], 0)),
+    };
     let transport = cdn_core::tls::transport(
         config.max_streams,
         Duration::from_millis(config.idle_timeout_ms),
     );
     let server_cfg = tls.quic_server(transport.clone())?;
     let client_cfg = tls.quic_client(transport)?;
-    let mut endpoint = quinn::Endpoint::new(
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
         tls.endpoint_config(quic_addr),
         Some(server_cfg),
-        udp,
-        Arc::new(quinn::TokioRuntime),
+        socket,
+        runtime,
     )
     .map_err(io("starting QUIC endpoint"))?;
     // The same socket dials other nodes, so they see this node's listen address.
@@ -533,16 +556,20 @@ pub async fn start(
     });
     peers.set_inbound(Arc::new(inbound::FromPeers::new(Arc::downgrade(&node))));
     let maintain = tokio::spawn(peers.maintain(seeds, shutdown.clone()));
-    let admin_task = tokio::spawn(cdn_core::admin::serve_admin(
-        admin,
-        node.clone() as Arc<dyn AdminState>,
-        shutdown.clone(),
-    ));
+    let admin_task = admin.map(|admin| {
+        tokio::spawn(cdn_core::admin::serve_admin(
+            admin,
+            node.clone() as Arc<dyn AdminState>,
+            shutdown.clone(),
+        ))
+    });
     let n = node.clone();
     let s = shutdown.clone();
     let task = tokio::spawn(async move {
         server::run(n, endpoint, s).await;
-        let _ = admin_task.await;
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
         let _ = maintain.await;
     });
     tracing::info!(id = %node.config.id, %quic_addr, %admin_addr, "cache node started");

@@ -133,7 +133,18 @@ impl Links {
             };
         }
         let oldest = l.recent.front().map(|(s, _)| *s).unwrap_or(l.last + 1);
-        if from.epoch != self.epoch || from.seq + 1 < oldest || from.seq > l.last {
+        if from.epoch != self.epoch {
+            // We restarted since: everything this process sent is what the peer can have
+            // missed from us (what our old process sent, it got then or, if its link was down,
+            // gets from the peers that did not restart). A log that still starts at 1 holds
+            // it all; one that wrapped cannot say.
+            return Frame::Resume {
+                at,
+                replay: l.recent.iter().map(|(_, inv)| inv.clone()).collect(),
+                gap: oldest > 1,
+            };
+        }
+        if from.seq + 1 < oldest || from.seq > l.last {
             return Frame::Resume {
                 at,
                 replay: vec![],
@@ -319,14 +330,19 @@ mod tests {
             links.resume(Position::default()),
             Frame::Resume { gap: false, .. }
         ));
+        // A peer that last heard from our previous process: it gets everything this one sent.
         let other_epoch = Position {
             epoch: p3.epoch ^ 2,
-            seq: 1,
+            seq: 7,
         };
-        assert!(matches!(
-            links.resume(other_epoch),
-            Frame::Resume { gap: true, .. }
-        ));
+        match links.resume(other_epoch) {
+            Frame::Resume { at, replay, gap } => {
+                assert_eq!(at, p3);
+                assert!(!gap);
+                assert_eq!(replay, vec![url("/a"), url("/b"), url("/c")]);
+            }
+            f => panic!("{f:?}"),
+        }
     }
 
     #[test]
@@ -347,6 +363,15 @@ mod tests {
         links.number(&url("/one-more"));
         assert!(matches!(
             links.resume(first),
+            Frame::Resume { gap: true, .. }
+        ));
+        // Nor can it tell a peer of our previous process what this one sent.
+        let other_epoch = Position {
+            epoch: first.epoch ^ 2,
+            seq: 1,
+        };
+        assert!(matches!(
+            links.resume(other_epoch),
             Frame::Resume { gap: true, .. }
         ));
     }

@@ -1,3 +1,4 @@
-//! The `cache-node` binary as a real process.
+//! The `cache-node` binary as a real process, and the node code in a simulated network.
 
 mod process;
+mod sim;
