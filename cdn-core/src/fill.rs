@@ -719,8 +719,21 @@ pub async fn fetch_origin(
     if !storable {
         w.stop_retaining();
     }
+    // An origin that stops sending mid-body fails the fill after its response timeout.
+    let idle = origin.response_timeout();
     loop {
-        match body.frame().await {
+        let next = match tokio::time::timeout(idle, body.frame()).await {
+            Ok(next) => next,
+            Err(_) => {
+                let err = FillError::new(
+                    FillErrorKind::Broken,
+                    format!("origin body: nothing for {idle:?}"),
+                );
+                w.fail(err.clone());
+                return Err(err);
+            }
+        };
+        match next {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     w.push_windowed(data).await;

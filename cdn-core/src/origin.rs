@@ -76,6 +76,11 @@ impl Origin {
         })
     }
 
+    /// How long the origin may take to answer (and to send the next body bytes).
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
     /// The origin's base URL.
     pub fn base(&self) -> &Uri {
         &self.base

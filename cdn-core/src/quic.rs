@@ -22,12 +22,21 @@ pub enum WireError {
     /// The stream ended inside a frame.
     #[error("stream ended mid-frame")]
     Truncated,
+    /// Nothing could be read or written for [`STREAM_IDLE`]: the peer hangs.
+    #[error("stream idle for {0:?}")]
+    Idle(std::time::Duration),
 }
+
+/// Longest a stream may go without a byte read or a write accepted before it counts as hung:
+/// above every legitimate wait (a node's origin response timeout is 30 s, and it says
+/// `Pending` before it starts waiting).
+pub const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Reads frames from a receive stream.
 pub struct FrameReader {
     recv: quinn::RecvStream,
     buf: BytesMut,
+    idle: std::time::Duration,
 }
 
 impl FrameReader {
@@ -36,7 +45,14 @@ impl FrameReader {
         Self {
             recv,
             buf: BytesMut::with_capacity(16 * 1024),
+            idle: STREAM_IDLE,
         }
+    }
+
+    /// Sets how long a read may wait for the next bytes before failing with `Idle`.
+    pub fn with_idle(mut self, idle: std::time::Duration) -> Self {
+        self.idle = idle;
+        self
     }
 
     /// The next frame; `Ok(None)` when the peer finished the stream cleanly between frames.
@@ -45,7 +61,10 @@ impl FrameReader {
             if let Some(f) = Frame::decode(&mut self.buf)? {
                 return Ok(Some(f));
             }
-            match self.recv.read_chunk(256 * 1024, true).await? {
+            let chunk = tokio::time::timeout(self.idle, self.recv.read_chunk(256 * 1024, true))
+                .await
+                .map_err(|_| WireError::Idle(self.idle))??;
+            match chunk {
                 Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
                 None if self.buf.is_empty() => return Ok(None),
                 None => return Err(WireError::Truncated),
@@ -61,7 +80,9 @@ impl FrameReader {
 
 /// Writes one non-data frame.
 pub async fn send_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), WireError> {
-    send.write_chunk(frame.to_bytes()).await?;
+    tokio::time::timeout(STREAM_IDLE, send.write_chunk(frame.to_bytes()))
+        .await
+        .map_err(|_| WireError::Idle(STREAM_IDLE))??;
     Ok(())
 }
 
@@ -72,7 +93,10 @@ pub async fn send_data(send: &mut quinn::SendStream, mut data: Bytes) -> Result<
         let mut header = BytesMut::with_capacity(HEADER_LEN);
         encode_data_header(piece.len(), &mut header);
         let mut chunks = [header.freeze(), piece];
-        send.write_all_chunks(&mut chunks).await?;
+        // A peer that stops granting flow-control credit must not hold the writer forever.
+        tokio::time::timeout(STREAM_IDLE, send.write_all_chunks(&mut chunks))
+            .await
+            .map_err(|_| WireError::Idle(STREAM_IDLE))??;
     }
     Ok(())
 }
@@ -146,4 +170,48 @@ pub async fn send_entry(
     .await?;
     send.finish()?;
     Ok(entry.body_len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_stream_that_stalls_mid_frame_fails_as_idle() {
+        crate::install_crypto_provider();
+        let tls = crate::tls::TlsMaterial::generate().unwrap();
+        let t = crate::tls::transport(8, Duration::from_secs(5));
+        let server = quinn::Endpoint::server(
+            tls.quic_server(t.clone()).unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(tls.quic_client(t).unwrap());
+        let addr = server.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let (_send, recv) = conn.accept_bi().await.unwrap();
+            let got = FrameReader::new(recv)
+                .with_idle(Duration::from_millis(100))
+                .next()
+                .await;
+            (got, server)
+        });
+        let conn = client
+            .connect(addr, crate::tls::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        // The first bytes of a frame, then nothing (the stream stays open).
+        let frame = Frame::MembersRequest.to_bytes();
+        send.write_all(&frame[..1]).await.unwrap();
+        let (got, _server) = accept.await.unwrap();
+        assert!(
+            matches!(got, Err(WireError::Idle(d)) if d == Duration::from_millis(100)),
+            "{got:?}"
+        );
+    }
 }

@@ -110,3 +110,37 @@ async fn a_pooled_connection_the_origin_closed_is_retried_once_for_a_get() {
     );
     c.stop().await;
 }
+
+#[tokio::test]
+async fn an_origin_that_stalls_mid_body_fails_after_its_timeout_and_nothing_is_stored() {
+    // Half the announced body, then silence with the connection held open.
+    let origin = raw_origin(|_, _, _| {
+        Some(format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\ncache-control: max-age=60\r\n\r\n{}",
+            "x".repeat(500)
+        ))
+    })
+    .await;
+    let c = cluster(1, 1, |cfg| {
+        cfg.origin = Some(format!("http://{origin}"));
+        cfg.node.origin_response_timeout_ms = 300;
+        cfg.edge.origin_response_timeout_ms = 300;
+    })
+    .await;
+    let edge = c.edges[0].http_addr;
+    let got = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        crate::support::send(edge, http::Method::GET, "/stall", false, None),
+    )
+    .await
+    .expect("the client hears back instead of hanging");
+    // Either an error status, or (had the head gone out before the stall) a body cut off
+    // visibly, which `send` reports as an error.
+    if let Ok(g) = got {
+        assert!(g.status.is_server_error(), "{}", g.status);
+    }
+    let node = c.nodes[0].as_ref().unwrap();
+    assert_eq!(node.node.store().entry_count(), 0, "nothing stored");
+    assert_eq!(c.edges[0].edge.l1().entry_count(), 0, "nothing stored");
+    c.stop().await;
+}
