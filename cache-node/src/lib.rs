@@ -447,19 +447,40 @@ pub async fn start(
             what: "setting up the QUIC socket".into(),
             source,
         })?;
-    start_on(config, tls, socket, runtime, Some(admin), shutdown).await
+    let net = Net {
+        socket,
+        runtime,
+        origin: None,
+    };
+    start_on(config, tls, net, Some(admin), shutdown).await
 }
 
-/// Starts a node on any QUIC socket and runtime (a simulated network in simulation tests),
-/// with or without an admin listener (without one, `admin_addr` is unspecified).
+/// How a node reaches the network: its QUIC socket and the runtime quinn drives it with,
+/// and how it connects to the origin. Real sockets in the binary; a simulated network in
+/// simulation tests.
+pub struct Net {
+    /// The QUIC socket.
+    pub socket: Arc<dyn quinn::AsyncUdpSocket>,
+    /// quinn's runtime (timers, spawning, the clock).
+    pub runtime: Arc<dyn quinn::Runtime>,
+    /// Opens origin connections (`None`: TCP with `origin_connect_timeout_ms`).
+    pub origin: Option<cdn_core::origin::Dialer>,
+}
+
+/// Starts a node on `net`, with or without an admin listener (without one, `admin_addr` is
+/// unspecified).
 pub async fn start_on(
     config: Config,
     tls: &TlsMaterial,
-    socket: Arc<dyn quinn::AsyncUdpSocket>,
-    runtime: Arc<dyn quinn::Runtime>,
+    net: Net,
     admin: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<NodeHandle, NodeError> {
+    let Net {
+        socket,
+        runtime,
+        origin,
+    } = net;
     config.validate()?;
     let io = |what: &str| {
         let what = what.to_string();
@@ -485,9 +506,12 @@ pub async fn start_on(
     .map_err(io("starting QUIC endpoint"))?;
     // The same socket dials other nodes, so they see this node's listen address.
     endpoint.set_default_client_config(client_cfg);
-    let origin = Origin::new(
+    let dialer = origin.unwrap_or_else(|| {
+        cdn_core::origin::Dialer::tcp(Duration::from_millis(config.origin_connect_timeout_ms))
+    });
+    let origin = Origin::with_dialer(
         &config.origin,
-        Duration::from_millis(config.origin_connect_timeout_ms),
+        dialer,
         Duration::from_millis(config.origin_response_timeout_ms),
     )
     .map_err(|e| cdn_core::config::ConfigError::new("origin", e))?;

@@ -5,9 +5,14 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::http::Body;
 
@@ -36,20 +41,131 @@ pub fn check_url(base: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
+/// Any byte stream an origin connection can run on.
+pub trait OriginStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static> OriginStream for T {}
+
+/// One connection to the origin, whatever carries it.
+pub struct OriginIo(TokioIo<Pin<Box<dyn OriginStream>>>);
+
+impl OriginIo {
+    /// Wraps a connected stream.
+    pub fn new(stream: impl OriginStream) -> Self {
+        Self(TokioIo::new(Box::pin(stream)))
+    }
+}
+
+impl hyper::rt::Read for OriginIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for OriginIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl Connection for OriginIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+type DialFuture = Pin<Box<dyn Future<Output = std::io::Result<OriginIo>> + Send>>;
+
+/// How the origin client opens connections: TCP ([`Dialer::tcp`]), or any other transport
+/// (simulation tests run it on a simulated network).
+#[derive(Clone)]
+pub struct Dialer(Arc<dyn Fn(Uri) -> DialFuture + Send + Sync>);
+
+impl Dialer {
+    /// A dialer from a function of the URI.
+    pub fn new(f: impl Fn(Uri) -> DialFuture + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// TCP with `TCP_NODELAY`, giving up after `connect_timeout`.
+    pub fn tcp(connect_timeout: Duration) -> Self {
+        Self::new(move |uri: Uri| {
+            Box::pin(async move {
+                let host = uri
+                    .host()
+                    .unwrap_or_default()
+                    .trim_matches(['[', ']'])
+                    .to_string();
+                let port = uri.port_u16().unwrap_or(80);
+                let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+                let stream = tokio::time::timeout(connect_timeout, connect)
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no connection to {host}:{port} within {connect_timeout:?}"),
+                        )
+                    })??;
+                stream.set_nodelay(true)?;
+                Ok(OriginIo::new(stream))
+            }) as DialFuture
+        })
+    }
+}
+
+impl tower_service::Service<Uri> for Dialer {
+    type Response = OriginIo;
+    type Error = std::io::Error;
+    type Future = DialFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        (self.0)(uri)
+    }
+}
+
 /// A client for one origin base URL.
 #[derive(Clone)]
 pub struct Origin {
     base: Uri,
     host: HeaderValue,
-    client: Client<HttpConnector, Body>,
+    client: Client<Dialer, Body>,
     response_timeout: Duration,
 }
 
 impl Origin {
-    /// A client for `base` (`http://host:port`, optionally with a path prefix).
+    /// A client for `base` (`http://host:port`, optionally with a path prefix) over TCP.
     pub fn new(
         base: &str,
         connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<Self, String> {
+        Self::with_dialer(base, Dialer::tcp(connect_timeout), response_timeout)
+    }
+
+    /// A client for `base` whose connections `dialer` opens.
+    pub fn with_dialer(
+        base: &str,
+        dialer: Dialer,
         response_timeout: Duration,
     ) -> Result<Self, String> {
         let base = check_url(base)?;
@@ -59,15 +175,12 @@ impl Origin {
             .clone();
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|e| format!("`{base}`: bad host: {e}"))?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
-            .build(connector);
+            .build(dialer);
         Ok(Self {
             base,
             host,

@@ -126,7 +126,8 @@ struct Peer {
     // Async mutex: held across the handshake so concurrent requests share one connect.
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
     // Std mutex: a timestamp read or written, never across an await.
-    down_until: Mutex<Option<Instant>>,
+    // tokio's clock (not std's), so simulated time drives retries in simulation tests.
+    down_until: Mutex<Option<tokio::time::Instant>>,
     // Whether the pooled connection is open: read on every strict-mode hit, so an atomic
     // instead of the connection's lock.
     up: std::sync::atomic::AtomicBool,
@@ -435,7 +436,7 @@ impl PeerPool {
         }
         let peer = self.peer(addr);
         if let Some(until) = *peer.down_until.lock().unwrap_or_else(|p| p.into_inner()) {
-            if Instant::now() < until {
+            if tokio::time::Instant::now() < until {
                 return Err(PeerError::Down(name.to_string()));
             }
         }
@@ -447,7 +448,7 @@ impl PeerPool {
         }
         let fail = |reason: String| {
             *peer.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(Instant::now() + self.timeouts.retry);
+                Some(tokio::time::Instant::now() + self.timeouts.retry);
             PeerError::Connect {
                 node: name.to_string(),
                 reason,

@@ -34,7 +34,7 @@ const EJECT_AFTER: u32 = 3;
 #[derive(Default)]
 struct Record {
     losses: u32,
-    ejected_until: Option<std::time::Instant>,
+    ejected_until: Option<tokio::time::Instant>,
 }
 
 /// The edge's view of the node tier.
@@ -335,7 +335,7 @@ impl Upstream {
         let ask = |m: &Member, alive: Arc<AtomicBool>, hedge: bool| {
             let m = m.clone();
             async move {
-                let started = std::time::Instant::now();
+                let started = tokio::time::Instant::now();
                 let h = if hedge { hedge_headers } else { headers };
                 let r = self.request(&m, request_id, key, h, &alive).await;
                 let filled = alive.load(Ordering::Acquire);
@@ -425,7 +425,7 @@ impl Upstream {
         if records.is_empty() {
             return owners;
         }
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         owners.sort_by_key(|m| {
             records
                 .get(&m.id)
@@ -442,7 +442,7 @@ impl Upstream {
         r.losses += 1;
         if r.losses >= EJECT_AFTER {
             tracing::debug!(owner = %id, "owner keeps losing to hedges: asked last for a while");
-            r.ejected_until = Some(std::time::Instant::now() + EJECT_FOR);
+            r.ejected_until = Some(tokio::time::Instant::now() + EJECT_FOR);
         }
     }
 

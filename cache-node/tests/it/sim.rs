@@ -1,11 +1,16 @@
-//! Simulation tests (turmoil): the real node code and the real upstream client over QUIC on a
-//! simulated network of hosts, with a seeded schedule of partitions, crashes and restarts,
-//! checking the cluster's invariants as time passes.
+//! Simulation tests (turmoil): the real node code, and the edge's upstream client and origin
+//! fallback, over QUIC and HTTP on a simulated network of hosts (three nodes, an origin, a
+//! client), with a seeded schedule of partitions (longer than the QUIC idle timeout), crashes
+//! and restarts, checking the cluster's invariants as time passes:
+//! - every read returns the object (the origin stays reachable, so nothing may fail);
+//! - no read returns a version older than a purge every member acknowledged, or older than a
+//!   purge a member missed once the cluster has healed (the member replays it);
+//! - at the end every node lists every node alive.
 //!
 //! quinn runs on turmoil's UDP through the adapter below; time is turmoil's (simulated), so
-//! a minute of cluster life takes seconds. The fault schedule and the key stream come from
-//! the seed; quinn and foca draw their own randomness, so packet-level timings can differ
-//! between runs of the same seed (the invariants must hold for every interleaving).
+//! a minute of cluster life takes about a second. The fault schedule, the key stream and the
+//! purges come from the seed; quinn and foca draw their own randomness, so packet-level
+//! timings can differ between runs of the same seed (the invariants hold for every one).
 
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
@@ -18,7 +23,6 @@ use std::time::Duration;
 use cache_node::{Config, Node};
 use cdn_core::fill::{Coalescer, Sink};
 use cdn_core::peers::{fan_out_purge, Inbound, Me, PeerPool, PurgeReport, Timeouts};
-use cdn_core::push::{push_to, PushObject};
 use cdn_core::quic::{send_frame, FrameReader};
 use cdn_core::store::{Eviction, Store};
 use cdn_core::tls::TlsMaterial;
@@ -30,6 +34,8 @@ use rand::{RngExt, SeedableRng};
 use tokio::sync::mpsc;
 
 const PORT: u16 = 4433;
+/// How long the cluster must look whole before purges a member missed must have reached it.
+const HEALED: Duration = Duration::from_secs(3);
 const NODES: usize = 3;
 const KEYS: usize = 40;
 
@@ -217,49 +223,85 @@ enum Fault {
     Restart(usize),
 }
 
-/// The faults in force, as the schedule applied them (read by the client to tell a failure
-/// from an object that no reachable node holds any more).
-#[derive(Default, Debug)]
-struct Faults {
-    partitioned: std::collections::HashSet<usize>,
-    crashed: std::collections::HashSet<usize>,
-    /// Nodes that crashed at some point: what they held is gone.
-    lost: std::collections::HashSet<usize>,
-    /// When each node was last reconnected (simulated time): members take a moment to
-    /// list it alive again, and until then reads go around it.
-    back_at: HashMap<usize, Duration>,
-}
-
-/// How long a reconnected node may take to be listed alive again (the failure detector's
-/// suspicion timeout plus a few probe periods).
-const REJOIN: Duration = Duration::from_secs(4);
-
-impl Faults {
-    /// Whether one of `holders` still holds the object and can be reached at `now`.
-    fn reachable(&self, holders: &[usize], now: Duration) -> bool {
-        holders.iter().any(|j| {
-            !self.lost.contains(j)
-                && !self.partitioned.contains(j)
-                && !self.crashed.contains(j)
-                && self.back_at.get(j).is_none_or(|at| now > *at + REJOIN)
-        })
-    }
-}
-
-fn sim_now() -> Duration {
-    turmoil::sim_elapsed().unwrap_or_default()
-}
-
 /// What the client saw.
 #[derive(Default, Debug)]
 struct Observed {
     gets: u64,
     failed: Vec<String>,
+    /// Reads that returned a generation older than a purge acknowledged before them.
     stale_after_purge: Vec<String>,
-    /// Reads of objects no reachable node held (its holders crashed or were cut off).
-    unavailable: u64,
-    purged: Vec<String>,
+    /// Purges every member acknowledged, and those some member missed.
+    acked_purges: u64,
+    partial_purges: u64,
     done: bool,
+}
+
+/// The origin: `v<generation> of <path>`, cacheable for an hour; a key's generation goes up
+/// when the client changes it (before purging it).
+#[derive(Default)]
+struct OriginState {
+    generation: Mutex<HashMap<String, u64>>,
+    requests: std::sync::atomic::AtomicU64,
+}
+
+impl OriginState {
+    fn generation(&self, path: &str) -> u64 {
+        *self.generation.lock().unwrap().get(path).unwrap_or(&1)
+    }
+
+    fn bump(&self, path: &str) -> u64 {
+        let mut g = self.generation.lock().unwrap();
+        let e = g.entry(path.to_string()).or_insert(1);
+        *e += 1;
+        *e
+    }
+}
+
+fn parse_generation(body: &[u8], key: &str) -> Option<u64> {
+    let text = std::str::from_utf8(body).ok()?;
+    let (g, rest) = text.strip_prefix('v')?.split_once(' ')?;
+    (rest == format!("of {key}")).then_some(())?;
+    g.parse().ok()
+}
+
+/// Origin connections over the simulated network.
+fn sim_dialer() -> cdn_core::origin::Dialer {
+    cdn_core::origin::Dialer::new(|uri: http::Uri| {
+        Box::pin(async move {
+            let host = uri.host().unwrap_or_default().to_string();
+            let port = uri.port_u16().unwrap_or(80);
+            let s = turmoil::net::TcpStream::connect((host.as_str(), port)).await?;
+            Ok(cdn_core::origin::OriginIo::new(s))
+        })
+    })
+}
+
+async fn serve_origin(state: Arc<OriginState>) -> turmoil::Result {
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", 80)).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let state = state.clone();
+                    async move {
+                        state
+                            .requests
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let path = req.uri().path().to_string();
+                        let body = format!("v{} of {path}", state.generation(&path));
+                        http::Response::builder()
+                            .header("cache-control", "max-age=3600")
+                            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                    }
+                });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        });
+    }
 }
 
 /// A schedule of faults from `seed`: one node at a time is partitioned or crashed and
@@ -268,26 +310,36 @@ fn schedule(seed: u64) -> Vec<(Duration, Fault)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut at = Duration::from_secs(5);
     let mut out = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..3 {
         let j = rng.random_range(0..NODES);
-        let hold = Duration::from_millis(rng.random_range(2_000..6_000));
         if rng.random_bool(0.5) {
+            // Longer than the QUIC idle timeout (10 s), so links die and purges the node
+            // missed can only reach it by replay when it is back.
+            let hold = Duration::from_millis(rng.random_range(11_000..15_000));
             out.push((at, Fault::Partition(j)));
             out.push((at + hold, Fault::Repair(j)));
+            at += hold;
         } else {
+            let hold = Duration::from_millis(rng.random_range(2_000..6_000));
             out.push((at, Fault::Crash(j)));
             out.push((at + hold, Fault::Restart(j)));
+            at += hold;
         }
-        at += hold + Duration::from_millis(rng.random_range(3_000..6_000));
+        at += Duration::from_millis(rng.random_range(4_000..7_000));
     }
     out
 }
 
 fn run_seed(seed: u64) {
     cdn_core::install_crypto_provider();
+    // `RUST_LOG=...` shows the nodes' logs, stamped with simulated time.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let tls = TlsMaterial::generate().expect("certificates");
     let mut sim = turmoil::Builder::new()
-        .simulation_duration(Duration::from_secs(120))
+        .simulation_duration(Duration::from_secs(150))
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(1))
         .rng_seed(seed)
@@ -304,30 +356,29 @@ fn run_seed(seed: u64) {
                     id: node_name(j),
                     listen: addr,
                     seeds: seeds(),
-                    origin: "http://192.0.2.1:80".into(),
+                    origin: "http://origin:80".into(),
                     replicas: 2,
                     ..Config::default()
                 };
                 let shutdown = tokio_util::sync::CancellationToken::new();
-                let h = cache_node::start_on(
-                    config,
-                    &tls,
+                let net = cache_node::Net {
                     socket,
-                    Arc::new(SimRuntime),
-                    None,
-                    shutdown.clone(),
-                )
-                .await?;
+                    runtime: Arc::new(SimRuntime),
+                    origin: Some(sim_dialer()),
+                };
+                let h = cache_node::start_on(config, &tls, net, None, shutdown.clone()).await?;
                 nodes.lock().unwrap().insert(j, h.node.clone());
                 std::future::pending::<()>().await;
                 Ok(())
             }
         });
     }
+    let origin_state: Arc<OriginState> = Arc::default();
+    let st = origin_state.clone();
+    sim.host("origin", move || serve_origin(st.clone()));
     let observed: Arc<Mutex<Observed>> = Arc::default();
     let obs = observed.clone();
-    let faults_now: Arc<Mutex<Faults>> = Arc::default();
-    let faults_seen = faults_now.clone();
+    let st = origin_state.clone();
     sim.client("client", async move {
         let socket = SimUdp::bind("client", 0).await?;
         let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
@@ -357,7 +408,14 @@ fn run_seed(seed: u64) {
         }));
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(pool.clone().maintain(seeds(), stop.clone()));
+        // The edge's own pieces: the upstream client (owners, failover, hedging), and the
+        // origin as the fallback when no owner answers.
         let up = Upstream::new(pool.clone(), 2, Some(Duration::from_millis(50)));
+        let origin = cdn_core::origin::Origin::with_dialer(
+            "http://origin:80",
+            sim_dialer(),
+            Duration::from_secs(2),
+        )?;
         // Members converge: the client (through the nodes' views) lists all three alive.
         let mut members = pool.watch_members();
         tokio::time::timeout(
@@ -366,28 +424,7 @@ fn run_seed(seed: u64) {
         )
         .await
         .map_err(|_| "the three nodes did not converge within 10 s")??;
-        // Store every key on both of its owners.
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
-        let mut holders: HashMap<String, Vec<usize>> = HashMap::new();
-        for k in 0..KEYS {
-            let key = format!("/sim/{k}");
-            let obj = PushObject {
-                key: key.clone(),
-                status: http::StatusCode::OK,
-                headers: http::HeaderMap::from_iter([(
-                    http::header::CACHE_CONTROL,
-                    http::HeaderValue::from_static("max-age=3600"),
-                )]),
-                body: vec![bytes::Bytes::from(format!("body of {key}"))],
-            };
-            for m in up.owners(&key) {
-                push_to(&pool, &m, &obj, k as u64, false, Duration::from_secs(2)).await?;
-                let j: usize = m.id.trim_start_matches("node-").parse()?;
-                holders.entry(key.clone()).or_default().push(j);
-            }
-        }
-        // Read keys for a minute of simulated time while faults come and go; purge two
-        // keys at quiet moments.
         let l1 = Store::new(1, Eviction::Lru);
         let rules = cdn_core::policy::Rules::default();
         let sink = Sink {
@@ -395,87 +432,91 @@ fn run_seed(seed: u64) {
             max_object: 1 << 20,
             rules: &rules,
         };
-        let mut headers = http::HeaderMap::new();
-        headers.insert(
-            http::header::CACHE_CONTROL,
-            http::HeaderValue::from_static("only-if-cached"),
-        );
+        let headers = http::HeaderMap::new();
+        // The generation each key must be at least at: raised by acknowledged purges at once,
+        // and by purges a member missed once the cluster has looked whole for `HEALED` (by
+        // then the member has replayed what it missed from its peers).
+        let mut floor: HashMap<String, u64> = HashMap::new();
+        let mut owed: Vec<(String, u64)> = Vec::new();
+        let mut whole_since: Option<tokio::time::Instant> = None;
         let started = tokio::time::Instant::now();
         let mut id = 1_000;
-        while started.elapsed() < Duration::from_secs(60) {
+        while started.elapsed() < Duration::from_secs(70) {
             let elapsed = started.elapsed();
-            // Purges at 1 s and 3 s: the schedule's first fault comes at 5 s.
-            let purge_now = {
-                let o = obs.lock().unwrap();
-                (elapsed > Duration::from_secs(1) && o.purged.is_empty())
-                    || (elapsed > Duration::from_secs(3) && o.purged.len() == 1)
-            };
-            if purge_now {
-                let key = format!("/sim/{}", obs.lock().unwrap().purged.len());
+            if rng.random_bool(0.02) {
+                // The content changes at the origin, then the key is purged everywhere.
+                let key = format!("/sim/{}", rng.random_range(0..KEYS));
+                let g = st.bump(&key);
                 let inv = Invalidation {
                     urls: vec![key.clone()],
                     ..Invalidation::default()
                 };
                 let mut report = PurgeReport::default();
-                let nodes = pool.members();
+                let nodes: Vec<cdn_proto::Member> = pool
+                    .roster()
+                    .iter()
+                    .filter(|m| m.state != cdn_proto::MemberState::Left)
+                    .cloned()
+                    .collect();
+                id += 1;
                 fan_out_purge(&pool, &nodes, id, &inv, Duration::from_secs(2), &mut report).await;
-                assert!(
-                    report.missing.is_empty(),
-                    "purge not acknowledged: {report:?}"
-                );
-                obs.lock().unwrap().purged.push(key);
+                let mut o = obs.lock().unwrap();
+                if report.missing.is_empty() && nodes.len() == NODES {
+                    o.acked_purges += 1;
+                    floor.insert(key, g);
+                } else {
+                    // A member missed it (it replays it on reconnect): promised once healed.
+                    o.partial_purges += 1;
+                    owed.push((key, g));
+                    whole_since = None;
+                }
+            }
+            if pool.members().len() == NODES {
+                let since = *whole_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= HEALED {
+                    for (k, g) in owed.drain(..) {
+                        let f = floor.entry(k).or_default();
+                        *f = (*f).max(g);
+                    }
+                }
+            } else {
+                whole_since = None;
             }
             let key = format!("/sim/{}", rng.random_range(0..KEYS));
-            let reachable_before = faults_seen
-                .lock()
-                .unwrap()
-                .reachable(&holders[&key], sim_now());
             id += 1;
             let (w, mut r) = Coalescer::solo();
-            let outcome = up.fill(id, &key, &headers, &sink, None, w).await;
-            let why = match &outcome {
-                Err((_, failures)) => format!(
-                    "{:?}; roster {:?}",
-                    failures.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
-                    pool.roster()
-                        .iter()
-                        .map(|m| (m.id.clone(), m.state))
-                        .collect::<Vec<_>>()
-                ),
-                Ok(Err(e)) => e.to_string(),
-                Ok(Ok(())) => String::new(),
+            let fill = match up.fill(id, &key, &headers, &sink, None, w).await {
+                Ok(done) => done,
+                // No owner answered: the edge goes to the origin itself.
+                Err((w, _)) => {
+                    cdn_core::fill::fetch_origin(&origin, &sink, &key, &headers, None, w).await
+                }
             };
-            let body = match outcome {
-                Ok(Ok(())) => {
+            let body = match fill {
+                Ok(()) => {
                     let mut body = Vec::new();
                     while let Some(c) = r.next_chunk().await {
                         body.extend_from_slice(&c.map_err(|e| e.to_string())?);
                     }
-                    Some(body)
+                    Ok(body)
                 }
-                _ => None,
+                Err(e) => Err(e.to_string()),
             };
-            let reachable = reachable_before
-                && faults_seen
-                    .lock()
-                    .unwrap()
-                    .reachable(&holders[&key], sim_now());
+            let verdict = match body.as_deref().map(|b| parse_generation(b, &key)) {
+                Ok(Some(g)) if g < floor.get(&key).copied().unwrap_or(0) => {
+                    Err((true, format!("{key} at {elapsed:?}: v{g}")))
+                }
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err((false, format!("{key} at {elapsed:?}: wrong body {body:?}"))),
+                Err(e) => Err((false, format!("{key} at {elapsed:?}: {e}"))),
+            };
             {
                 let mut o = obs.lock().unwrap();
                 o.gets += 1;
-                let purged = o.purged.contains(&key);
-                match body {
-                    Some(b) if purged => o.stale_after_purge.push(format!(
-                        "{key} at {elapsed:?}: {}",
-                        String::from_utf8_lossy(&b)
-                    )),
-                    Some(b) if b == format!("body of {key}").as_bytes() => {}
-                    Some(b) => o
-                        .failed
-                        .push(format!("{key} at {elapsed:?}: wrong body {b:?}")),
-                    None if purged => {}
-                    None if !reachable => o.unavailable += 1,
-                    None => o.failed.push(format!("{key} at {elapsed:?}: {why}")),
+                match verdict {
+                    Ok(()) => {}
+                    Err((true, stale)) => o.stale_after_purge.push(stale),
+                    Err((false, failed)) => o.failed.push(failed),
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -490,24 +531,6 @@ fn run_seed(seed: u64) {
     loop {
         // The schedule counts from when the client starts reading (about 1 s in).
         while next < faults.len() && clock >= faults[next].0 + Duration::from_secs(1) {
-            {
-                let mut f = faults_now.lock().unwrap();
-                match faults[next].1 {
-                    Fault::Partition(j) => f.partitioned.insert(j),
-                    Fault::Repair(j) => {
-                        f.back_at.insert(j, clock);
-                        f.partitioned.remove(&j)
-                    }
-                    Fault::Crash(j) => {
-                        f.lost.insert(j);
-                        f.crashed.insert(j)
-                    }
-                    Fault::Restart(j) => {
-                        f.back_at.insert(j, clock);
-                        f.crashed.remove(&j)
-                    }
-                };
-            }
             match faults[next].1 {
                 Fault::Partition(j) => {
                     sim.partition(node_name(j), "client");
@@ -537,21 +560,26 @@ fn run_seed(seed: u64) {
         clock = sim.elapsed();
     }
     let o = observed.lock().unwrap();
+    let origin_requests = origin_state
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
-        "seed {seed}: {} reads, {} of objects no reachable node held; faults {faults:?}",
-        o.gets, o.unavailable
+        "seed {seed}: {} reads, {origin_requests} origin requests, {} purges acknowledged by all, \
+         {} missed by someone; faults {faults:?}",
+        o.gets, o.acked_purges, o.partial_purges
     );
     assert!(o.done, "seed {seed}: the client finished");
     assert!(o.gets > 1_000, "seed {seed}: {} reads", o.gets);
-    assert_eq!(o.purged.len(), 2, "seed {seed}");
+    assert!(o.acked_purges > 5, "seed {seed}: {} purges", o.acked_purges);
     assert!(
         o.failed.is_empty(),
-        "seed {seed}: reads failed while an owner was reachable: {:?} (schedule {faults:?})",
+        "seed {seed}: reads failed with the origin reachable: {:?} (schedule {faults:?})",
         o.failed
     );
     assert!(
         o.stale_after_purge.is_empty(),
-        "seed {seed}: purged objects served after the purge was acknowledged: {:?}",
+        "seed {seed}: purged objects served after every member acknowledged the purge (or, \
+         for a purge a member missed, after the cluster healed): {:?} (schedule {faults:?})",
         o.stale_after_purge
     );
     // After the last repair every node lists every node alive.
