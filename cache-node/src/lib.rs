@@ -533,6 +533,7 @@ pub async fn start_on(
         Timeouts {
             connect: Duration::from_millis(1_000),
             response: Duration::from_millis(config.origin_response_timeout_ms + 5_000),
+            first_byte: Duration::from_millis(2_000),
             retry: Duration::from_millis(1_000),
         },
     );

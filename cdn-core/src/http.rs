@@ -99,15 +99,36 @@ impl Default for ServerLimits {
     }
 }
 
+/// Where client connections come from: a TCP listener, or any other transport (simulation
+/// tests serve over a simulated network).
+pub trait Listener: Send + 'static {
+    /// One accepted connection.
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static;
+
+    /// The next connection and its peer's address.
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Io, SocketAddr)>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Io = tokio::net::TcpStream;
+
+    async fn accept(&self) -> std::io::Result<(Self::Io, SocketAddr)> {
+        let (s, peer) = TcpListener::accept(self).await?;
+        let _ = s.set_nodelay(true);
+        Ok((s, peer))
+    }
+}
+
 /// Serves HTTP/1.1 and HTTP/2 (cleartext, prior knowledge) on `listener` until `shutdown`
 /// fires, then stops accepting and waits up to `drain` for in-flight requests.
-pub async fn serve<F, Fut>(
-    listener: TcpListener,
+pub async fn serve<L, F, Fut>(
+    listener: L,
     limits: ServerLimits,
     shutdown: CancellationToken,
     drain: Duration,
     handler: F,
 ) where
+    L: Listener,
     F: Fn(http::Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = http::Response<Body>> + Send + 'static,
 {
@@ -137,7 +158,6 @@ pub async fn serve<F, Fut>(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let svc = hyper::service::service_fn(move |req| {
             let fut = handler(req, peer);

@@ -49,8 +49,12 @@ pub enum PeerError {
 pub struct Timeouts {
     /// QUIC handshake.
     pub connect: Duration,
-    /// From request to the first answer frame.
+    /// From request to the response head (covers the node's own origin fetch).
     pub response: Duration,
+    /// From request to the first frame of any kind: a node that is alive answers at once,
+    /// with the head or with `Pending` when it fills from the origin first, so silence this
+    /// long means the node (or the path to it) hangs.
+    pub first_byte: Duration,
     /// Skip a node this long after a failed connect.
     pub retry: Duration,
 }
@@ -817,6 +821,109 @@ pub async fn fan_out_purge(
             Err(e) => {
                 tracing::warn!(%node, error = %e, "purge not acknowledged");
                 report.missing.push(node);
+            }
+        }
+    }
+}
+
+/// How long a purge is sent again to the nodes that have not acknowledged it.
+pub const REDELIVER_FOR: Duration = Duration::from_secs(3_600);
+
+/// Purges accepted by a member that is not a node (an edge) which some nodes have not
+/// acknowledged: sent to them again until they do. (A node needs no such list: every purge it
+/// accepts is in its own log, which peers that missed it replay when they reconnect.)
+#[derive(Default)]
+pub struct Undelivered {
+    // A std mutex: pushes and swaps, never held across an await.
+    list: Mutex<Vec<Owed>>,
+}
+
+struct Owed {
+    id: u64,
+    inv: Invalidation,
+    nodes: Vec<String>,
+    since: Instant,
+}
+
+impl Undelivered {
+    /// Remembers that `nodes` (ids) still owe an acknowledgement for `inv`.
+    pub fn add(&self, id: u64, inv: Invalidation, nodes: Vec<String>) {
+        if nodes.is_empty() {
+            return;
+        }
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        if list.len() >= crate::purge::MAX_UNDELIVERED {
+            tracing::warn!("too many undelivered purges: dropping the oldest");
+            list.remove(0);
+        }
+        list.push(Owed {
+            id,
+            inv,
+            nodes,
+            since: Instant::now(),
+        });
+    }
+
+    /// Purges still owed by some node.
+    pub fn len(&self) -> usize {
+        self.list.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether nothing is owed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sends each owed purge again to the nodes that owe it (a node that left owes nothing),
+    /// in order, and keeps what is still not acknowledged.
+    pub async fn retry(&self, pool: &PeerPool, deadline: Duration) {
+        let owed = std::mem::take(&mut *self.list.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut kept = Vec::new();
+        for mut o in owed {
+            if o.since.elapsed() > REDELIVER_FOR {
+                tracing::warn!(purge = o.id, nodes = ?o.nodes, "purge never acknowledged: given up");
+                continue;
+            }
+            let roster = pool.roster();
+            let targets: Vec<Member> = roster
+                .iter()
+                .filter(|m| o.nodes.contains(&m.id) && m.state != MemberState::Left)
+                .cloned()
+                .collect();
+            let mut report = PurgeReport::default();
+            fan_out_purge(pool, &targets, o.id, &o.inv, deadline, &mut report).await;
+            o.nodes = targets
+                .iter()
+                .map(|m| m.id.clone())
+                .filter(|id| !report.acked.contains(id))
+                .collect();
+            if o.nodes.is_empty() {
+                tracing::info!(purge = o.id, "purge delivered late to every node");
+            } else {
+                kept.push(o);
+            }
+        }
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        // Purges added meanwhile come after the retried ones.
+        kept.append(&mut list);
+        *list = kept;
+    }
+
+    /// Retries every `every` until `shutdown`.
+    pub async fn run(
+        self: Arc<Self>,
+        pool: Arc<PeerPool>,
+        every: Duration,
+        deadline: Duration,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if !self.is_empty() {
+                self.retry(&pool, deadline).await;
             }
         }
     }

@@ -132,18 +132,30 @@ impl Upstream {
         };
         let (mut send, mut reader) = self.pool.open(member, &frame).await?;
         let _ = send.finish();
-        let deadline = tokio::time::Instant::now() + self.pool.timeouts().response;
+        let t = self.pool.timeouts();
+        let sent = tokio::time::Instant::now();
+        let deadline = sent + t.response;
+        let mut heard = false;
         let mut first;
         loop {
-            first = tokio::time::timeout_at(deadline, reader.next())
+            // Until the node says anything, it has `first_byte`; once it said `Pending`, the
+            // head may take as long as its origin does.
+            let wait = if heard {
+                deadline
+            } else {
+                deadline.min(sent + t.first_byte)
+            };
+            first = tokio::time::timeout_at(wait, reader.next())
                 .await
                 .map_err(|_| {
-                    refused(format!(
-                        "no response head within {:?}",
-                        self.pool.timeouts().response
-                    ))
+                    refused(if heard {
+                        format!("no response head within {:?}", t.response)
+                    } else {
+                        format!("silent for {:?}", t.first_byte)
+                    })
                 })?
                 .map_err(|e| refused(e.to_string()))?;
+            heard = true;
             if matches!(first, Some(Frame::Pending)) {
                 // Alive, waiting on the origin: no reason to ask another owner.
                 alive.store(true, std::sync::atomic::Ordering::Release);

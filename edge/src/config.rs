@@ -40,6 +40,9 @@ pub struct Config {
     pub node_connect_timeout_ms: u64,
     /// Time for a node's response head: covers the node's own origin fetch.
     pub node_response_timeout_ms: u64,
+    /// How long a node has to say anything (the head, or `Pending` while it fills) before the
+    /// next owner, then the origin, is asked instead: a partitioned or hung node costs this.
+    pub node_first_byte_timeout_ms: u64,
     /// How long a node that failed to connect is skipped before it is tried again.
     pub node_retry_ms: u64,
     /// Ask the next owner too when the first has not answered within this many ms; 0 (the
@@ -86,6 +89,7 @@ impl Default for Config {
             region: String::new(),
             node_connect_timeout_ms: 1_000,
             node_response_timeout_ms: 35_000,
+            node_first_byte_timeout_ms: 2_000,
             node_retry_ms: 1_000,
             hedge_after_ms: 0,
             origin_connect_timeout_ms: 2_000,
@@ -117,6 +121,10 @@ impl Config {
         for (key, v) in [
             ("node_connect_timeout_ms", self.node_connect_timeout_ms),
             ("node_response_timeout_ms", self.node_response_timeout_ms),
+            (
+                "node_first_byte_timeout_ms",
+                self.node_first_byte_timeout_ms,
+            ),
             (
                 "origin_response_timeout_ms",
                 self.origin_response_timeout_ms,

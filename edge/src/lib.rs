@@ -95,6 +95,9 @@ impl Stats {
     }
 }
 
+/// How often purges some node has not acknowledged are sent to it again.
+const REDELIVER_EVERY: Duration = Duration::from_millis(500);
+
 /// An edge's shared state.
 pub struct Edge {
     config: Config,
@@ -104,9 +107,16 @@ pub struct Edge {
     origin: Origin,
     stats: Stats,
     next_request_id: AtomicU64,
+    // Purges accepted here that some node has not acknowledged yet: sent again until it does.
+    undelivered: Arc<cdn_core::peers::Undelivered>,
 }
 
 impl Edge {
+    /// Purges accepted here that some node still has to acknowledge.
+    pub fn undelivered(&self) -> usize {
+        self.undelivered.len()
+    }
+
     /// The L1 store.
     pub fn l1(&self) -> &Store {
         &self.l1
@@ -179,6 +189,14 @@ impl Edge {
             &mut report,
         )
         .await;
+        // A node that did not acknowledge gets it again until it does: unlike a node, an edge
+        // keeps no log its peers replay from.
+        let owed: Vec<String> = nodes
+            .iter()
+            .map(|m| m.id.clone())
+            .filter(|id| !report.acked.contains(id))
+            .collect();
+        self.undelivered.add(id, inv.clone(), owed);
         report.settle(started);
         report
     }
@@ -380,26 +398,78 @@ pub async fn start(
     admin: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<EdgeHandle, EdgeError> {
-    config.validate()?;
     let io = |what: &str| {
         let what = what.to_string();
         move |source| EdgeError::Io { what, source }
     };
     let http_addr = http.local_addr().map_err(io("reading HTTP address"))?;
-    let admin_addr = admin.local_addr().map_err(io("reading admin address"))?;
-    let transport = cdn_core::tls::transport(1024, Duration::from_millis(config.idle_timeout_ms));
-    let client_cfg = tls.quic_client(transport)?;
     let bind: SocketAddr = if http_addr.is_ipv6() {
         "[::]:0".parse()
     } else {
         "0.0.0.0:0".parse()
     }
     .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(io("binding QUIC client endpoint"))?;
+    let udp = std::net::UdpSocket::bind(bind).map_err(io("binding QUIC client socket"))?;
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let socket = runtime
+        .wrap_udp_socket(udp)
+        .map_err(io("setting up the QUIC client socket"))?;
+    let net = Net {
+        socket,
+        runtime,
+        origin: None,
+    };
+    start_on(config, tls, net, http, http_addr, Some(admin), shutdown).await
+}
+
+/// How an edge reaches the network: the QUIC socket it dials nodes from and quinn's runtime
+/// for it, and how it connects to the origin. Real sockets in the binary; a simulated network
+/// in simulation tests.
+pub struct Net {
+    /// The QUIC (client) socket.
+    pub socket: Arc<dyn quinn::AsyncUdpSocket>,
+    /// quinn's runtime (timers, spawning, the clock).
+    pub runtime: Arc<dyn quinn::Runtime>,
+    /// Opens origin connections (`None`: TCP with `origin_connect_timeout_ms`).
+    pub origin: Option<cdn_core::origin::Dialer>,
+}
+
+/// Starts an edge serving clients from `http` (which listens at `http_addr`) on `net`, with
+/// or without an admin listener (without one, `admin_addr` is unspecified).
+pub async fn start_on(
+    config: Config,
+    tls: &TlsMaterial,
+    net: Net,
+    http: impl cdn_core::http::Listener,
+    http_addr: SocketAddr,
+    admin: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<EdgeHandle, EdgeError> {
+    config.validate()?;
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| EdgeError::Io { what, source }
+    };
+    let admin_addr = match &admin {
+        Some(a) => a.local_addr().map_err(io("reading admin address"))?,
+        None => SocketAddr::from(([0, 0, 0, 0], 0)),
+    };
+    let transport = cdn_core::tls::transport(1024, Duration::from_millis(config.idle_timeout_ms));
+    let client_cfg = tls.quic_client(transport)?;
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        None,
+        net.socket,
+        net.runtime,
+    )
+    .map_err(io("starting the QUIC client endpoint"))?;
     endpoint.set_default_client_config(client_cfg);
-    let origin = Origin::new(
+    let dialer = net.origin.unwrap_or_else(|| {
+        cdn_core::origin::Dialer::tcp(Duration::from_millis(config.origin_connect_timeout_ms))
+    });
+    let origin = Origin::with_dialer(
         &config.origin,
-        Duration::from_millis(config.origin_connect_timeout_ms),
+        dialer,
         Duration::from_millis(config.origin_response_timeout_ms),
     )
     .map_err(|e| cdn_core::config::ConfigError::new("origin", e))?;
@@ -414,6 +484,7 @@ pub async fn start(
         Timeouts {
             connect: Duration::from_millis(config.node_connect_timeout_ms),
             response: Duration::from_millis(config.node_response_timeout_ms),
+            first_byte: Duration::from_millis(config.node_first_byte_timeout_ms),
             retry: Duration::from_millis(config.node_retry_ms),
         },
     );
@@ -430,21 +501,32 @@ pub async fn start(
         origin,
         stats: Stats::default(),
         next_request_id: AtomicU64::new(1),
+        undelivered: Arc::default(),
         config,
     });
-    pool.set_inbound(Arc::new(inbound::FromNodes::new(Arc::downgrade(&edge))));
-    let discover = tokio::spawn(pool.clone().maintain(seeds, shutdown.clone()));
-    let admin_task = tokio::spawn(cdn_core::admin::serve_admin(
-        admin,
-        edge.clone() as Arc<dyn AdminState>,
+    tokio::spawn(edge.undelivered.clone().run(
+        pool.clone(),
+        REDELIVER_EVERY,
+        Duration::from_millis(edge.config.purge_timeout_ms),
         shutdown.clone(),
     ));
+    pool.set_inbound(Arc::new(inbound::FromNodes::new(Arc::downgrade(&edge))));
+    let discover = tokio::spawn(pool.clone().maintain(seeds, shutdown.clone()));
+    let admin_task = admin.map(|admin| {
+        tokio::spawn(cdn_core::admin::serve_admin(
+            admin,
+            edge.clone() as Arc<dyn AdminState>,
+            shutdown.clone(),
+        ))
+    });
     let e = edge.clone();
     let s = shutdown.clone();
     let task = tokio::spawn(async move {
         server::run(e.clone(), http, s).await;
         e.upstream.pool().close();
-        let _ = admin_task.await;
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
         let _ = discover.await;
     });
     tracing::info!(id = %edge.config.id, %http_addr, %admin_addr, "edge started");

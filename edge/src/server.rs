@@ -9,7 +9,9 @@ use bytes::Bytes;
 use cdn_core::fill::{
     self, Coalescer, FillErrorKind, FlightReader, FlightWriter, Head, Joined, Served, Via,
 };
-use cdn_core::http::{empty, serve, strip_hop_by_hop, text, Body, BoxError, ServerLimits};
+use cdn_core::http::{
+    empty, serve, strip_hop_by_hop, text, Body, BoxError, Listener, ServerLimits,
+};
 use cdn_core::policy;
 use cdn_core::range::{self, RangeAnswer};
 use cdn_core::store::{Entry, Freshness};
@@ -19,7 +21,6 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Edge, Stats};
@@ -27,7 +28,7 @@ use crate::{Edge, Stats};
 const X_CACHE: &str = "x-cache";
 
 /// Serves clients until `shutdown`, then drains in-flight requests for up to 10 s.
-pub async fn run(edge: Arc<Edge>, listener: TcpListener, shutdown: CancellationToken) {
+pub async fn run(edge: Arc<Edge>, listener: impl Listener, shutdown: CancellationToken) {
     let limits = ServerLimits {
         header_read_timeout: Duration::from_millis(edge.config.header_read_timeout_ms),
         ..ServerLimits::default()

@@ -1,4 +1,3 @@
-//! The `cache-node` binary as a real process, and the node code in a simulated network.
+//! The `cache-node` binary as a real process.
 
 mod process;
-mod sim;

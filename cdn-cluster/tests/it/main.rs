@@ -1,4 +1,5 @@
-//! End-to-end tests through real sockets: origin-stub, cache nodes over QUIC, edges over HTTP.
+//! End-to-end tests through real sockets (origin-stub, cache nodes over QUIC, edges over
+//! HTTP), and the same code on a simulated network (`sim`).
 
 mod cluster;
 mod limits;
@@ -9,4 +10,5 @@ mod push;
 mod raw_origin;
 mod security;
 mod semantics;
+mod sim;
 mod support;

@@ -21,22 +21,19 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cache_node::{Config, Node};
-use cdn_core::fill::{Coalescer, Sink};
-use cdn_core::peers::{fan_out_purge, Inbound, Me, PeerPool, PurgeReport, Timeouts};
-use cdn_core::quic::{send_frame, FrameReader};
-use cdn_core::store::{Eviction, Store};
 use cdn_core::tls::TlsMaterial;
-use cdn_core::upstream::Upstream;
-use cdn_proto::{Frame, Invalidation, Position, Role};
-use futures::future::BoxFuture;
 use quinn::udp::{RecvMeta, Transmit};
 use rand::{RngExt, SeedableRng};
 use tokio::sync::mpsc;
 
 const PORT: u16 = 4433;
-/// How long the cluster must look whole before purges a member missed must have reached it.
+/// How long after the last fault ends (and after the purge) a purge some member missed must
+/// have reached it.
 const HEALED: Duration = Duration::from_secs(3);
 const NODES: usize = 3;
+const EDGES: usize = 2;
+const EDGE_PORT: u16 = 8080;
+const TOKEN: &str = "sim-token";
 const KEYS: usize = 40;
 
 /// quinn's socket over a turmoil UDP socket.
@@ -160,63 +157,71 @@ fn seeds() -> Vec<String> {
         .collect()
 }
 
-/// The client's stand-in for an edge's inbound handler: applies member lists, acknowledges
-/// purges (and records them).
-struct ClientInbound {
-    pool: std::sync::Weak<PeerPool>,
+fn edge_name(i: usize) -> String {
+    format!("edge-{i}")
 }
 
-impl Inbound for ClientInbound {
-    fn serve(
-        &self,
-        _from: Arc<str>,
-        addr: SocketAddr,
-        mut send: quinn::SendStream,
-        recv: quinn::RecvStream,
-    ) -> BoxFuture<'static, ()> {
-        let pool = self.pool.clone();
-        Box::pin(async move {
-            let frame = FrameReader::new(recv).next().await;
-            match frame {
-                Ok(Some(Frame::Members { members })) => {
-                    if let Some(p) = pool.upgrade() {
-                        p.set_view(addr, members);
-                    }
-                }
-                Ok(Some(Frame::Purge { .. })) => {}
-                _ => return,
-            }
-            let ack = Frame::Ack {
-                acked: vec!["client".into()],
-                missing: vec![],
-            };
-            if send_frame(&mut send, &ack).await.is_ok() {
-                let _ = send.finish();
-            }
-        })
-    }
+/// The edges' client listener on the simulated network.
+struct SimListener(turmoil::net::TcpListener);
 
-    fn position(&self, _: SocketAddr) -> Position {
-        Position::default()
-    }
+impl cdn_core::http::Listener for SimListener {
+    type Io = turmoil::net::TcpStream;
 
-    fn resume(
-        &self,
-        _: Arc<str>,
-        _: SocketAddr,
-        _: Position,
-        _: Vec<Invalidation>,
-        _: bool,
-    ) -> BoxFuture<'static, ()> {
-        Box::pin(async {})
+    async fn accept(&self) -> io::Result<(Self::Io, SocketAddr)> {
+        self.0.accept().await
     }
+}
+
+/// One HTTP/1.1 request over the simulated network; the status and the whole body.
+async fn http(
+    host: &str,
+    method: &str,
+    path: &str,
+    auth: bool,
+) -> Result<(http::StatusCode, bytes::Bytes), String> {
+    use http_body_util::BodyExt;
+    let work = async {
+        let s = turmoil::net::TcpStream::connect((host, EDGE_PORT))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "cdn.example");
+        if auth {
+            req = req.header("authorization", format!("Bearer {TOKEN}"));
+        }
+        let req = req
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .unwrap_or_else(|_| Err("no answer within 10 s".into()))
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
-    /// Cut node j off from everyone (nodes and client).
+    /// Cut node j off from the other nodes and the edges.
     Partition(usize),
     Repair(usize),
+    /// Cut edge i off from every node (clients and the origin still reach it).
+    PartitionEdge(usize),
+    RepairEdge(usize),
     /// Kill node j's host (its store and state are lost).
     Crash(usize),
     /// Start node j's host again.
@@ -312,7 +317,13 @@ fn schedule(seed: u64) -> Vec<(Duration, Fault)> {
     let mut out = Vec::new();
     for _ in 0..3 {
         let j = rng.random_range(0..NODES);
-        if rng.random_bool(0.5) {
+        if rng.random_bool(0.25) {
+            let i = rng.random_range(0..EDGES);
+            let hold = Duration::from_millis(rng.random_range(11_000..15_000));
+            out.push((at, Fault::PartitionEdge(i)));
+            out.push((at + hold, Fault::RepairEdge(i)));
+            at += hold;
+        } else if rng.random_bool(0.5) {
             // Longer than the QUIC idle timeout (10 s), so links die and purges the node
             // missed can only reach it by replay when it is back.
             let hold = Duration::from_millis(rng.random_range(11_000..15_000));
@@ -376,139 +387,134 @@ fn run_seed(seed: u64) {
     let origin_state: Arc<OriginState> = Arc::default();
     let st = origin_state.clone();
     sim.host("origin", move || serve_origin(st.clone()));
+    let edges: Arc<Mutex<HashMap<usize, Arc<edge::Edge>>>> = Arc::default();
+    for i in 0..EDGES {
+        let (tls, edges) = (tls.clone(), edges.clone());
+        sim.host(edge_name(i), move || {
+            let (tls, edges) = (tls.clone(), edges.clone());
+            async move {
+                let socket = SimUdp::bind(&edge_name(i), 0).await?;
+                let listener =
+                    SimListener(turmoil::net::TcpListener::bind(("0.0.0.0", EDGE_PORT)).await?);
+                let addr = SocketAddr::new(turmoil::lookup(edge_name(i)), EDGE_PORT);
+                let config = edge::Config {
+                    id: edge_name(i),
+                    listen: addr,
+                    seeds: seeds(),
+                    origin: "http://origin:80".into(),
+                    replicas: 2,
+                    admin_token: Some(TOKEN.into()),
+                    ..edge::Config::default()
+                };
+                let net = edge::Net {
+                    socket,
+                    runtime: Arc::new(SimRuntime),
+                    origin: Some(sim_dialer()),
+                };
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let h = edge::start_on(config, &tls, net, listener, addr, None, shutdown).await?;
+                edges.lock().unwrap().insert(i, h.edge.clone());
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+    }
     let observed: Arc<Mutex<Observed>> = Arc::default();
     let obs = observed.clone();
     let st = origin_state.clone();
+    // The faults in force and when the last one ended (simulated time), as the schedule
+    // applied them: the observer's ground truth for "the cluster has healed".
+    let faults_now: Arc<Mutex<(usize, Duration)>> = Arc::default();
+    let faults_seen = faults_now.clone();
+    let (view_nodes, view_edges) = (nodes.clone(), edges.clone());
+    // Whether every node lists every node alive, and every edge lists them all and is linked
+    // to each (its links carry purges and replays).
+    let whole = move || {
+        let nodes = view_nodes.lock().unwrap();
+        let edges = view_edges.lock().unwrap();
+        nodes.len() == NODES
+            && edges.len() == EDGES
+            && nodes.values().all(|n| n.peers().members().len() == NODES)
+            && edges.values().all(|e| {
+                let up = e.upstream();
+                let members = up.members();
+                members.len() == NODES
+                    && members
+                        .iter()
+                        .all(|m| m.addr.parse().is_ok_and(|a| up.pool().is_connected(a)))
+            })
+    };
     sim.client("client", async move {
-        let socket = SimUdp::bind("client", 0).await?;
-        let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
-            None,
-            socket,
-            Arc::new(SimRuntime),
-        )?;
-        let transport = cdn_core::tls::transport(1024, Duration::from_secs(10));
-        endpoint.set_default_client_config(tls.quic_client(transport)?);
-        let pool = PeerPool::new(
-            endpoint,
-            Me {
-                id: "client".into(),
-                role: Role::Edge,
-                region: String::new(),
-                addr: String::new(),
-            },
-            Timeouts {
-                connect: Duration::from_millis(1_000),
-                response: Duration::from_millis(2_000),
-                retry: Duration::from_millis(500),
-            },
-        );
-        pool.set_inbound(Arc::new(ClientInbound {
-            pool: Arc::downgrade(&pool),
-        }));
-        let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(pool.clone().maintain(seeds(), stop.clone()));
-        // The edge's own pieces: the upstream client (owners, failover, hedging), and the
-        // origin as the fallback when no owner answers.
-        let up = Upstream::new(pool.clone(), 2, Some(Duration::from_millis(50)));
-        let origin = cdn_core::origin::Origin::with_dialer(
-            "http://origin:80",
-            sim_dialer(),
-            Duration::from_secs(2),
-        )?;
-        // Members converge: the client (through the nodes' views) lists all three alive.
-        let mut members = pool.watch_members();
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            members.wait_for(|m| m.len() == NODES),
-        )
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !whole() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
         .await
-        .map_err(|_| "the three nodes did not converge within 10 s")??;
+        .map_err(|_| "nodes and edges did not converge within 10 s")?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
-        let l1 = Store::new(1, Eviction::Lru);
-        let rules = cdn_core::policy::Rules::default();
-        let sink = Sink {
-            store: &l1,
-            max_object: 1 << 20,
-            rules: &rules,
-        };
-        let headers = http::HeaderMap::new();
         // The generation each key must be at least at: raised by acknowledged purges at once,
-        // and by purges a member missed once the cluster has looked whole for `HEALED` (by
-        // then the member has replayed what it missed from its peers).
+        // and by purges a member missed once every fault has been over for `HEALED` and the
+        // members see each other again (by then what was missed has been delivered).
         let mut floor: HashMap<String, u64> = HashMap::new();
-        let mut owed: Vec<(String, u64)> = Vec::new();
-        let mut whole_since: Option<tokio::time::Instant> = None;
+        let mut owed: Vec<(String, u64, Duration)> = Vec::new();
+        let everyone: Vec<String> = (0..EDGES)
+            .map(edge_name)
+            .chain((0..NODES).map(node_name))
+            .collect();
         let started = tokio::time::Instant::now();
-        let mut id = 1_000;
         while started.elapsed() < Duration::from_secs(70) {
             let elapsed = started.elapsed();
+            let edge = edge_name(rng.random_range(0..EDGES));
             if rng.random_bool(0.02) {
-                // The content changes at the origin, then the key is purged everywhere.
+                // The content changes at the origin, then the URL is purged through an edge.
                 let key = format!("/sim/{}", rng.random_range(0..KEYS));
                 let g = st.bump(&key);
-                let inv = Invalidation {
-                    urls: vec![key.clone()],
-                    ..Invalidation::default()
-                };
-                let mut report = PurgeReport::default();
-                let nodes: Vec<cdn_proto::Member> = pool
-                    .roster()
-                    .iter()
-                    .filter(|m| m.state != cdn_proto::MemberState::Left)
-                    .cloned()
-                    .collect();
-                id += 1;
-                fan_out_purge(&pool, &nodes, id, &inv, Duration::from_secs(2), &mut report).await;
+                let answer = http(&edge, "PURGE", &key, true).await;
+                let acked: Vec<String> = answer
+                    .as_ref()
+                    .ok()
+                    .and_then(|(_, b)| serde_json::from_slice::<serde_json::Value>(b).ok())
+                    .and_then(|v| serde_json::from_value(v["acked"].clone()).ok())
+                    .unwrap_or_default();
                 let mut o = obs.lock().unwrap();
-                if report.missing.is_empty() && nodes.len() == NODES {
+                if everyone.iter().all(|m| acked.contains(m)) {
                     o.acked_purges += 1;
                     floor.insert(key, g);
                 } else {
-                    // A member missed it (it replays it on reconnect): promised once healed.
+                    // A member missed it (it gets it on reconnect): promised once healed.
                     o.partial_purges += 1;
-                    owed.push((key, g));
-                    whole_since = None;
+                    owed.push((key, g, turmoil::sim_elapsed().unwrap_or_default()));
                 }
             }
-            if pool.members().len() == NODES {
-                let since = *whole_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= HEALED {
-                    for (k, g) in owed.drain(..) {
-                        let f = floor.entry(k).or_default();
-                        *f = (*f).max(g);
+            let (active, last_end) = *faults_seen.lock().unwrap();
+            let now = turmoil::sim_elapsed().unwrap_or_default();
+            if active == 0 && whole() {
+                owed.retain(|(k, g, issued)| {
+                    if now < (*issued).max(last_end) + HEALED {
+                        return true;
                     }
-                }
-            } else {
-                whole_since = None;
+                    let f = floor.entry(k.clone()).or_default();
+                    *f = (*f).max(*g);
+                    false
+                });
             }
             let key = format!("/sim/{}", rng.random_range(0..KEYS));
-            id += 1;
-            let (w, mut r) = Coalescer::solo();
-            let fill = match up.fill(id, &key, &headers, &sink, None, w).await {
-                Ok(done) => done,
-                // No owner answered: the edge goes to the origin itself.
-                Err((w, _)) => {
-                    cdn_core::fill::fetch_origin(&origin, &sink, &key, &headers, None, w).await
-                }
-            };
-            let body = match fill {
-                Ok(()) => {
-                    let mut body = Vec::new();
-                    while let Some(c) = r.next_chunk().await {
-                        body.extend_from_slice(&c.map_err(|e| e.to_string())?);
+            let verdict = match http(&edge, "GET", &key, false).await {
+                Ok((status, body)) if status == http::StatusCode::OK => {
+                    match parse_generation(&body, &key) {
+                        Some(g) if g < floor.get(&key).copied().unwrap_or(0) => {
+                            Err((true, format!("{key} via {edge} at {elapsed:?}: v{g}")))
+                        }
+                        Some(_) => Ok(()),
+                        None => Err((false, format!("{key} via {edge} at {elapsed:?}: {body:?}"))),
                     }
-                    Ok(body)
                 }
-                Err(e) => Err(e.to_string()),
-            };
-            let verdict = match body.as_deref().map(|b| parse_generation(b, &key)) {
-                Ok(Some(g)) if g < floor.get(&key).copied().unwrap_or(0) => {
-                    Err((true, format!("{key} at {elapsed:?}: v{g}")))
-                }
-                Ok(Some(_)) => Ok(()),
-                Ok(None) => Err((false, format!("{key} at {elapsed:?}: wrong body {body:?}"))),
-                Err(e) => Err((false, format!("{key} at {elapsed:?}: {e}"))),
+                Ok((status, body)) => Err((
+                    false,
+                    format!("{key} via {edge} at {elapsed:?}: {status} {body:?}"),
+                )),
+                Err(e) => Err((false, format!("{key} via {edge} at {elapsed:?}: {e}"))),
             };
             {
                 let mut o = obs.lock().unwrap();
@@ -521,7 +527,6 @@ fn run_seed(seed: u64) {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        stop.cancel();
         obs.lock().unwrap().done = true;
         Ok(())
     });
@@ -531,17 +536,43 @@ fn run_seed(seed: u64) {
     loop {
         // The schedule counts from when the client starts reading (about 1 s in).
         while next < faults.len() && clock >= faults[next].0 + Duration::from_secs(1) {
+            {
+                let mut f = faults_now.lock().unwrap();
+                match faults[next].1 {
+                    Fault::Partition(_) | Fault::PartitionEdge(_) | Fault::Crash(_) => f.0 += 1,
+                    Fault::Repair(_) | Fault::RepairEdge(_) | Fault::Restart(_) => {
+                        f.0 -= 1;
+                        f.1 = clock;
+                    }
+                }
+            }
             match faults[next].1 {
                 Fault::Partition(j) => {
-                    sim.partition(node_name(j), "client");
-                    for k in (0..NODES).filter(|k| *k != j) {
-                        sim.partition(node_name(j), node_name(k));
+                    for other in (0..NODES)
+                        .filter(|k| *k != j)
+                        .map(node_name)
+                        .chain((0..EDGES).map(edge_name))
+                    {
+                        sim.partition(node_name(j), other);
                     }
                 }
                 Fault::Repair(j) => {
-                    sim.repair(node_name(j), "client");
-                    for k in (0..NODES).filter(|k| *k != j) {
-                        sim.repair(node_name(j), node_name(k));
+                    for other in (0..NODES)
+                        .filter(|k| *k != j)
+                        .map(node_name)
+                        .chain((0..EDGES).map(edge_name))
+                    {
+                        sim.repair(node_name(j), other);
+                    }
+                }
+                Fault::PartitionEdge(i) => {
+                    for k in 0..NODES {
+                        sim.partition(edge_name(i), node_name(k));
+                    }
+                }
+                Fault::RepairEdge(i) => {
+                    for k in 0..NODES {
+                        sim.repair(edge_name(i), node_name(k));
                     }
                 }
                 Fault::Crash(j) => {
