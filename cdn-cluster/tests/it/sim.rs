@@ -1,7 +1,7 @@
 //! Simulation tests (turmoil): the real node code, and the edge's upstream client and origin
 //! fallback, over QUIC and HTTP on a simulated network of hosts (three nodes, an origin, a
-//! client), with a seeded schedule of partitions (longer than the QUIC idle timeout), crashes
-//! and restarts, checking the cluster's invariants as time passes:
+//! client), with a seeded schedule of partitions (longer than the QUIC idle timeout), slow
+//! links, crashes and restarts, checking the cluster's invariants as time passes:
 //! - every read returns the object (the origin stays reachable, so nothing may fail);
 //! - no read returns a version older than a purge every member acknowledged, or older than a
 //!   purge a member missed once the cluster has healed (the member replays it);
@@ -222,6 +222,9 @@ enum Fault {
     /// Cut edge i off from every node (clients and the origin still reach it).
     PartitionEdge(usize),
     RepairEdge(usize),
+    /// Every message to and from node j takes this long (then back to 1 ms).
+    Slow(usize, Duration),
+    Fast(usize),
     /// Kill node j's host (its store and state are lost).
     Crash(usize),
     /// Start node j's host again.
@@ -317,7 +320,13 @@ fn schedule(seed: u64) -> Vec<(Duration, Fault)> {
     let mut out = Vec::new();
     for _ in 0..3 {
         let j = rng.random_range(0..NODES);
-        if rng.random_bool(0.25) {
+        if rng.random_bool(0.2) {
+            let hold = Duration::from_millis(rng.random_range(3_000..8_000));
+            let latency = Duration::from_millis(rng.random_range(20..200));
+            out.push((at, Fault::Slow(j, latency)));
+            out.push((at + hold, Fault::Fast(j)));
+            at += hold;
+        } else if rng.random_bool(0.25) {
             let i = rng.random_range(0..EDGES);
             let hold = Duration::from_millis(rng.random_range(11_000..15_000));
             out.push((at, Fault::PartitionEdge(i)));
@@ -539,8 +548,14 @@ fn run_seed(seed: u64) {
             {
                 let mut f = faults_now.lock().unwrap();
                 match faults[next].1 {
-                    Fault::Partition(_) | Fault::PartitionEdge(_) | Fault::Crash(_) => f.0 += 1,
-                    Fault::Repair(_) | Fault::RepairEdge(_) | Fault::Restart(_) => {
+                    Fault::Partition(_)
+                    | Fault::PartitionEdge(_)
+                    | Fault::Crash(_)
+                    | Fault::Slow(..) => f.0 += 1,
+                    Fault::Repair(_)
+                    | Fault::RepairEdge(_)
+                    | Fault::Restart(_)
+                    | Fault::Fast(_) => {
                         f.0 -= 1;
                         f.1 = clock;
                     }
@@ -563,6 +578,26 @@ fn run_seed(seed: u64) {
                         .chain((0..EDGES).map(edge_name))
                     {
                         sim.repair(node_name(j), other);
+                    }
+                }
+                Fault::Slow(j, latency) => {
+                    for other in (0..NODES)
+                        .filter(|k| *k != j)
+                        .map(node_name)
+                        .chain((0..EDGES).map(edge_name))
+                        .chain(["origin".to_string()])
+                    {
+                        sim.set_link_latency(node_name(j), other, latency);
+                    }
+                }
+                Fault::Fast(j) => {
+                    for other in (0..NODES)
+                        .filter(|k| *k != j)
+                        .map(node_name)
+                        .chain((0..EDGES).map(edge_name))
+                        .chain(["origin".to_string()])
+                    {
+                        sim.set_link_latency(node_name(j), other, Duration::from_millis(1));
                     }
                 }
                 Fault::PartitionEdge(i) => {
