@@ -120,6 +120,8 @@ pub struct Node {
     leaving: std::sync::atomic::AtomicBool,
     // Requests being served, for draining on shutdown.
     inflight: tokio::sync::watch::Sender<u64>,
+    // The last invalidations applied here, for the status page.
+    recent_purges: cdn_core::purge::Recent,
 }
 
 /// Counts a request in flight while alive.
@@ -216,6 +218,7 @@ impl Node {
         let n = self.store.purge(inv).await;
         Stats::inc(&self.stats.purges);
         self.stats.purged.fetch_add(n, Ordering::Relaxed);
+        self.recent_purges.record(inv, n);
         n
     }
 
@@ -310,13 +313,19 @@ impl AdminState for Node {
             "members": self.peers.roster().iter().map(|m| {
                 let up = m.id == self.config.id
                     || m.addr.parse().is_ok_and(|a| self.peers.is_connected(a));
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "id": m.id,
                     "addr": m.addr,
                     "region": m.region,
                     "state": m.state.as_str(),
                     "link": if up { "up" } else { "down" },
-                })
+                });
+                if m.id == self.config.id {
+                    // This node's own answers, and how many came from its store.
+                    v["answers"] = Stats::get(&s.requests).into();
+                    v["hits"] = Stats::get(&s.hits).into();
+                }
+                v
             }).collect::<Vec<_>>(),
             "inflight": self.inflight(),
             "edges": self.links.connected_edges(),
@@ -327,6 +336,9 @@ impl AdminState for Node {
             "requests": Stats::get(&s.requests),
             "hits": Stats::get(&s.hits),
             "misses": Stats::get(&s.misses),
+            "bytes_sent": Stats::get(&s.bytes_sent),
+            "recent_purges": self.recent_purges.to_json(),
+            "now_ms": cdn_core::purge::unix_ms(),
             "coalesced": Stats::get(&s.coalesced),
             "origin_fetches": Stats::get(&s.origin_fetches),
             "parent_fetches": Stats::get(&s.parent_fetches),
@@ -564,6 +576,7 @@ pub async fn start_on(
         }),
         leaving: std::sync::atomic::AtomicBool::new(false),
         inflight: tokio::sync::watch::Sender::new(0),
+        recent_purges: cdn_core::purge::Recent::default(),
         config,
     });
     // Every change of the member list goes to the edges linked here.

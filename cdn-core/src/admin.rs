@@ -332,6 +332,9 @@ pub async fn serve_admin(
     .await
 }
 
+/// The status page (`GET /`): plain HTML and JavaScript polling `/status`, no build step.
+const STATUS_PAGE: &str = include_str!("status.html");
+
 async fn route(state: Arc<dyn AdminState>, req: http::Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -368,6 +371,14 @@ async fn route(state: Arc<dyn AdminState>, req: http::Request<Incoming>) -> Resp
         );
     }
     match path.as_str() {
+        "/" | "/index.html" => {
+            let mut r = Response::new(full(STATUS_PAGE));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                "text/html; charset=utf-8".parse().expect("static"),
+            );
+            r
+        }
         "/healthz" => text(StatusCode::OK, "ok"),
         "/status" => {
             let body = serde_json::to_vec_pretty(&state.status()).unwrap_or_default();

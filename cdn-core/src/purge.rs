@@ -95,6 +95,27 @@ impl PurgeLog {
 mod tests {
     use super::*;
 
+    #[test]
+    fn recent_purges_list_each_invalidation_once_newest_first() {
+        let recent = Recent::default();
+        let a = inv(|i| i.urls = vec!["/a".into()]);
+        let b = inv(|i| {
+            i.tags = vec!["t1".into(), "t2".into(), "t3".into(), "t4".into()];
+            i.soft = true;
+        });
+        // The same purge heard from three nodes is one entry.
+        for _ in 0..3 {
+            recent.record(&a, 1);
+        }
+        recent.record(&b, 0);
+        let v = recent.to_json();
+        let list = v.as_array().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0]["what"], "soft: tag t1, t2, t3 (+1)");
+        assert_eq!(list[1]["what"], "hard: url /a");
+        assert_eq!(list[1]["entries"], 3);
+    }
+
     fn inv(f: impl FnOnce(&mut Invalidation)) -> Invalidation {
         let mut i = Invalidation::default();
         f(&mut i);
@@ -163,4 +184,76 @@ mod tests {
         }
         assert!(log.purged_since(m, "/k", &[]));
     }
+}
+
+/// The last invalidations a member applied, for its status page.
+#[derive(Default)]
+pub struct Recent {
+    // A std mutex: a push or a copy of a few entries, never held across an await.
+    list: std::sync::Mutex<std::collections::VecDeque<(u64, String, u64)>>,
+}
+
+impl Recent {
+    /// Entries kept.
+    pub const LEN: usize = 20;
+
+    /// Records `inv`, which affected `entries` entries here. The same invalidation arriving
+    /// again within 2 s (an edge hears each purge from every node it is linked to) is one.
+    pub fn record(&self, inv: &Invalidation, entries: u64) {
+        let at = unix_ms();
+        let what = describe(inv);
+        let mut l = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(same) = l
+            .iter_mut()
+            .find(|(t, w, _)| *w == what && at.saturating_sub(*t) < 2_000)
+        {
+            same.2 += entries;
+            return;
+        }
+        if l.len() == Self::LEN {
+            l.pop_back();
+        }
+        l.push_front((at, what, entries));
+    }
+
+    /// Newest first, as JSON: `[{"at_ms", "what", "entries"}]`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let l = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        l.iter()
+            .map(|(at, what, n)| serde_json::json!({"at_ms": at, "what": what, "entries": n}))
+            .collect()
+    }
+}
+
+/// One line saying what an invalidation covers.
+pub fn describe(inv: &Invalidation) -> String {
+    let mut parts = Vec::new();
+    if inv.all {
+        parts.push("everything".to_string());
+    }
+    for (label, list) in [
+        ("url", &inv.urls),
+        ("prefix", &inv.prefixes),
+        ("tag", &inv.tags),
+    ] {
+        if !list.is_empty() {
+            let shown: Vec<&str> = list.iter().take(3).map(String::as_str).collect();
+            let more = if list.len() > 3 {
+                format!(" (+{})", list.len() - 3)
+            } else {
+                String::new()
+            };
+            parts.push(format!("{label} {}{more}", shown.join(", ")));
+        }
+    }
+    let kind = if inv.soft { "soft" } else { "hard" };
+    format!("{kind}: {}", parts.join("; "))
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -52,6 +52,8 @@ pub struct Upstream {
     // Owners that recently lost to hedges, by id. A std mutex: a lookup or update per miss,
     // never held across an await.
     records: std::sync::Mutex<std::collections::HashMap<String, Record>>,
+    // Per member: heads received, and how many were hits there (for the status page).
+    answers: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
 }
 
 impl Upstream {
@@ -68,6 +70,7 @@ impl Upstream {
             region: None,
             fallback_to_all: true,
             records: std::sync::Mutex::default(),
+            answers: std::sync::Mutex::default(),
         }
     }
 
@@ -385,6 +388,7 @@ impl Upstream {
                             } else {
                                 self.reinstate(&m.id);
                             }
+                            self.count_answer(&m.id, &head);
                             return Some((m, head, reader));
                         }
                         Err(PeerError::NotCached(_)) if was_hedge => {
@@ -429,6 +433,28 @@ impl Upstream {
                 else => return None,
             }
         }
+    }
+
+    fn count_answer(&self, id: &str, head: &Head) {
+        let hit = matches!(
+            head.via,
+            Via::Node {
+                status: cdn_proto::CacheStatus::Hit,
+                ..
+            }
+        );
+        let mut a = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        let e = a.entry(id.to_string()).or_default();
+        e.0 += 1;
+        e.1 += u64::from(hit);
+    }
+
+    /// Per member: heads received from it, and how many were hits in its store.
+    pub fn answers(&self) -> std::collections::HashMap<String, (u64, u64)> {
+        self.answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// `owners` with the ejected ones moved to the end (order otherwise kept).

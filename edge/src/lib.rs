@@ -78,6 +78,8 @@ pub struct Stats {
     pub purges: AtomicU64,
     /// Entries removed or marked stale by invalidations.
     pub purged: AtomicU64,
+    /// Response body bytes sent to clients (bodies of known length).
+    pub bytes_sent: AtomicU64,
 }
 
 impl Stats {
@@ -109,6 +111,8 @@ pub struct Edge {
     next_request_id: AtomicU64,
     // Purges accepted here that some node has not acknowledged yet: sent again until it does.
     undelivered: Arc<cdn_core::peers::Undelivered>,
+    // The last invalidations applied here, for the status page.
+    recent_purges: cdn_core::purge::Recent,
 }
 
 impl Edge {
@@ -213,6 +217,7 @@ impl Edge {
         let n = self.l1.purge(inv).await;
         Stats::add(&self.stats.purged, n);
         Stats::inc(&self.stats.purges);
+        self.recent_purges.record(inv, n);
         n
     }
 }
@@ -255,6 +260,7 @@ impl AdminState for Edge {
 
     fn status(&self) -> serde_json::Value {
         let s = &self.stats;
+        let answers = self.upstream.answers();
         let members: Vec<_> = self
             .upstream
             .pool()
@@ -262,17 +268,21 @@ impl AdminState for Edge {
             .iter()
             .map(|m| {
                 // "state": what the nodes' failure detector says; "link": whether this edge's
-                // connection (and its invalidation stream) is open.
+                // connection (and its invalidation stream) is open; "answers"/"hits": what
+                // this edge got from it, and how much of that came from its store.
                 let up = m
                     .addr
                     .parse()
                     .is_ok_and(|a| self.upstream.pool().is_connected(a));
+                let (answers, hits) = answers.get(&m.id).copied().unwrap_or_default();
                 serde_json::json!({
                     "id": m.id,
                     "addr": m.addr,
                     "region": m.region,
                     "state": m.state.as_str(),
                     "link": if up { "up" } else { "down" },
+                    "answers": answers,
+                    "hits": hits,
                 })
             })
             .collect();
@@ -287,6 +297,10 @@ impl AdminState for Edge {
             "requests": Stats::get(&s.requests),
             "hits": Stats::get(&s.hits),
             "misses": Stats::get(&s.misses),
+            "bytes_sent": Stats::get(&s.bytes_sent),
+            "recent_purges": self.recent_purges.to_json(),
+            "now_ms": cdn_core::purge::unix_ms(),
+            "undelivered_purges": self.undelivered.len(),
             "passes": Stats::get(&s.passes),
             "coalesced": Stats::get(&s.coalesced),
             "node_fetches": Stats::get(&s.node_fetches),
@@ -502,6 +516,7 @@ pub async fn start_on(
         stats: Stats::default(),
         next_request_id: AtomicU64::new(1),
         undelivered: Arc::default(),
+        recent_purges: cdn_core::purge::Recent::default(),
         config,
     });
     tokio::spawn(edge.undelivered.clone().run(

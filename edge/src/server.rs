@@ -52,6 +52,9 @@ async fn handle(edge: Arc<Edge>, mut req: Request<Incoming>) -> Response<Body> {
         _ => pass(&edge, req).await,
     };
     resp.headers_mut().insert(X_REQUEST_ID, rid);
+    if let Some(n) = http_body::Body::size_hint(resp.body()).exact() {
+        Stats::add(&edge.stats.bytes_sent, n);
+    }
     resp
 }
 

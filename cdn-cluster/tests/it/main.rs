@@ -11,4 +11,5 @@ mod raw_origin;
 mod security;
 mod semantics;
 mod sim;
+mod status_page;
 mod support;

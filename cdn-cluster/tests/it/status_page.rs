@@ -1,0 +1,116 @@
+//! The status page every admin port serves, driven in a real browser (headless Chromium,
+//! which `.ci/run` installs).
+
+use std::time::Duration;
+
+use crate::support::cluster;
+
+fn chromium() -> &'static str {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("a Chromium binary (Debian's `chromium`; .ci/run installs it)")
+}
+
+/// Loads `url` headless, lets its timers run for `budget` of virtual time (network waits do
+/// not count), and returns the DOM as the page left it.
+async fn dump_dom(url: &str, budget: Duration) -> String {
+    let out = tokio::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .arg(format!("--virtual-time-budget={}", budget.as_millis()))
+        .args(["--dump-dom", url])
+        .output()
+        .await
+        .expect("chromium runs");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `points` of the polyline inside the chart `<svg id="{id}">`.
+fn chart_points(dom: &str, id: &str) -> Vec<(f64, f64)> {
+    let at = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no chart {id} in {dom}"));
+    let rest = &dom[at..];
+    let p = rest.find("points=\"").expect("a polyline") + "points=\"".len();
+    let end = rest[p..].find('"').expect("closing quote");
+    rest[p..p + end]
+        .split_whitespace()
+        .filter_map(|xy| {
+            let (x, y) = xy.split_once(',')?;
+            Some((x.parse().ok()?, y.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_status_page_shows_the_members_and_live_charts_in_a_browser() {
+    let c = cluster(3, 1, |_| {}).await;
+    // Traffic while the page watches, so the request-rate chart has something to draw.
+    let load = tokio::spawn(loadgen::run(loadgen::Options {
+        targets: vec![c.edges[0].http_addr],
+        connections: 4,
+        duration: Duration::from_secs(6),
+        max_requests: None,
+        path: "/page/{key}?size=256".into(),
+        keys: 50,
+        dist: loadgen::Dist::Uniform,
+        rate: Some(200.0),
+        h2: false,
+        seed: 1,
+    }));
+    // A purge to list.
+    let (status, _) = crate::support::admin_purge(
+        c.edges[0].admin_addr,
+        serde_json::json!({"urls": ["/page/1?size=256"]}),
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::OK);
+    let url = format!("http://{}/", c.edges[0].admin_addr);
+    let dom = dump_dom(&url, Duration::from_secs(5)).await;
+    for j in 0..3 {
+        assert!(
+            dom.contains(&format!("data-member=\"node-{j}\"")),
+            "node-{j} listed: {dom}"
+        );
+    }
+    assert!(dom.contains("edge edge-0"), "the member's own name: {dom}");
+    assert!(dom.contains(">alive<"), "member states shown: {dom}");
+    let rps = chart_points(&dom, "rps");
+    assert!(
+        rps.len() >= 2,
+        "a request-rate line with a point per second: {rps:?}"
+    );
+    assert!(
+        rps.iter().any(|(_, y)| *y < 118.0),
+        "the rate rose above zero while the load ran: {rps:?}"
+    );
+    assert!(chart_points(&dom, "bps").len() >= 2);
+    assert!(
+        dom.contains("hard: url /page/1?size=256"),
+        "the purge listed: {dom}"
+    );
+    load.await.unwrap().unwrap();
+    // A node's page lists the same members.
+    let node_url = format!("http://{}/", c.nodes[0].as_ref().unwrap().admin_addr);
+    let dom = dump_dom(&node_url, Duration::from_secs(2)).await;
+    assert!(dom.contains("cache-node node-0"), "{dom}");
+    for j in 0..3 {
+        assert!(dom.contains(&format!("data-member=\"node-{j}\"")), "{dom}");
+    }
+    c.stop().await;
+}
