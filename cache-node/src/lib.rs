@@ -260,6 +260,8 @@ impl Node {
         cdn_core::peers::fan_out_purge(&self.peers, &others, id, inv, deadline, &mut remote).await;
         local.merge(remote.acked, remote.missing);
         local.settle(started);
+        metrics::histogram!("cdn_purge_fanout_seconds", "member" => self.config.id.clone())
+            .record(started.elapsed().as_secs_f64());
         local
     }
 
@@ -403,8 +405,15 @@ impl AdminState for Node {
                 "Configured capacity.",
                 self.store.capacity(),
             )
-            .label("member", id),
+            .label("member", id.clone()),
         ]
+        .into_iter()
+        .chain(cdn_core::admin::common_metrics(
+            &id,
+            &self.store,
+            &self.peers,
+        ))
+        .collect()
     }
 }
 

@@ -1,7 +1,6 @@
 //! The admin HTTP API every member serves: `/healthz`, `/status` (JSON), `/metrics`
 //! (Prometheus text). Components supply their state through [`AdminState`].
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -276,6 +275,17 @@ impl Metric {
         }
     }
 
+    /// A gauge sample with a fractional value (seconds, ratios).
+    pub fn gauge_f64(name: &'static str, help: &'static str, value: f64) -> Self {
+        Self {
+            name,
+            help,
+            kind: "gauge",
+            labels: vec![],
+            value,
+        }
+    }
+
     /// Adds a label.
     pub fn label(mut self, k: &'static str, v: impl Into<String>) -> Self {
         self.labels.push((k, v.into()));
@@ -283,34 +293,107 @@ impl Metric {
     }
 }
 
-/// Renders samples in the Prometheus text exposition format (HELP/TYPE once per name).
-pub fn render(metrics: &[Metric]) -> String {
-    let mut out = String::new();
-    let mut last = "";
-    for m in metrics {
-        if m.name != last {
-            let _ = writeln!(out, "# HELP {} {}", m.name, m.help);
-            let _ = writeln!(out, "# TYPE {} {}", m.name, m.kind);
-            last = m.name;
+/// The process's Prometheus recorder (the `metrics` crate's global one), installed on first
+/// use. Events are recorded where they happen (`metrics::histogram!` and friends); the
+/// member's counters and gauges are published into it at each scrape.
+pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+        // Latencies as histograms with buckets from 0.5 ms to 10 s (not summaries).
+        let builder = builder
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                &[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ],
+            )
+            .unwrap_or_else(|_| metrics_exporter_prometheus::PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed: /metrics shows only ours");
         }
-        out.push_str(m.name);
-        if !m.labels.is_empty() {
-            out.push('{');
-            for (i, (k, v)) in m.labels.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                let v = v
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                let _ = write!(out, "{k}=\"{v}\"");
-            }
-            out.push('}');
-        }
-        let _ = writeln!(out, " {}", m.value);
+        handle
+    })
+}
+
+/// What every member reports besides its own counters: entries removed from its store by
+/// cause, the cache nodes it knows by state, and each QUIC link's round-trip time and lost
+/// packets.
+pub fn common_metrics(
+    member: &str,
+    store: &crate::store::Store,
+    pool: &crate::peers::PeerPool,
+) -> Vec<Metric> {
+    let mut out = Vec::new();
+    let (size, expiry, purge) = store.evictions();
+    for (cause, n) in [("size", size), ("expiry", expiry), ("purge", purge)] {
+        out.push(
+            Metric::counter("cdn_evictions_total", "Entries removed, by cause.", n)
+                .label("member", member)
+                .label("cause", cause),
+        );
+    }
+    let roster = pool.roster();
+    for state in [
+        cdn_proto::MemberState::Alive,
+        cdn_proto::MemberState::Suspect,
+        cdn_proto::MemberState::Down,
+        cdn_proto::MemberState::Left,
+    ] {
+        let n = roster.iter().filter(|m| m.state == state).count() as u64;
+        out.push(
+            Metric::gauge("cdn_members", "Cache nodes known, by state.", n)
+                .label("member", member)
+                .label("state", state.as_str()),
+        );
+    }
+    for (peer, rtt, lost) in pool.link_stats() {
+        out.push(
+            Metric::gauge_f64(
+                "cdn_peer_rtt_seconds",
+                "Smoothed QUIC round-trip time to each node.",
+                rtt.as_secs_f64(),
+            )
+            .label("member", member)
+            .label("peer", peer.to_string()),
+        );
+        out.push(
+            Metric::counter(
+                "cdn_peer_lost_packets_total",
+                "QUIC packets lost on the link to each node.",
+                lost,
+            )
+            .label("member", member)
+            .label("peer", peer.to_string()),
+        );
     }
     out
+}
+
+/// Publishes `metrics` into the recorder and renders everything it holds in the Prometheus
+/// text format.
+pub fn render(metrics: &[Metric]) -> String {
+    let handle = prometheus();
+    for m in metrics {
+        let labels: Vec<metrics::Label> = m
+            .labels
+            .iter()
+            .map(|(k, v)| metrics::Label::new(*k, v.clone()))
+            .collect();
+        if m.kind == "counter" {
+            metrics::describe_counter!(m.name, m.help);
+            metrics::counter!(m.name, labels).absolute(m.value as u64);
+        } else {
+            metrics::describe_gauge!(m.name, m.help);
+            metrics::gauge!(m.name, labels).set(m.value);
+        }
+    }
+    handle.run_upkeep();
+    handle.render()
 }
 
 /// Serves the admin API until `shutdown`.
@@ -319,6 +402,8 @@ pub async fn serve_admin(
     state: Arc<dyn AdminState>,
     shutdown: CancellationToken,
 ) {
+    // Installed before anything is recorded, so no event is lost.
+    prometheus();
     serve(
         listener,
         ServerLimits::default(),
@@ -528,15 +613,34 @@ mod tests {
     }
 
     #[test]
-    fn renders_prometheus_text() {
+    fn renders_prometheus_text_through_the_metrics_recorder() {
+        prometheus();
+        metrics::histogram!("test_event_seconds").record(0.003);
         let out = render(&[
-            Metric::counter("x_total", "X.", 3).label("tier", "edge"),
-            Metric::counter("x_total", "X.", 4).label("tier", "node\"1"),
-            Metric::gauge("y_bytes", "Y.", 7),
+            Metric::counter("test_x_total", "X.", 3).label("tier", "edge"),
+            Metric::counter("test_x_total", "X.", 4).label("tier", "node\"1"),
+            Metric::gauge("test_y_bytes", "Y.", 7),
         ]);
-        assert_eq!(
-            out,
-            "# HELP x_total X.\n# TYPE x_total counter\nx_total{tier=\"edge\"} 3\nx_total{tier=\"node\\\"1\"} 4\n# HELP y_bytes Y.\n# TYPE y_bytes gauge\ny_bytes 7\n"
+        assert!(
+            out.contains("# HELP test_x_total X.\n# TYPE test_x_total counter\n"),
+            "{out}"
         );
+        assert!(out.contains("test_x_total{tier=\"edge\"} 3\n"), "{out}");
+        assert!(
+            out.contains("test_x_total{tier=\"node\\\"1\"} 4\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# TYPE test_y_bytes gauge\ntest_y_bytes 7\n"),
+            "{out}"
+        );
+        // Events recorded where they happen come out as histograms with buckets.
+        assert!(
+            out.contains("test_event_seconds_bucket{le=\"0.005\"} 1\n"),
+            "{out}"
+        );
+        // A counter published again is set, not added to.
+        let out = render(&[Metric::counter("test_x_total", "X.", 5).label("tier", "edge")]);
+        assert!(out.contains("test_x_total{tier=\"edge\"} 5\n"), "{out}");
     }
 }

@@ -663,7 +663,10 @@ pub async fn fetch_origin(
         )
     })?;
     *req.headers_mut() = headers;
-    let resp = match origin.send(req).await {
+    let asked = std::time::Instant::now();
+    let answered = origin.send(req).await;
+    metrics::histogram!("cdn_origin_fetch_seconds").record(asked.elapsed().as_secs_f64());
+    let resp = match answered {
         Ok(r) => r,
         Err(e) => {
             let now = std::time::SystemTime::now();

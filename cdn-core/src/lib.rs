@@ -39,14 +39,29 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Sets up `tracing` from `RUST_LOG` (default `info`). Safe to call more than once.
+/// Sets up `tracing` from `RUST_LOG` (default `info`), as text or, with
+/// `CDN_LOG_FORMAT=json`, one JSON object per line. Safe to call more than once. An unknown
+/// format is a config error: named, and the process exits 2.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    match std::env::var("CDN_LOG_FORMAT").as_deref() {
+        Err(_) | Ok("") | Ok("text") => {
+            let _ = builder.try_init();
+        }
+        Ok("json") => {
+            let _ = builder.json().with_current_span(false).try_init();
+        }
+        Ok(other) => {
+            eprintln!(
+                "error: invalid environment `CDN_LOG_FORMAT`: `{other}` is not `text` or `json`"
+            );
+            std::process::exit(2);
+        }
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

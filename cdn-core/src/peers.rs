@@ -414,6 +414,26 @@ impl PeerPool {
             .clone()
     }
 
+    /// Each open link: the node's address, QUIC's smoothed round-trip time, packets lost.
+    pub fn link_stats(&self) -> Vec<(SocketAddr, Duration, u64)> {
+        let peers: Vec<Arc<Peer>> = self
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        peers
+            .iter()
+            .filter_map(|p| {
+                // A link being set up right now is skipped rather than waited for.
+                let slot = p.conn.try_lock().ok()?;
+                let c = slot.as_ref().filter(|c| c.close_reason().is_none())?;
+                Some((p.addr, c.rtt(), c.stats().path.lost_packets))
+            })
+            .collect()
+    }
+
     /// Whether the pool currently holds an open connection to `addr` (the link that carries
     /// that node's invalidations).
     pub fn is_connected(&self, addr: SocketAddr) -> bool {

@@ -284,6 +284,8 @@ pub struct Store {
     log: Arc<crate::purge::PurgeLog>,
     // Which request fields each URL's responses vary on, learned from their `Vary`.
     vary: moka::future::Cache<Arc<str>, Arc<VaryMarker>>,
+    // Entries removed, by cause: size, expiry, purge (explicit removal).
+    evictions: Arc<[std::sync::atomic::AtomicU64; 3]>,
 }
 
 /// Variants kept per URL; beyond that, responses for new variants pass through unstored, so
@@ -362,6 +364,7 @@ pub fn primary(storage_key: &str) -> &str {
 impl Store {
     /// A store holding at most `capacity` bytes (as weighed by [`Entry::weight`]).
     pub fn new(capacity: u64, eviction: Eviction) -> Self {
+        let evictions: Arc<[std::sync::atomic::AtomicU64; 3]> = Arc::default();
         let policy = match eviction {
             Eviction::TinyLfu => EvictionPolicy::tiny_lfu(),
             Eviction::Lru => EvictionPolicy::lru(),
@@ -374,8 +377,21 @@ impl Store {
             })
             .expire_after(ExpireAtTtl)
             .eviction_policy(policy)
+            .eviction_listener({
+                let e = evictions.clone();
+                move |_k, _v, cause| {
+                    let i = match cause {
+                        moka::notification::RemovalCause::Size => 0,
+                        moka::notification::RemovalCause::Expired => 1,
+                        moka::notification::RemovalCause::Explicit => 2,
+                        moka::notification::RemovalCause::Replaced => return,
+                    };
+                    e[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
             .build();
         Self {
+            evictions,
             cache,
             capacity,
             log: Arc::default(),
@@ -547,6 +563,12 @@ impl Store {
             self.cache.invalidate(k.as_ref()).await;
         }
         hit.len() as u64
+    }
+
+    /// Entries removed so far by cause: `(size, expiry, purge)`.
+    pub fn evictions(&self) -> (u64, u64, u64) {
+        let get = |i: usize| self.evictions[i].load(std::sync::atomic::Ordering::Relaxed);
+        (get(0), get(1), get(2))
     }
 
     /// Applies pending evictions so the counters below are exact (tests, status).

@@ -202,6 +202,8 @@ impl Edge {
             .collect();
         self.undelivered.add(id, inv.clone(), owed);
         report.settle(started);
+        metrics::histogram!("cdn_purge_fanout_seconds", "member" => self.config.id.clone())
+            .record(started.elapsed().as_secs_f64());
         report
     }
 
@@ -373,8 +375,15 @@ impl AdminState for Edge {
                 "Bytes in L1 (weighed).",
                 self.l1.weighted_size(),
             )
-            .label("member", id),
+            .label("member", id.clone()),
         ]
+        .into_iter()
+        .chain(cdn_core::admin::common_metrics(
+            &id,
+            &self.l1,
+            self.upstream.pool(),
+        ))
+        .collect()
     }
 }
 

@@ -83,8 +83,9 @@ fn the_binary_starts_and_serves_its_admin_api_then_stops_on_sigterm() {
             "--tls-dir",
         ])
         .arg(dir.path().join("tls"))
+        .env("CDN_LOG_FORMAT", "json")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -109,8 +110,35 @@ fn the_binary_starts_and_serves_its_admin_api_then_stops_on_sigterm() {
         .status()
         .unwrap()
         .success());
-    let code = child.wait().unwrap();
-    assert!(code.success(), "clean exit on SIGTERM: {code:?}");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "clean exit on SIGTERM: {:?}",
+        out.status
+    );
+    // CDN_LOG_FORMAT=json: every log line is one JSON object.
+    let logs = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let said = |msg: &str| {
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == msg && l["level"] == "INFO")
+    };
+    assert!(said("cache node started"), "{logs}");
+    assert!(said("left the cluster"), "{logs}");
+}
+
+#[test]
+fn an_unknown_log_format_exits_2_naming_it() {
+    let out = bin()
+        .arg("--check-config")
+        .env("CDN_LOG_FORMAT", "xml")
+        .output()
+        .unwrap();
+    one_line_exit_2(out, "CDN_LOG_FORMAT");
 }
 
 #[test]

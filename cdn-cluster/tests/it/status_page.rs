@@ -114,3 +114,72 @@ async fn the_status_page_shows_the_members_and_live_charts_in_a_browser() {
     }
     c.stop().await;
 }
+
+/// The value of the first sample of `series` (name with labels, as rendered).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l[series.len()..].trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_are_exported_in_prometheus_format_through_the_metrics_crate() {
+    let c = cluster(3, 1, |_| {}).await;
+    let edge = c.edges[0].http_addr;
+    let key = "/metrics-test/a?size=100";
+    crate::support::get(edge, key).await;
+    crate::support::get(edge, key).await;
+    let (status, _) =
+        crate::support::admin_purge(c.edges[0].admin_addr, serde_json::json!({"urls": [key]}))
+            .await;
+    assert_eq!(status, http::StatusCode::OK);
+    let got = crate::support::get(c.edges[0].admin_addr, "/metrics").await;
+    assert_eq!(got.header("content-type"), "text/plain; version=0.0.4");
+    let text = String::from_utf8_lossy(&got.body).into_owned();
+    // Counters by outcome and tier.
+    assert!(
+        sample(
+            &text,
+            "cdn_edge_requests_total{member=\"edge-0\",outcome=\"hit\"}"
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+    // Member count by state, and each QUIC link's round-trip time.
+    assert_eq!(
+        sample(&text, "cdn_members{member=\"edge-0\",state=\"alive\"}"),
+        Some(3.0),
+        "{text}"
+    );
+    let rtts = text
+        .lines()
+        .filter(|l| l.starts_with("cdn_peer_rtt_seconds{member=\"edge-0\""))
+        .count();
+    assert_eq!(rtts, 3, "one RTT per node link: {text}");
+    // The purge removed the L1 entry: an eviction by cause.
+    assert!(
+        sample(
+            &text,
+            "cdn_evictions_total{member=\"edge-0\",cause=\"purge\"}"
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+    // Latency histograms recorded where the events happen.
+    assert!(
+        text.contains("# TYPE cdn_origin_fetch_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cdn_purge_fanout_seconds_bucket{member=\"edge-0\",le=\"0.5\"}"),
+        "{text}"
+    );
+    // A node exports the same families.
+    let node = crate::support::get(c.nodes[0].as_ref().unwrap().admin_addr, "/metrics").await;
+    let text = String::from_utf8_lossy(&node.body).into_owned();
+    assert!(
+        sample(&text, "cdn_members{member=\"node-0\",state=\"alive\"}") == Some(3.0),
+        "{text}"
+    );
+    c.stop().await;
+}
