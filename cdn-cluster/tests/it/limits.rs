@@ -110,3 +110,48 @@ async fn every_response_carries_a_request_id() {
     assert_eq!(mine.header("x-request-id"), "client-chosen-42");
     c.stop().await;
 }
+
+#[tokio::test]
+async fn a_node_allows_max_streams_concurrent_streams_per_connection() {
+    let c = crate::support::cluster(1, 1, |cfg| cfg.node.max_streams = 4).await;
+    let node = c.nodes[0].as_ref().unwrap().quic_addr;
+    let t = cdn_core::tls::transport(16, std::time::Duration::from_secs(5));
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(c.tls.quic_client(t).unwrap());
+    let conn = ep
+        .connect(node, cdn_core::tls::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    // Four streams, each holding half a request frame: all open on the node at once.
+    let frame = cdn_proto::Frame::MembersRequest.to_bytes();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&frame[..1]).await.unwrap();
+        held.push((send, recv));
+    }
+    // A fifth has to wait: the node grants no more.
+    let fifth = tokio::time::timeout(std::time::Duration::from_millis(300), conn.open_bi()).await;
+    assert!(
+        fifth.is_err(),
+        "a fifth stream opened beyond max_streams = 4"
+    );
+    // When one of the four ends, the fifth gets its turn.
+    let (mut send, _recv) = held.remove(0);
+    send.reset(0u32.into()).unwrap();
+    let (mut send, recv) = tokio::time::timeout(std::time::Duration::from_secs(5), conn.open_bi())
+        .await
+        .expect("a stream frees up")
+        .unwrap();
+    cdn_core::quic::send_frame(&mut send, &cdn_proto::Frame::MembersRequest)
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let answer = cdn_core::quic::FrameReader::new(recv).next().await.unwrap();
+    assert!(
+        matches!(answer, Some(cdn_proto::Frame::Members { .. })),
+        "{answer:?}"
+    );
+    c.stop().await;
+}

@@ -78,3 +78,67 @@ async fn only_members_with_a_certificate_from_the_cluster_ca_are_let_in() {
     assert!(!err.is_empty());
     c.stop().await;
 }
+
+#[tokio::test]
+async fn unkeyed_request_fields_cannot_change_or_evict_a_cached_response() {
+    let c = cluster(3, 1, |_| {}).await;
+    let edge = c.edges[0].http_addr;
+    let key = "/poison?size=300&cc=max-age%3D600";
+    let original = crate::support::get(edge, key).await;
+    assert_eq!(original.status, http::StatusCode::OK);
+    // Fields a cache-poisoning attempt plays with: none is part of the key, none may change
+    // what the next client gets, and none makes the edge refetch or drop the entry.
+    let attempts: &[&[(&str, &str)]] = &[
+        &[("x-forwarded-host", "evil.example")],
+        &[("forwarded", "host=evil.example;proto=http")],
+        &[("x-original-url", "/admin"), ("x-rewrite-url", "/admin")],
+        &[("x-http-method-override", "DELETE")],
+        &[
+            ("cache-control", "no-store, max-age=0"),
+            ("pragma", "no-cache"),
+        ],
+        &[("accept-encoding", "identity;q=0, evil")],
+        &[("host", "evil.example")],
+        &[("range", "bytes=0-9")],
+        &[("if-none-match", "\"something-else\"")],
+    ];
+    for fields in attempts {
+        let got = crate::support::get_with_fields(edge, key, fields).await;
+        if fields.iter().any(|(k, _)| *k == "range") {
+            assert_eq!(got.status, http::StatusCode::PARTIAL_CONTENT);
+            assert_eq!(got.body, original.body.slice(0..10), "{fields:?}");
+        } else {
+            assert_eq!(got.status, http::StatusCode::OK, "{fields:?}");
+            assert_eq!(got.body, original.body, "{fields:?}");
+        }
+    }
+    let after = crate::support::get(edge, key).await;
+    assert_eq!(after.body, original.body);
+    assert_eq!(after.edge_cache(), "HIT");
+    assert_eq!(c.origin_count(key), 1, "no attempt reached the origin");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn responses_to_requests_with_credentials_are_not_shared_unless_public() {
+    let c = cluster(3, 1, |_| {}).await;
+    let edge = c.edges[0].http_addr;
+    let auth = [("authorization", "Bearer alice")];
+    // Cacheable by its lifetime, but asked for with credentials: not for anyone else.
+    let private = "/creds/a?size=50&cc=max-age%3D600";
+    crate::support::get_with_fields(edge, private, &auth).await;
+    let other = crate::support::get(edge, private).await;
+    assert_eq!(other.edge_cache(), "MISS");
+    assert_eq!(
+        c.origin_count(private),
+        2,
+        "the second client got its own copy"
+    );
+    // `public` (RFC 9111 §3.5) lets a shared cache keep it.
+    let public = "/creds/b?size=50&cc=public%2C%20max-age%3D600";
+    crate::support::get_with_fields(edge, public, &auth).await;
+    let other = crate::support::get(edge, public).await;
+    assert_eq!(other.edge_cache(), "HIT");
+    assert_eq!(c.origin_count(public), 1);
+    c.stop().await;
+}
