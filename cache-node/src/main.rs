@@ -77,10 +77,13 @@ enum Cmd {
 }
 
 fn config_from(cli: Cli) -> Result<Config, ConfigError> {
-    let mut c = match &cli.config {
+    let c = match &cli.config {
         Some(p) => load_toml::<Config>(p)?,
         None => Config::default(),
     };
+    // File, then environment (`CDN_<KEY>`), then flags.
+    let mut c =
+        cdn_core::config::apply_env(c, &["advertise", "admin_token", "tls_dir", "parent_region"])?;
     if let Some(v) = cli.id {
         c.id = v;
     }

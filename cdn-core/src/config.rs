@@ -55,6 +55,65 @@ pub fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     })
 }
 
+/// Overrides config keys from the environment: `CDN_<KEY>` (upper case) for every key of
+/// `config` and for the `optional` keys that are unset (they do not appear in it). Strings are
+/// taken as given, lists as comma-separated items, everything else as a TOML value. Order of
+/// precedence in the binaries: file, then environment, then flags. A bad value names the
+/// variable.
+pub fn apply_env<T: Serialize + DeserializeOwned>(
+    config: T,
+    optional: &[&str],
+) -> Result<T, ConfigError> {
+    apply_vars(config, optional, |name| std::env::var(name).ok())
+}
+
+fn apply_vars<T: Serialize + DeserializeOwned>(
+    config: T,
+    optional: &[&str],
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<T, ConfigError> {
+    let Ok(toml::Value::Table(mut table)) = toml::Value::try_from(&config) else {
+        return Ok(config);
+    };
+    let keys: Vec<String> = table
+        .keys()
+        .cloned()
+        .chain(optional.iter().map(|k| k.to_string()))
+        .collect();
+    let mut from_env = Vec::new();
+    for key in keys {
+        let name = format!("CDN_{}", key.to_uppercase());
+        let Some(raw) = var(&name) else { continue };
+        let value = match table.get(&key) {
+            Some(toml::Value::Array(_)) if !raw.trim_start().starts_with('[') => {
+                toml::Value::Array(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_string()))
+                        .collect(),
+                )
+            }
+            Some(toml::Value::String(_)) | None => toml::Value::String(raw),
+            Some(_) => toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw)),
+        };
+        table.insert(key.clone(), value);
+        from_env.push((key, name));
+    }
+    if from_env.is_empty() {
+        return Ok(config);
+    }
+    let text =
+        toml::to_string(&table).map_err(|e| ConfigError::new("<environment>", e.to_string()))?;
+    parse_toml(&text).map_err(|e| match from_env.iter().find(|(k, _)| *k == e.key) {
+        Some((_, name)) => ConfigError::new(name.clone(), e.message),
+        None => e,
+    })
+}
+
 fn one_line(s: &str) -> String {
     s.split('\n')
         .map(str::trim)
@@ -169,6 +228,76 @@ pub fn parse_args<T: clap::Parser>() -> T {
 
 #[cfg(test)]
 mod tests {
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct EnvSample {
+        name: String,
+        size: ByteSize,
+        count: u64,
+        on: bool,
+        seeds: Vec<String>,
+        token: Option<String>,
+    }
+
+    impl Default for EnvSample {
+        fn default() -> Self {
+            Self {
+                name: "a".into(),
+                size: ByteSize(1024),
+                count: 1,
+                on: false,
+                seeds: vec![],
+                token: None,
+            }
+        }
+    }
+
+    #[test]
+    fn the_environment_overrides_every_key_and_bad_values_name_the_variable() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let got = apply_vars(
+            EnvSample::default(),
+            &["token"],
+            env(&[
+                ("CDN_NAME", "node 7"),
+                ("CDN_SIZE", "64MiB"),
+                ("CDN_COUNT", "12"),
+                ("CDN_ON", "true"),
+                ("CDN_SEEDS", "10.0.0.1:4433, nodes.cdn:4433"),
+                ("CDN_TOKEN", "s3cret"),
+                ("CDN_LOG_FORMAT", "json"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            EnvSample {
+                name: "node 7".into(),
+                size: ByteSize(64 << 20),
+                count: 12,
+                on: true,
+                seeds: vec!["10.0.0.1:4433".into(), "nodes.cdn:4433".into()],
+                token: Some("s3cret".into()),
+            }
+        );
+        let err = apply_vars(EnvSample::default(), &[], env(&[("CDN_COUNT", "many")])).unwrap_err();
+        assert_eq!(err.key, "CDN_COUNT");
+        let err = apply_vars(EnvSample::default(), &[], env(&[("CDN_SIZE", "lots")])).unwrap_err();
+        assert_eq!(err.key, "CDN_SIZE");
+        // Nothing set: the config comes back as it was.
+        assert_eq!(
+            apply_vars(EnvSample::default(), &[], env(&[])).unwrap(),
+            EnvSample::default()
+        );
+    }
+
     use super::*;
 
     #[derive(Debug, Deserialize)]

@@ -55,10 +55,12 @@ struct Cli {
 }
 
 fn config_from(cli: Cli) -> Result<Config, ConfigError> {
-    let mut c = match &cli.config {
+    let c = match &cli.config {
         Some(p) => load_toml::<Config>(p)?,
         None => Config::default(),
     };
+    // File, then environment (`CDN_<KEY>`), then flags.
+    let mut c = cdn_core::config::apply_env(c, &["admin_token", "tls_dir"])?;
     if let Some(v) = cli.id {
         c.id = v;
     }
