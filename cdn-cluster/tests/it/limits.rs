@@ -155,3 +155,58 @@ async fn a_node_allows_max_streams_concurrent_streams_per_connection() {
     );
     c.stop().await;
 }
+
+#[tokio::test]
+async fn a_garbage_oversized_or_truncated_frame_closes_only_its_stream() {
+    let c = crate::support::cluster(1, 1, |_| {}).await;
+    let node = c.nodes[0].as_ref().unwrap().quic_addr;
+    let t = cdn_core::tls::transport(16, Duration::from_secs(5));
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(c.tls.quic_client(t).unwrap());
+    let conn = ep
+        .connect(node, cdn_core::tls::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let valid = cdn_proto::Frame::MembersRequest.to_bytes().to_vec();
+    let mut unknown_type = valid.clone();
+    unknown_type[0] = 0xEE;
+    // A length prefix past MAX_PAYLOAD (1 MiB).
+    let oversized = [&[1u8][..], &(2u32 << 20).to_be_bytes()[..], &[0u8; 16][..]].concat();
+    let truncated = valid[..valid.len().min(3)].to_vec();
+    for (what, bytes) in [
+        ("unknown type", unknown_type),
+        ("oversized", oversized),
+        ("truncated", truncated),
+    ] {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        let _ = send.finish();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            cdn_core::quic::FrameReader::new(recv).next(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the node answered or closed the stream"));
+        assert!(
+            !matches!(answer, Ok(Some(cdn_proto::Frame::Members { .. }))),
+            "{what}: {answer:?}"
+        );
+        assert!(
+            conn.close_reason().is_none(),
+            "{what}: the connection stays up"
+        );
+    }
+    // The same connection still serves a good request.
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    cdn_core::quic::send_frame(&mut send, &cdn_proto::Frame::MembersRequest)
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let answer = cdn_core::quic::FrameReader::new(recv).next().await.unwrap();
+    assert!(
+        matches!(answer, Some(cdn_proto::Frame::Members { .. })),
+        "{answer:?}"
+    );
+    c.stop().await;
+}
