@@ -96,7 +96,7 @@ impl Node {
         let Some(entry) = self.store.lookup(key, request).await else {
             return;
         };
-        if entry.stored_at < since || entry.headers.contains_key(http::header::VARY) {
+        if entry.stored_at < since || entry.fields().get("vary").is_some() {
             return;
         }
         let others: Vec<Member> = self
@@ -108,7 +108,7 @@ impl Node {
             return;
         }
         let now = SystemTime::now();
-        let mut headers = entry.headers.clone();
+        let mut headers = entry.headers();
         headers.insert(
             http::header::AGE,
             http::HeaderValue::from(entry.age(now).as_secs()),

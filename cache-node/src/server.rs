@@ -308,8 +308,8 @@ async fn respond_entry(
     request: &http::HeaderMap,
     now: SystemTime,
 ) -> Result<(), WireError> {
-    if entry.status == http::StatusCode::OK && policy::not_modified(request, &entry.headers) {
-        let mut headers = entry.headers.clone();
+    if entry.status == http::StatusCode::OK && policy::not_modified(request, &entry.headers()) {
+        let mut headers = entry.headers();
         headers.insert(
             http::header::AGE,
             http::HeaderValue::from(entry.age(now).as_secs()),
@@ -357,7 +357,7 @@ async fn break_mid_body(
             cache,
             node: node.config.id.clone(),
             content_length: Some(entry.body_len),
-            headers: fields_from_headers(&entry.headers),
+            headers: entry.fields().wire(),
         },
     )
     .await?;

@@ -551,8 +551,8 @@ pub fn complete_from_entry(
     now: std::time::SystemTime,
     served: Served,
 ) {
-    let variant = variant_of(key, &entry.headers, request);
-    let mut headers = entry.headers.clone();
+    let variant = variant_of(key, &entry.headers(), request);
+    let mut headers = entry.headers();
     headers.insert(
         http::header::AGE,
         http::HeaderValue::from(entry.age(now).as_secs()),
@@ -607,7 +607,7 @@ pub fn revalidated(
     now: std::time::SystemTime,
     rules: &crate::policy::Rules,
 ) -> (crate::store::Entry, bool) {
-    let merged = crate::policy::merge_not_modified(&stale.headers, not_modified);
+    let merged = crate::policy::merge_not_modified(&stale.headers(), not_modified);
     let mut r = http::Response::new(());
     *r.status_mut() = stale.status;
     *r.headers_mut() = merged.clone();
@@ -652,7 +652,7 @@ pub async fn fetch_origin(
     let policy_req = crate::policy::policy_request(&http::Method::GET, key, &headers);
     let stale = stale.filter(|s| s.validators || s.stale_if_error > std::time::Duration::ZERO);
     if let Some(s) = stale.as_ref().filter(|s| s.validators) {
-        headers.extend(crate::policy::validators_for(&s.headers));
+        headers.extend(crate::policy::validators_for(&s.headers()));
     }
     let mark = store.fill_mark();
     let mut req = http::Request::new(crate::http::empty());

@@ -142,7 +142,7 @@ pub async fn send_entry(
     node: &str,
     now: std::time::SystemTime,
 ) -> Result<u64, WireError> {
-    let mut headers = fields_from_headers(&entry.headers);
+    let mut headers = entry.fields().wire();
     headers.push((
         "age".into(),
         Bytes::from(entry.age(now).as_secs().to_string()),

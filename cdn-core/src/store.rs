@@ -14,17 +14,18 @@ use http::{HeaderMap, StatusCode};
 use moka::policy::EvictionPolicy;
 use serde::{Deserialize, Serialize};
 
-/// Fixed cost charged per entry on top of its body and header bytes: the entry, its header
-/// map, the key, moka's bookkeeping. Measured with `examples/store_memory.rs`.
-const ENTRY_OVERHEAD: u64 = 1024;
+/// Fixed cost charged per entry on top of its body and packed header bytes: the entry, the
+/// key, moka's bookkeeping, allocator slack. Measured with `examples/store_memory.rs`
+/// (1,000,000 × 1 KiB: about 750 bytes per object beyond payload and header bytes).
+const ENTRY_OVERHEAD: u64 = 768;
 
 /// A stored response, complete and immutable.
 #[derive(Debug)]
 pub struct Entry {
     /// Response status.
     pub status: StatusCode,
-    /// Response header fields as stored (hop-by-hop fields and `Age` removed).
-    pub headers: HeaderMap,
+    // Response header fields as stored (hop-by-hop fields and `Age` removed), packed.
+    fields: Fields,
     /// The body, as the chunks it arrived in (served without copying).
     pub body: Vec<Bytes>,
     /// Total body bytes.
@@ -62,16 +63,12 @@ impl Entry {
         decision: crate::policy::Decision,
         stored_at: SystemTime,
     ) -> Self {
-        let headers = compact_headers(&headers);
+        let tags = crate::purge::surrogate_keys(&headers);
+        let fields = Fields::pack(&headers);
         let body = compact_body(body);
         let body_len: u64 = body.iter().map(|b| b.len() as u64).sum();
-        let header_bytes: u64 = headers
-            .iter()
-            // A header map bucket per field besides the name and value bytes.
-            .map(|(k, v)| (k.as_str().len() + v.len() + 64) as u64)
-            .sum();
+        let header_bytes = fields.len() as u64;
         let weight = body_len + header_bytes + ENTRY_OVERHEAD;
-        let tags = crate::purge::surrogate_keys(&headers);
         let (swr, sie, revalidate_only, validators) = (
             decision.stale_while_revalidate,
             decision.stale_if_error,
@@ -80,7 +77,7 @@ impl Entry {
         );
         Self {
             status,
-            headers,
+            fields,
             body,
             body_len,
             stored_at,
@@ -95,6 +92,16 @@ impl Entry {
             stale: AtomicBool::new(false),
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
         }
+    }
+
+    /// The header fields as a map (values share the stored buffer; the map is built per call).
+    pub fn headers(&self) -> HeaderMap {
+        self.fields.to_map()
+    }
+
+    /// The stored header fields, packed.
+    pub fn fields(&self) -> &Fields {
+        &self.fields
     }
 
     /// Records the node the entry came from.
@@ -190,29 +197,97 @@ fn compact_body(body: Vec<Bytes>) -> Vec<Bytes> {
     vec![one.freeze()]
 }
 
-/// The header fields as stored, without `Age` (recomputed per response): every value copied
-/// into one shared buffer (values parsed from the network would pin the read buffer, and
-/// values built one by one cost an allocation each), in a map sized for exactly these fields.
-fn compact_headers(headers: &HeaderMap) -> HeaderMap {
-    let total: usize = headers.values().map(|v| v.len()).sum();
-    let mut block = bytes::BytesMut::with_capacity(total);
-    for v in headers.values() {
-        block.extend_from_slice(v.as_bytes());
-    }
-    let block = block.freeze();
-    let mut out = HeaderMap::with_capacity(headers.len());
-    let mut at = 0;
-    for (k, v) in headers {
-        let end = at + v.len();
-        if k != http::header::AGE {
-            let mut value = http::HeaderValue::from_maybe_shared(block.slice(at..end))
-                .unwrap_or_else(|_| v.clone());
-            value.set_sensitive(v.is_sensitive());
-            out.append(k.clone(), value);
+/// Header fields packed in one buffer (for each: `u16` name length, name, `u16` value length,
+/// value). A stored entry pays the fields' bytes plus 40 instead of a `HeaderMap`'s hundred
+/// bytes or so per field; a served entry unpacks them into a map whose values share the
+/// buffer. `Age` is not kept (it is computed when served), nor values over 64 KiB.
+#[derive(Clone, Default, Debug)]
+pub struct Fields {
+    block: Bytes,
+    count: u16,
+}
+
+impl Fields {
+    /// Packs `headers`.
+    pub fn pack(headers: &HeaderMap) -> Self {
+        let keep = |k: &http::HeaderName, v: &http::HeaderValue| {
+            k != http::header::AGE && v.len() <= u16::MAX as usize
+        };
+        let total: usize = headers
+            .iter()
+            .filter(|(k, v)| keep(k, v))
+            .map(|(k, v)| 4 + k.as_str().len() + v.len())
+            .sum();
+        let mut block = bytes::BytesMut::with_capacity(total);
+        let mut count = 0u16;
+        for (k, v) in headers.iter().filter(|(k, v)| keep(k, v)) {
+            block.extend_from_slice(&(k.as_str().len() as u16).to_be_bytes());
+            block.extend_from_slice(k.as_str().as_bytes());
+            block.extend_from_slice(&(v.len() as u16).to_be_bytes());
+            block.extend_from_slice(v.as_bytes());
+            count = count.saturating_add(1);
         }
-        at = end;
+        Self {
+            block: block.freeze(),
+            count,
+        }
     }
-    out
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.block.len()
+    }
+
+    /// Whether there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The fields in stored order: name (lower case) and value.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Bytes)> + '_ {
+        let b = &self.block;
+        let mut at = 0usize;
+        std::iter::from_fn(move || {
+            let len = |i: usize| -> Option<usize> {
+                Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]) as usize)
+            };
+            let n = len(at)?;
+            let name = std::str::from_utf8(b.get(at + 2..at + 2 + n)?).ok()?;
+            let v_at = at + 2 + n;
+            let v = len(v_at)?;
+            let value = b.slice(v_at + 2..(v_at + 2 + v).min(b.len()));
+            at = v_at + 2 + v;
+            Some((name, value))
+        })
+    }
+
+    /// The first value of `name` (lower case).
+    pub fn get(&self, name: &str) -> Option<Bytes> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// Unpacks into a map.
+    pub fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.count as usize);
+        for (name, value) in self.iter() {
+            let (Ok(name), Ok(mut value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_maybe_shared(value),
+            ) else {
+                continue;
+            };
+            if name == http::header::SET_COOKIE {
+                value.set_sensitive(true);
+            }
+            map.append(name, value);
+        }
+        map
+    }
+
+    /// As wire-protocol fields.
+    pub fn wire(&self) -> Vec<cdn_proto::frame::Field> {
+        self.iter().map(|(n, v)| (n.to_string(), v)).collect()
+    }
 }
 
 /// How usable a stored entry is.
@@ -425,7 +500,7 @@ impl Store {
     /// Where a response to `request` for `key` is stored: `None` when it must not be (`Vary:
     /// *`, or the URL already has [`MAX_VARIANTS`] variants).
     async fn storage_key(&self, key: &str, request: &HeaderMap, entry: &Entry) -> Option<String> {
-        let names = vary_names(&entry.headers)?;
+        let names = vary_names(&entry.headers())?;
         if names.is_empty() {
             return Some(key.to_string());
         }

@@ -241,7 +241,7 @@ impl Upstream {
         let stale = stale.filter(|s| s.validators);
         let mut with_validators = headers.clone();
         if let Some(s) = stale {
-            with_validators.extend(crate::policy::validators_for(&s.headers));
+            with_validators.extend(crate::policy::validators_for(&s.headers()));
         }
         let owners = self.in_preference_order(self.owners(key));
         let Some((member, mut head, body)) = self
@@ -270,7 +270,7 @@ impl Upstream {
                 Via::Node { status, .. } => *status,
                 _ => cdn_proto::CacheStatus::Hit,
             };
-            let mut h = entry.headers.clone();
+            let mut h = entry.headers();
             h.insert(
                 http::header::AGE,
                 http::HeaderValue::from(entry.age(now).as_secs()),
@@ -286,7 +286,7 @@ impl Upstream {
                         status: node_status,
                     },
                     served: Served::Revalidated,
-                    variant: crate::fill::variant_of(key, &entry.headers, headers),
+                    variant: crate::fill::variant_of(key, &entry.headers(), headers),
                 },
                 true,
             );

@@ -125,11 +125,11 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
                 &edge.stats.stale
             });
             let conditional = entry.status == StatusCode::OK
-                && policy::not_modified(req.headers(), &entry.headers);
+                && policy::not_modified(req.headers(), &entry.headers());
             let answer = range_answer(
                 &req,
                 entry.status,
-                &entry.headers,
+                &entry.headers(),
                 Some(entry.body_len),
                 conditional,
             );
@@ -415,7 +415,7 @@ fn entry_response(entry: &Entry, now: SystemTime, head_only: bool) -> Response<B
     });
     *r.status_mut() = entry.status;
     let h = r.headers_mut();
-    *h = entry.headers.clone();
+    *h = entry.headers();
     h.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
     h.insert(X_CACHE, HeaderValue::from_static("HIT"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body_len));
