@@ -8,6 +8,11 @@ use cdn_core::config::{load_toml, parse_args, ByteSize, ConfigError};
 use cdn_core::store::Eviction;
 use cdn_core::tls::TlsMaterial;
 use clap::{Parser, Subcommand};
+
+// A cache churns through objects: glibc's allocator keeps much of what is freed, so a full
+// store's resident memory drifts far above its capacity (measured in docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio_util::sync::CancellationToken;
 
 /// A cache node of the CDN cluster.

@@ -4,6 +4,11 @@ use cdn_cluster::{Cluster, ClusterConfig};
 use cdn_core::config::{parse_args, ByteSize};
 use clap::Parser;
 
+// Caches churn through objects: glibc's allocator keeps much of what is freed, so resident
+// memory drifts far above the configured capacity (measured in docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Runs the whole CDN on one machine until Ctrl-C or SIGTERM.
 #[derive(Parser)]
 #[command(version)]

@@ -9,6 +9,11 @@ use clap::Parser;
 use edge::Config;
 use tokio_util::sync::CancellationToken;
 
+// Caches churn through objects: glibc's allocator keeps much of what is freed, so resident
+// memory drifts far above the configured capacity (measured in docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An edge of the CDN: HTTP/1.1 and HTTP/2 to clients, QUIC to cache nodes.
 #[derive(Parser)]
 #[command(version)]

@@ -48,6 +48,8 @@ pub struct Options {
 pub enum Dist {
     /// Every key equally likely.
     Uniform,
+    /// Keys in order, 0, 1, 2, … (then again from 0): loads every key once per pass.
+    Sequential,
     /// Zipf with this exponent (0.99 is the classic web cache workload).
     Zipf(f64),
     /// A hot set: `keys` of the keys get `traffic` of the requests (e.g. 0.01 and 0.9).
@@ -63,11 +65,12 @@ impl std::str::FromStr for Dist {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
-            format!("`{s}`: use uniform, zipf:S (e.g. zipf:0.99) or hot:KEYS:TRAFFIC (e.g. hot:0.01:0.9)")
+            format!("`{s}`: use uniform, seq, zipf:S (e.g. zipf:0.99) or hot:KEYS:TRAFFIC (e.g. hot:0.01:0.9)")
         };
         let mut parts = s.split(':');
         match parts.next() {
             Some("uniform") => Ok(Dist::Uniform),
+            Some("seq") | Some("sequential") => Ok(Dist::Sequential),
             Some("zipf") => {
                 let e: f64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
                 if e <= 0.0 {
@@ -96,6 +99,9 @@ pub struct Keys {
     n: u64,
     dist: Dist,
     zipf: Option<rand_distr::Zipf<f64>>,
+    // Sequential: the next key, shared by every worker of a run, so together they visit
+    // each key once per pass however fast each one is.
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Keys {
@@ -108,7 +114,23 @@ impl Keys {
             }
             _ => None,
         };
-        Ok(Self { n, dist, zipf })
+        Ok(Self {
+            n,
+            dist,
+            zipf,
+            next: std::sync::Arc::default(),
+        })
+    }
+
+    /// A sampler sharing `next` (the sequential position) with the run's other workers.
+    pub fn shared(
+        n: u64,
+        dist: Dist,
+        next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> anyhow::Result<Self> {
+        let mut k = Self::new(n, dist)?;
+        k.next = next;
+        Ok(k)
     }
 
     /// The next key.
@@ -116,6 +138,9 @@ impl Keys {
         use rand_distr::Distribution;
         match self.dist {
             Dist::Uniform => rng.random_range(0..self.n),
+            Dist::Sequential => {
+                self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.n
+            }
             // Zipf ranks are 1..=n; rank 1 is the most popular key, 0.
             Dist::Zipf(_) => self
                 .zipf
@@ -179,13 +204,15 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let budget = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
         opts.max_requests.unwrap_or(u64::MAX),
     ));
+    let seq = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for c in 0..opts.connections {
         let addr = opts.targets[c % opts.targets.len()];
         let opts = opts.clone();
         let budget = budget.clone();
+        let seq = seq.clone();
         tasks.push(tokio::spawn(async move {
-            worker(addr, opts, c as u64, deadline, budget).await
+            worker(addr, opts, c as u64, deadline, budget, seq).await
         }));
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -224,6 +251,7 @@ async fn worker(
     index: u64,
     deadline: Instant,
     budget: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> anyhow::Result<Worker> {
     let mut rng =
         rand::rngs::SmallRng::seed_from_u64(opts.seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -234,7 +262,7 @@ async fn worker(
         bytes: 0,
         hits: 0,
     };
-    let keys = Keys::new(opts.keys, opts.dist)?;
+    let keys = Keys::shared(opts.keys, opts.dist, seq)?;
     let mut sender = connect(addr, opts.h2).await?;
     // Open loop: this worker's share of the rate, one request due every `interval`; latency
     // counts from when a request was due, so a stall is not hidden (coordinated omission).
@@ -534,6 +562,9 @@ mod tests {
         .unwrap();
         let hits = (0..n).filter(|_| hot.sample(&mut rng) < 10).count();
         assert!((hits as f64 / n as f64 - 0.9).abs() < 0.01, "{hits}");
+        let seq = Keys::new(3, Dist::Sequential).unwrap();
+        let drawn: Vec<u64> = (0..7).map(|_| seq.sample(&mut rng)).collect();
+        assert_eq!(drawn, vec![0, 1, 2, 0, 1, 2, 0]);
         let uni = Keys::new(1000, Dist::Uniform).unwrap();
         assert!((0..n).all(|_| uni.sample(&mut rng) < 1000));
     }

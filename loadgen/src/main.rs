@@ -32,7 +32,8 @@ struct Cli {
     /// Number of distinct keys.
     #[arg(long, default_value_t = 1)]
     keys: u64,
-    /// Key distribution: uniform, zipf:S (e.g. zipf:0.99) or hot:KEYS:TRAFFIC (hot:0.01:0.9).
+    /// Key distribution: uniform, seq (every key in turn), zipf:S (e.g. zipf:0.99) or
+    /// hot:KEYS:TRAFFIC (hot:0.01:0.9).
     #[arg(long, default_value = "uniform")]
     dist: loadgen::Dist,
     /// Open loop at this many requests/s in total (coordinated omission corrected); default:
