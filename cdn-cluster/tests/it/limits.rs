@@ -111,18 +111,36 @@ async fn every_response_carries_a_request_id() {
     c.stop().await;
 }
 
+/// A connection to node 0 with the cluster's client certificate, as another member makes.
+async fn node_connection(c: &cdn_cluster::Cluster) -> quinn::Connection {
+    let node = c.nodes[0].as_ref().unwrap().quic_addr;
+    let t = cdn_core::tls::transport(16, Duration::from_secs(5));
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(c.tls.quic_client(t).unwrap());
+    ep.connect(node, cdn_core::tls::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap()
+}
+
+/// Asks for the member list on a new stream of `conn` and checks the node answers it.
+async fn asks_members(conn: &quinn::Connection) {
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    cdn_core::quic::send_frame(&mut send, &cdn_proto::Frame::MembersRequest)
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let answer = cdn_core::quic::FrameReader::new(recv).next().await.unwrap();
+    assert!(
+        matches!(answer, Some(cdn_proto::Frame::Members { .. })),
+        "{answer:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_node_allows_max_streams_concurrent_streams_per_connection() {
     let c = crate::support::cluster(1, 1, |cfg| cfg.node.max_streams = 4).await;
-    let node = c.nodes[0].as_ref().unwrap().quic_addr;
-    let t = cdn_core::tls::transport(16, std::time::Duration::from_secs(5));
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(c.tls.quic_client(t).unwrap());
-    let conn = ep
-        .connect(node, cdn_core::tls::SERVER_NAME)
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = node_connection(&c).await;
     // Four streams, each holding half a request frame: all open on the node at once.
     let frame = cdn_proto::Frame::MembersRequest.to_bytes();
     let mut held = Vec::new();
@@ -140,34 +158,16 @@ async fn a_node_allows_max_streams_concurrent_streams_per_connection() {
     // When one of the four ends, the fifth gets its turn.
     let (mut send, _recv) = held.remove(0);
     send.reset(0u32.into()).unwrap();
-    let (mut send, recv) = tokio::time::timeout(std::time::Duration::from_secs(5), conn.open_bi())
+    tokio::time::timeout(Duration::from_secs(5), asks_members(&conn))
         .await
-        .expect("a stream frees up")
-        .unwrap();
-    cdn_core::quic::send_frame(&mut send, &cdn_proto::Frame::MembersRequest)
-        .await
-        .unwrap();
-    send.finish().unwrap();
-    let answer = cdn_core::quic::FrameReader::new(recv).next().await.unwrap();
-    assert!(
-        matches!(answer, Some(cdn_proto::Frame::Members { .. })),
-        "{answer:?}"
-    );
+        .expect("a stream frees up");
     c.stop().await;
 }
 
 #[tokio::test]
 async fn a_garbage_oversized_or_truncated_frame_closes_only_its_stream() {
     let c = crate::support::cluster(1, 1, |_| {}).await;
-    let node = c.nodes[0].as_ref().unwrap().quic_addr;
-    let t = cdn_core::tls::transport(16, Duration::from_secs(5));
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(c.tls.quic_client(t).unwrap());
-    let conn = ep
-        .connect(node, cdn_core::tls::SERVER_NAME)
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = node_connection(&c).await;
     let valid = cdn_proto::Frame::MembersRequest.to_bytes().to_vec();
     let mut unknown_type = valid.clone();
     unknown_type[0] = 0xEE;
@@ -198,15 +198,6 @@ async fn a_garbage_oversized_or_truncated_frame_closes_only_its_stream() {
         );
     }
     // The same connection still serves a good request.
-    let (mut send, recv) = conn.open_bi().await.unwrap();
-    cdn_core::quic::send_frame(&mut send, &cdn_proto::Frame::MembersRequest)
-        .await
-        .unwrap();
-    send.finish().unwrap();
-    let answer = cdn_core::quic::FrameReader::new(recv).next().await.unwrap();
-    assert!(
-        matches!(answer, Some(cdn_proto::Frame::Members { .. })),
-        "{answer:?}"
-    );
+    asks_members(&conn).await;
     c.stop().await;
 }
