@@ -189,27 +189,23 @@ fn a_wildcard_listen_address_needs_an_advertised_one() {
 #[test]
 fn the_environment_sets_config_keys_and_a_bad_one_exits_2_naming_it() {
     let dir = tls_dir();
-    let out = bin()
-        .args(["--check-config", "--tls-dir"])
-        .arg(dir.path().join("tls"))
-        .env("CDN_PURGE_TIMEOUT_MS", "soon")
-        .output()
-        .unwrap();
-    one_line_exit_2(out, "CDN_PURGE_TIMEOUT_MS");
+    let check = |flags: &[&str], var: &str, value: &str| {
+        bin()
+            .arg("--check-config")
+            .args(flags)
+            .arg("--tls-dir")
+            .arg(dir.path().join("tls"))
+            .env(var, value)
+            .output()
+            .unwrap()
+    };
+    one_line_exit_2(
+        check(&[], "CDN_PURGE_TIMEOUT_MS", "soon"),
+        "CDN_PURGE_TIMEOUT_MS",
+    );
     // A valid value is taken; a flag still wins over it.
-    let out = bin()
-        .args(["--check-config", "--tls-dir"])
-        .arg(dir.path().join("tls"))
-        .env("CDN_CAPACITY", "0")
-        .output()
-        .unwrap();
-    one_line_exit_2(out, "capacity");
-    let out = bin()
-        .args(["--check-config", "--capacity", "64MiB", "--tls-dir"])
-        .arg(dir.path().join("tls"))
-        .env("CDN_CAPACITY", "0")
-        .output()
-        .unwrap();
+    one_line_exit_2(check(&[], "CDN_CAPACITY", "0"), "capacity");
+    let out = check(&["--capacity", "64MiB"], "CDN_CAPACITY", "0");
     assert!(
         out.status.success(),
         "{}",

@@ -64,26 +64,8 @@ async fn a_hung_owner_is_hedged_around() {
         .find(|k| up.owners(k)[0].id == primary_id)
         .unwrap();
     let held_owners = up.owners("/hedge/held");
-    let push = crate::support::request(
-        c.edges[0].admin_addr,
-        http::Method::PUT,
-        "/objects/hedge/held",
-        false,
-        &[
-            ("authorization", "Bearer test-token"),
-            ("cache-control", "max-age=600"),
-        ],
-        Some("held by both owners".into()),
-    )
-    .await
-    .unwrap();
-    assert_eq!(push.status, http::StatusCode::OK);
-    let primary = c
-        .nodes
-        .iter()
-        .flatten()
-        .find(|n| n.id() == primary_id)
-        .unwrap();
+    crate::support::push_object(&c, "/hedge/held", "held by both owners".into()).await;
+    let primary = crate::support::node(&c, &primary_id);
     primary.node.set_stalled(true);
     // The hedge finds it at the second owner. Without hedging each GET would wait for the
     // node response timeout (35 s).
@@ -128,27 +110,9 @@ async fn an_owner_that_keeps_losing_to_hedges_is_asked_last() {
         .take(5)
         .collect();
     for k in &keys {
-        let push = crate::support::request(
-            c.edges[0].admin_addr,
-            http::Method::PUT,
-            &format!("/objects{k}"),
-            false,
-            &[
-                ("authorization", "Bearer test-token"),
-                ("cache-control", "max-age=600"),
-            ],
-            Some(format!("body of {k}")),
-        )
-        .await
-        .unwrap();
-        assert_eq!(push.status, http::StatusCode::OK);
+        crate::support::push_object(&c, k, format!("body of {k}")).await;
     }
-    let primary = c
-        .nodes
-        .iter()
-        .flatten()
-        .find(|n| n.id() == primary_id)
-        .unwrap();
+    let primary = crate::support::node(&c, &primary_id);
     primary.node.set_stalled(true);
     for (i, k) in keys.iter().enumerate() {
         let g = crate::support::get(c.edges[0].http_addr, k).await;

@@ -195,3 +195,31 @@ pub async fn origin_reaches(c: &Cluster, target: &str, n: u64) {
     .await
     .unwrap_or_else(|_| panic!("origin never saw {n} requests for {target}"));
 }
+
+/// Pushes `body` as `key` (path and query) through edge 0's admin API, cacheable for 10
+/// minutes, so every owner stores it; asserts it was accepted.
+pub async fn push_object(c: &Cluster, key: &str, body: String) {
+    let push = request(
+        c.edges[0].admin_addr,
+        Method::PUT,
+        &format!("/objects{key}"),
+        false,
+        &[
+            ("authorization", "Bearer test-token"),
+            ("cache-control", "max-age=600"),
+        ],
+        Some(body),
+    )
+    .await
+    .unwrap();
+    assert_eq!(push.status, StatusCode::OK, "push of {key}");
+}
+
+/// The running node with id `id`.
+pub fn node<'a>(c: &'a Cluster, id: &str) -> &'a cache_node::NodeHandle {
+    c.nodes
+        .iter()
+        .flatten()
+        .find(|n| n.id() == id)
+        .unwrap_or_else(|| panic!("no running node {id}"))
+}
