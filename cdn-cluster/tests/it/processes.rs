@@ -2,7 +2,7 @@
 //! SIGSTOP/SIGCONT, SIGTERM, restarts, and the membership converging after each.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -33,17 +33,45 @@ fn free_tcp() -> SocketAddr {
         .unwrap()
 }
 
-async fn wait_http(addr: SocketAddr, path: &str) {
+/// How waiting for a process to answer ended, when it did not.
+enum NotUp {
+    /// The process exited; its log's tail.
+    Exited(String),
+}
+
+/// Waits until the process answers `path` on `addr` with a success; if it exits first,
+/// says so with its log (a process that never answers panics after 30 s, with its log).
+async fn wait_up(child: &mut Child, log: &Path, addr: SocketAddr, path: &str) -> Result<(), NotUp> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(NotUp::Exited(format!("{status}: {}", tail(log))));
+        }
         if let Ok(r) = crate::support::send(addr, http::Method::GET, path, false, None).await {
             if r.status.is_success() {
-                return;
+                return Ok(());
             }
         }
-        assert!(Instant::now() < deadline, "{addr}{path} never answered");
+        assert!(
+            Instant::now() < deadline,
+            "{addr}{path} never answered; its log:\n{}",
+            tail(log)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The last lines of a process's log (empty with `CDN_TEST_LOGS`, which shows them live).
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Another process took a port between our choosing it and the child binding it (the ports
+/// are picked by binding port 0 and letting go; tests run in parallel).
+fn port_taken(exited: &str) -> bool {
+    exited.contains("in use")
 }
 
 /// The member ids a member's `/status` lists in `state` (`alive`, `down`, `left`, ...).
@@ -71,12 +99,13 @@ fn ids(nodes: &[usize]) -> Vec<String> {
     nodes.iter().map(|j| format!("node-{j}")).collect()
 }
 
-/// The processes' logs: shown with `CDN_TEST_LOGS=1` (and `RUST_LOG`), dropped otherwise.
-fn logs() -> Stdio {
+/// A process's log: shown live with `CDN_TEST_LOGS=1` (and `RUST_LOG`), else kept in `path`
+/// for the failure message.
+fn log_to(path: &Path) -> Stdio {
     if std::env::var_os("CDN_TEST_LOGS").is_some() {
         Stdio::inherit()
     } else {
-        Stdio::null()
+        std::fs::File::create(path).expect("log file").into()
     }
 }
 
@@ -149,35 +178,11 @@ impl Fleet {
             edges: Vec::new(),
         };
         for j in 0..nodes {
-            fleet.spawn_node(j);
+            fleet.node_up(j).await;
         }
-        let toml = fleet.dir.path().join("edge.toml");
-        std::fs::write(&toml, edge_toml).unwrap();
+        std::fs::write(fleet.dir.path().join("edge.toml"), edge_toml).unwrap();
         for i in 0..edges {
-            let (http, admin) = (free_tcp(), free_tcp());
-            let mut cmd = Command::new(bin("edge"));
-            cmd.arg("--config").arg(&toml);
-            cmd.args(["--id", &format!("edge-{i}")])
-                .args(["--listen", &http.to_string()])
-                .args(["--admin", &admin.to_string()])
-                .args(["--origin", &format!("http://{}", fleet.origin)])
-                .args(["--replicas", "2", "--capacity", "2KiB", "--tls-dir"])
-                .arg(fleet.dir.path().join("tls"));
-            for n in &fleet.nodes {
-                cmd.args(["--seed", &n.quic.to_string()]);
-            }
-            let child = cmd.stdout(Stdio::null()).stderr(logs()).spawn();
-            fleet.edges.push(EdgeProc {
-                http,
-                admin,
-                child: child.unwrap(),
-            });
-        }
-        for n in &fleet.nodes {
-            wait_http(n.admin, "/healthz").await;
-        }
-        for e in &fleet.edges {
-            wait_http(e.http, "/ready?size=1").await;
+            fleet.edge_up(i).await;
         }
         let all: Vec<usize> = (0..nodes).collect();
         let took = fleet.converge(&all, Duration::from_secs(10)).await;
@@ -196,8 +201,72 @@ impl Fleet {
         for n in &self.nodes {
             cmd.args(["--seed", &n.quic.to_string()]);
         }
-        let child = cmd.stdout(Stdio::null()).stderr(logs()).spawn();
+        let log = self.log(&format!("node-{j}"));
+        let child = cmd.stdout(Stdio::null()).stderr(log_to(&log)).spawn();
         self.nodes[j].child = Some(child.unwrap());
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// Starts node `j` (again, after a kill) and waits for it to answer, on fresh ports if
+    /// another process took its own meanwhile.
+    async fn node_up(&mut self, j: usize) {
+        for _ in 0..3 {
+            if self.nodes[j].child.is_none() {
+                self.spawn_node(j);
+            }
+            let (admin, log) = (self.nodes[j].admin, self.log(&format!("node-{j}")));
+            let child = self.nodes[j].child.as_mut().expect("spawned");
+            match wait_up(child, &log, admin, "/healthz").await {
+                Ok(()) => return,
+                Err(NotUp::Exited(why)) if port_taken(&why) => {
+                    eprintln!("node-{j} lost its port to another process, retrying: {why}");
+                    self.nodes[j].child = None;
+                    self.nodes[j].quic = free_udp();
+                    self.nodes[j].admin = free_tcp();
+                }
+                Err(NotUp::Exited(why)) => panic!("node-{j} exited: {why}"),
+            }
+        }
+        panic!("node-{j} lost its ports three times");
+    }
+
+    /// Starts edge `i` (config file `edge.toml`, seeded with every node) and waits until
+    /// it serves a GET through the node tier.
+    async fn edge_up(&mut self, i: usize) {
+        let log = self.log(&format!("edge-{i}"));
+        for _ in 0..3 {
+            let (http, admin) = (free_tcp(), free_tcp());
+            let mut cmd = Command::new(bin("edge"));
+            cmd.arg("--config").arg(self.dir.path().join("edge.toml"));
+            cmd.args(["--id", &format!("edge-{i}")])
+                .args(["--listen", &http.to_string()])
+                .args(["--admin", &admin.to_string()])
+                .args(["--origin", &format!("http://{}", self.origin)])
+                .args(["--replicas", "2", "--capacity", "2KiB", "--tls-dir"])
+                .arg(self.dir.path().join("tls"));
+            for n in &self.nodes {
+                cmd.args(["--seed", &n.quic.to_string()]);
+            }
+            let mut child = cmd
+                .stdout(Stdio::null())
+                .stderr(log_to(&log))
+                .spawn()
+                .unwrap();
+            match wait_up(&mut child, &log, http, "/ready?size=1").await {
+                Ok(()) => {
+                    self.edges.push(EdgeProc { http, admin, child });
+                    return;
+                }
+                Err(NotUp::Exited(why)) if port_taken(&why) => {
+                    eprintln!("edge-{i} lost its port to another process, retrying: {why}");
+                }
+                Err(NotUp::Exited(why)) => panic!("edge-{i} exited: {why}"),
+            }
+        }
+        panic!("edge-{i} lost its ports three times");
     }
 
     /// Waits for node `j`'s process to exit, off the runtime (the load keeps running).
@@ -376,8 +445,7 @@ async fn a_restarted_node_rejoins_and_serves_its_share() {
     // Detection takes about 2.5 s; the bound leaves room for a 2-core machine running the
     // whole suite at once.
     f.all_see(1, "down", Duration::from_secs(20)).await;
-    f.spawn_node(1);
-    wait_http(f.nodes[1].admin, "/healthz").await;
+    f.node_up(1).await;
     let took = f.converge(&[0, 1, 2], Duration::from_secs(10)).await;
     eprintln!("restart: every member lists node-1 alive again after {took:?}");
     // Fresh keys spread over all three nodes again, the restarted one included.
