@@ -1,21 +1,34 @@
-//! loadgen: closed-loop HTTP/1.1 load against one or more edges, with HDR latency histograms
-//! and hit ratios read from `X-Cache`.
+//! loadgen: HTTP/1.1 or HTTP/2 load against one or more edges, closed or open loop, with HDR
+//! latency histograms, hit ratio per tier read from `X-Cache`, and errors by kind.
 //!
-//! Layout (one module for now): [`Options`] (what to run), [`run`] (N keep-alive
-//! connections, each a worker sending one request at a time), [`Report`] (the result).
+//! Layout: [`Options`] (what to run) and [`run`] (N keep-alive connections, each a worker
+//! sending one request at a time) here, with [`Report`] (the result); [`keys`] (key
+//! distributions, object sizes, the operation mix); [`propagation`] (purge propagation);
+//! [`hit_ratio`] (eviction policies without the network); [`plot`] (SVG charts).
 #![forbid(unsafe_code)]
 
+pub mod hit_ratio;
+pub mod keys;
+pub mod plot;
+pub mod propagation;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rand::{RngExt, SeedableRng};
-
+use rand::SeedableRng;
 use serde::Serialize;
+
+pub use hit_ratio::{hit_ratios, HitRatio};
+pub use keys::{Dist, Keys, Mix, Op, Sizes};
+pub use propagation::{purge_propagation, PurgeOptions, PurgeReport};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -28,12 +41,21 @@ pub struct Options {
     pub duration: Duration,
     /// Stop after this many requests in total (whichever comes first).
     pub max_requests: Option<u64>,
-    /// Request path template; `{key}` is replaced by a key number.
+    /// Request path template; `{key}` is replaced by a key number and `{size}` by the size
+    /// of that key's object.
     pub path: String,
     /// Keys are drawn from `0..keys`...
     pub keys: u64,
     /// ...with this distribution.
     pub dist: Dist,
+    /// Object-size classes, for `{size}`.
+    pub sizes: Sizes,
+    /// Ratios of GET, push and purge; pushes and purges go to `admin`.
+    pub mix: Mix,
+    /// Admin address and bearer token, for pushes and purges.
+    pub admin: Option<(SocketAddr, String)>,
+    /// `Cache-Control` of pushed objects.
+    pub push_cache_control: String,
     /// Open loop: this many requests per second in total, latency measured from when each
     /// request was due (coordinated omission corrected, as wrk2 does). `None`: closed loop.
     pub rate: Option<f64>,
@@ -41,139 +63,62 @@ pub struct Options {
     pub h2: bool,
     /// RNG seed, for repeatable key streams.
     pub seed: u64,
+    /// origin-stub's address: the report counts the origin requests the run caused.
+    pub origin: Option<SocketAddr>,
+    /// Counters updated as requests complete, for live progress.
+    pub live: Option<Arc<Live>>,
 }
 
-/// How keys are drawn.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Dist {
-    /// Every key equally likely.
-    Uniform,
-    /// Keys in order, 0, 1, 2, … (then again from 0): loads every key once per pass.
-    Sequential,
-    /// Zipf with this exponent (0.99 is the classic web cache workload).
-    Zipf(f64),
-    /// A hot set: `keys` of the keys get `traffic` of the requests (e.g. 0.01 and 0.9).
-    Hot {
-        /// Fraction of the keys that are hot.
-        keys: f64,
-        /// Fraction of the requests they get.
-        traffic: f64,
-    },
-}
-
-impl std::str::FromStr for Dist {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("`{s}`: use uniform, seq, zipf:S (e.g. zipf:0.99) or hot:KEYS:TRAFFIC (e.g. hot:0.01:0.9)")
-        };
-        let mut parts = s.split(':');
-        match parts.next() {
-            Some("uniform") => Ok(Dist::Uniform),
-            Some("seq") | Some("sequential") => Ok(Dist::Sequential),
-            Some("zipf") => {
-                let e: f64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-                if e <= 0.0 {
-                    return Err(bad());
-                }
-                Ok(Dist::Zipf(e))
-            }
-            Some("hot") => {
-                let k: f64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-                let t: f64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-                if !(0.0..=1.0).contains(&k) || !(0.0..=1.0).contains(&t) {
-                    return Err(bad());
-                }
-                Ok(Dist::Hot {
-                    keys: k,
-                    traffic: t,
-                })
-            }
-            _ => Err(bad()),
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            targets: Vec::new(),
+            connections: 32,
+            duration: Duration::from_secs(10),
+            max_requests: None,
+            path: "/obj/{key}?size={size}".into(),
+            keys: 1,
+            dist: Dist::Uniform,
+            sizes: Sizes::default(),
+            mix: Mix::default(),
+            admin: None,
+            push_cache_control: "max-age=600".into(),
+            rate: None,
+            h2: false,
+            seed: 1,
+            origin: None,
+            live: None,
         }
     }
 }
 
-/// Draws keys from a distribution over `0..n`.
-pub struct Keys {
-    n: u64,
-    dist: Dist,
-    zipf: Option<rand_distr::Zipf<f64>>,
-    // Sequential: the next key, shared by every worker of a run, so together they visit
-    // each key once per pass however fast each one is.
-    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Keys {
-    /// A sampler for `n` keys.
-    pub fn new(n: u64, dist: Dist) -> anyhow::Result<Self> {
-        let n = n.max(1);
-        let zipf = match dist {
-            Dist::Zipf(e) => {
-                Some(rand_distr::Zipf::new(n as f64, e).map_err(|e| anyhow::anyhow!("zipf: {e}"))?)
-            }
-            _ => None,
-        };
-        Ok(Self {
-            n,
-            dist,
-            zipf,
-            next: std::sync::Arc::default(),
-        })
-    }
-
-    /// A sampler sharing `next` (the sequential position) with the run's other workers.
-    pub fn shared(
-        n: u64,
-        dist: Dist,
-        next: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    ) -> anyhow::Result<Self> {
-        let mut k = Self::new(n, dist)?;
-        k.next = next;
-        Ok(k)
-    }
-
-    /// The next key.
-    pub fn sample(&self, rng: &mut impl rand::Rng) -> u64 {
-        use rand_distr::Distribution;
-        match self.dist {
-            Dist::Uniform => rng.random_range(0..self.n),
-            Dist::Sequential => {
-                self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.n
-            }
-            // Zipf ranks are 1..=n; rank 1 is the most popular key, 0.
-            Dist::Zipf(_) => self
-                .zipf
-                .as_ref()
-                .map(|z| z.sample(rng) as u64 - 1)
-                .unwrap_or(0)
-                .min(self.n - 1),
-            Dist::Hot { keys, traffic } => {
-                let hot = ((self.n as f64 * keys).ceil() as u64).clamp(1, self.n);
-                if rng.random_bool(traffic) || hot == self.n {
-                    rng.random_range(0..hot)
-                } else {
-                    rng.random_range(hot..self.n)
-                }
-            }
-        }
-    }
+/// Live counters of a run in progress.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Requests completed.
+    pub requests: AtomicU64,
+    /// Of which failed.
+    pub errors: AtomicU64,
 }
 
 /// What a run measured.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// Requests completed.
+    /// Requests completed (every operation).
     pub requests: u64,
-    /// Requests that failed (transport error or status >= 500).
+    /// Requests that failed: see `errors_by_kind`.
     pub errors: u64,
+    /// Failed requests by kind: `connect` (no connection), `transport` (the connection broke
+    /// mid-request), `status_5xx` (a GET answered 5xx), `admin_rejected` (a push or purge
+    /// answered other than 2xx).
+    pub errors_by_kind: BTreeMap<String, u64>,
     /// Wall time in seconds.
     pub seconds: f64,
     /// Requests per second.
     pub rps: f64,
-    /// Body bytes per second.
+    /// Response body bytes per second.
     pub bytes_per_sec: f64,
-    /// Latency percentiles in microseconds.
+    /// Latency percentiles in microseconds, every operation: median.
     pub p50_us: u64,
     /// 90th percentile.
     pub p90_us: u64,
@@ -183,28 +128,239 @@ pub struct Report {
     pub p999_us: u64,
     /// Maximum.
     pub max_us: u64,
-    /// Fraction of responses whose `X-Cache` starts with HIT.
+    /// Fraction of GET answers whose `X-Cache` says the edge had it (`tiers.edge_hit`).
     pub edge_hit_ratio: f64,
+    /// Where GETs were answered, as fractions of GET answers.
+    pub tiers: Tiers,
+    /// Per operation (`get`, `push`, `purge`).
+    pub ops: BTreeMap<String, OpReport>,
+    /// Requests origin-stub served during the run (with `Options::origin`).
+    pub origin_requests: Option<u64>,
+    /// The latency curve: (quantile, microseconds) from the median to the maximum.
+    pub percentiles: Vec<(f64, u64)>,
+    /// Completions per second of the run.
+    pub timeline: Vec<Second>,
 }
 
-struct Worker {
+/// Where GETs were answered, from `X-Cache` (`HIT`; `MISS, HIT from node-1`; `MISS, MISS
+/// from node-1`; `MISS, origin`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Tiers {
+    /// The edge's own cache (`HIT`, `STALE`, `REVALIDATED` first).
+    pub edge_hit: f64,
+    /// The node tier (the edge missed, the node had it).
+    pub node_hit: f64,
+    /// Neither: the origin answered.
+    pub miss: f64,
+    /// No `X-Cache` field (another cache under test).
+    pub unlabelled: f64,
+}
+
+/// One operation's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpReport {
+    /// Requests sent.
+    pub requests: u64,
+    /// Of which failed.
+    pub errors: u64,
+    /// Median latency, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// Maximum.
+    pub max_us: u64,
+}
+
+/// One second of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Second {
+    /// Seconds since the start.
+    pub second: u64,
+    /// Requests completed in it.
+    pub requests: u64,
+    /// Of which failed.
+    pub errors: u64,
+}
+
+const QUANTILES: [f64; 9] = [0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0];
+
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+}
+
+/// An operation's (latencies, requests, errors).
+type OpTally = (Histogram<u64>, u64, u64);
+
+fn op_tally(ops: &mut BTreeMap<Op, OpTally>, op: Op) -> anyhow::Result<&mut OpTally> {
+    Ok(match ops.entry(op) {
+        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::btree_map::Entry::Vacant(v) => v.insert((histogram()?, 0, 0)),
+    })
+}
+
+/// One worker's (or, merged, the run's) counts.
+struct Tally {
     hist: Histogram<u64>,
+    ops: BTreeMap<Op, OpTally>,
     requests: u64,
     errors: u64,
+    errors_by_kind: BTreeMap<&'static str, u64>,
     bytes: u64,
-    hits: u64,
+    // edge, node, miss, unlabelled
+    tiers: [u64; 4],
+    timeline: Vec<(u64, u64)>,
+}
+
+impl Tally {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            hist: histogram()?,
+            ops: BTreeMap::new(),
+            requests: 0,
+            errors: 0,
+            errors_by_kind: BTreeMap::new(),
+            bytes: 0,
+            tiers: [0; 4],
+            timeline: Vec::new(),
+        })
+    }
+
+    fn record(
+        &mut self,
+        op: Op,
+        us: u64,
+        error: Option<&'static str>,
+        second: usize,
+    ) -> anyhow::Result<()> {
+        let us = us.clamp(1, 60_000_000);
+        self.requests += 1;
+        self.hist.record(us)?;
+        let o = op_tally(&mut self.ops, op)?;
+        o.0.record(us)?;
+        o.1 += 1;
+        o.2 += error.is_some() as u64;
+        if self.timeline.len() <= second {
+            self.timeline.resize(second + 1, (0, 0));
+        }
+        self.timeline[second].0 += 1;
+        if let Some(kind) = error {
+            self.errors += 1;
+            *self.errors_by_kind.entry(kind).or_default() += 1;
+            self.timeline[second].1 += 1;
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, o: Tally) -> anyhow::Result<()> {
+        self.hist.add(&o.hist)?;
+        for (op, (h, n, e)) in o.ops {
+            let m = op_tally(&mut self.ops, op)?;
+            m.0.add(&h)?;
+            m.1 += n;
+            m.2 += e;
+        }
+        self.requests += o.requests;
+        self.errors += o.errors;
+        for (k, n) in o.errors_by_kind {
+            *self.errors_by_kind.entry(k).or_default() += n;
+        }
+        self.bytes += o.bytes;
+        for i in 0..4 {
+            self.tiers[i] += o.tiers[i];
+        }
+        if self.timeline.len() < o.timeline.len() {
+            self.timeline.resize(o.timeline.len(), (0, 0));
+        }
+        for (i, (n, e)) in o.timeline.into_iter().enumerate() {
+            self.timeline[i].0 += n;
+            self.timeline[i].1 += e;
+        }
+        Ok(())
+    }
+
+    fn report(self, seconds: f64, origin_requests: Option<u64>) -> Report {
+        let h = &self.hist;
+        let answered: u64 = self.tiers.iter().sum();
+        let share = |n: u64| {
+            if answered == 0 {
+                0.0
+            } else {
+                n as f64 / answered as f64
+            }
+        };
+        let tiers = Tiers {
+            edge_hit: share(self.tiers[0]),
+            node_hit: share(self.tiers[1]),
+            miss: share(self.tiers[2]),
+            unlabelled: share(self.tiers[3]),
+        };
+        Report {
+            requests: self.requests,
+            errors: self.errors,
+            errors_by_kind: self
+                .errors_by_kind
+                .into_iter()
+                .map(|(k, n)| (k.to_string(), n))
+                .collect(),
+            seconds,
+            rps: self.requests as f64 / seconds,
+            bytes_per_sec: self.bytes as f64 / seconds,
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+            edge_hit_ratio: tiers.edge_hit,
+            tiers,
+            ops: self
+                .ops
+                .into_iter()
+                .map(|(op, (h, n, e))| {
+                    let r = OpReport {
+                        requests: n,
+                        errors: e,
+                        p50_us: h.value_at_quantile(0.5),
+                        p99_us: h.value_at_quantile(0.99),
+                        max_us: h.max(),
+                    };
+                    (op.name().to_string(), r)
+                })
+                .collect(),
+            origin_requests,
+            percentiles: QUANTILES
+                .iter()
+                .map(|q| (*q, h.value_at_quantile(*q)))
+                .collect(),
+            timeline: self
+                .timeline
+                .into_iter()
+                .enumerate()
+                .map(|(i, (requests, errors))| Second {
+                    second: i as u64,
+                    requests,
+                    errors,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Runs the load and reports.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
     anyhow::ensure!(!opts.targets.is_empty(), "no targets");
     anyhow::ensure!(opts.connections > 0, "connections must be > 0");
+    anyhow::ensure!(
+        !opts.mix.needs_admin() || opts.admin.is_some(),
+        "pushes and purges need an admin address and token"
+    );
+    let origin_before = match opts.origin {
+        Some(o) => Some(origin_served(o).await?),
+        None => None,
+    };
     let start = Instant::now();
     let deadline = start + opts.duration;
-    let budget = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
-        opts.max_requests.unwrap_or(u64::MAX),
-    ));
-    let seq = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let budget = Arc::new(AtomicU64::new(opts.max_requests.unwrap_or(u64::MAX)));
+    let seq = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for c in 0..opts.connections {
         let addr = opts.targets[c % opts.targets.len()];
@@ -212,58 +368,52 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let budget = budget.clone();
         let seq = seq.clone();
         tasks.push(tokio::spawn(async move {
-            worker(addr, opts, c as u64, deadline, budget, seq).await
+            worker(addr, opts, c as u64, start, deadline, budget, seq).await
         }));
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut requests, mut errors, mut bytes, mut hits) = (0, 0, 0, 0);
+    let mut total = Tally::new()?;
     for t in tasks {
-        let w = t.await.context("worker panicked")??;
-        hist.add(&w.hist)?;
-        requests += w.requests;
-        errors += w.errors;
-        bytes += w.bytes;
-        hits += w.hits;
+        total.merge(t.await.context("worker panicked")??)?;
     }
     let seconds = start.elapsed().as_secs_f64();
-    Ok(Report {
-        requests,
-        errors,
-        seconds,
-        rps: requests as f64 / seconds,
-        bytes_per_sec: bytes as f64 / seconds,
-        p50_us: hist.value_at_quantile(0.50),
-        p90_us: hist.value_at_quantile(0.90),
-        p99_us: hist.value_at_quantile(0.99),
-        p999_us: hist.value_at_quantile(0.999),
-        max_us: hist.max(),
-        edge_hit_ratio: if requests == 0 {
-            0.0
-        } else {
-            hits as f64 / requests as f64
-        },
-    })
+    let origin_requests = match (opts.origin, origin_before) {
+        (Some(o), Some(before)) => Some(origin_served(o).await?.saturating_sub(before)),
+        _ => None,
+    };
+    Ok(total.report(seconds, origin_requests))
 }
+
+/// Requests origin-stub has served so far (its `/_stub/stats`).
+async fn origin_served(origin: SocketAddr) -> anyhow::Result<u64> {
+    let (status, _, body) =
+        propagation::simple(origin, http::Method::GET, "/_stub/stats", &[], None)
+            .await
+            .with_context(|| format!("asking origin-stub at {origin} for its counters"))?;
+    anyhow::ensure!(status.is_success(), "origin-stub stats: {status}");
+    let v: serde_json::Value = serde_json::from_slice(&body).context("origin-stub stats")?;
+    v["total"]
+        .as_u64()
+        .context("origin-stub stats have no `total`")
+}
+
+/// One request's outcome: response body bytes and where it was answered, or why it failed.
+type Outcome = Result<(u64, Option<usize>), &'static str>;
 
 async fn worker(
     addr: SocketAddr,
     opts: Options,
     index: u64,
+    start: Instant,
     deadline: Instant,
-    budget: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
-) -> anyhow::Result<Worker> {
+    budget: Arc<AtomicU64>,
+    seq: Arc<AtomicU64>,
+) -> anyhow::Result<Tally> {
     let mut rng =
         rand::rngs::SmallRng::seed_from_u64(opts.seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let mut w = Worker {
-        hist: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-        requests: 0,
-        errors: 0,
-        bytes: 0,
-        hits: 0,
-    };
+    let mut w = Tally::new()?;
     let keys = Keys::shared(opts.keys, opts.dist, seq)?;
-    let mut sender = connect(addr, opts.h2).await?;
+    let mut target: Option<Sender> = None;
+    let mut admin: Option<Sender> = None;
     // Open loop: this worker's share of the rate, one request due every `interval`; latency
     // counts from when a request was due, so a stall is not hidden (coordinated omission).
     let interval = opts
@@ -272,67 +422,178 @@ async fn worker(
     let mut due = Instant::now();
     while Instant::now() < deadline {
         let take = |b: u64| b.checked_sub(1);
-        let ordering = std::sync::atomic::Ordering::Relaxed;
-        if budget.fetch_update(ordering, ordering, take).is_err() {
+        if budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, take)
+            .is_err()
+        {
             break;
         }
         let key = keys.sample(&mut rng);
-        let path = opts.path.replace("{key}", &key.to_string());
-        let req = if opts.h2 {
-            http::Request::get(format!("http://{addr}{path}")).body(Empty::<Bytes>::new())?
-        } else {
-            http::Request::get(&path)
-                .header(http::header::HOST, addr.to_string())
-                .body(Empty::<Bytes>::new())?
-        };
+        let size = opts.sizes.of(key);
+        let path = opts
+            .path
+            .replace("{key}", &key.to_string())
+            .replace("{size}", &size.to_string());
+        let op = opts.mix.pick(&mut rng);
         let t0 = match interval {
-            Some(iv) => {
-                tokio::time::sleep_until(due.into()).await;
+            // Behind schedule (the previous answer came late): the request was due at `due`
+            // and its latency counts from then, however late it is sent.
+            Some(iv) if Instant::now() >= due => {
                 let t = due;
                 due += iv;
                 t
             }
+            // Ahead: wait, and count from when the timer let us go (it wakes up to a
+            // millisecond late, which is the generator's delay, not the server's).
+            Some(iv) => {
+                tokio::time::sleep_until(due.into()).await;
+                due += iv;
+                Instant::now()
+            }
             None => Instant::now(),
         };
-        let result = async {
-            let resp = sender.send(req).await?;
-            let hit = resp
-                .headers()
-                .get("x-cache")
-                .is_some_and(|v| v.as_bytes().starts_with(b"HIT"));
-            let ok = resp.status().as_u16() < 500;
-            let body = resp.into_body().collect().await?.to_bytes();
-            anyhow::Ok((ok, hit, body.len()))
+        let outcome = match op {
+            Op::Get => get(&mut target, addr, opts.h2, &path).await,
+            Op::Push | Op::Purge => {
+                let (admin_addr, token) = opts.admin.as_ref().context("admin address")?;
+                admin_call(&mut admin, *admin_addr, token, op, &path, size, &opts).await
+            }
+        };
+        let us = t0.elapsed().as_micros() as u64;
+        let second = t0.saturating_duration_since(start).as_secs() as usize;
+        let error = outcome.err();
+        if let Ok((bytes, tier)) = outcome {
+            w.bytes += bytes;
+            if let Some(t) = tier {
+                w.tiers[t] += 1;
+            }
         }
-        .await;
-        let us = t0.elapsed().as_micros().max(1) as u64;
-        w.requests += 1;
-        match result {
-            Ok((ok, hit, n)) => {
-                w.hist.record(us.min(60_000_000))?;
-                w.bytes += n as u64;
-                w.hits += hit as u64;
-                w.errors += (!ok) as u64;
-            }
-            Err(_) => {
-                w.errors += 1;
-                sender = connect(addr, opts.h2).await?;
-            }
+        w.record(op, us, error, second)?;
+        if let Some(live) = &opts.live {
+            live.requests.fetch_add(1, Ordering::Relaxed);
+            live.errors
+                .fetch_add(error.is_some() as u64, Ordering::Relaxed);
+        }
+        if error == Some("connect") {
+            // Do not spin on a member that is down; the open loop's clock keeps counting.
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     Ok(w)
 }
 
+/// A connection from `slot`, made if there is none.
+async fn ensure(
+    slot: &mut Option<Sender>,
+    addr: SocketAddr,
+    h2: bool,
+) -> Result<&mut Sender, &'static str> {
+    if slot.is_none() {
+        *slot = Some(connect(addr, h2).await.map_err(|_| "connect")?);
+    }
+    slot.as_mut().ok_or("connect")
+}
+
+async fn get(slot: &mut Option<Sender>, addr: SocketAddr, h2: bool, path: &str) -> Outcome {
+    let req = if h2 {
+        http::Request::get(format!("http://{addr}{path}"))
+    } else {
+        http::Request::get(path).header(http::header::HOST, addr.to_string())
+    };
+    let req = req.body(Full::new(Bytes::new())).map_err(|_| "bad path")?;
+    let sender = ensure(slot, addr, h2).await?;
+    let result = async {
+        let resp = sender.send(req).await?;
+        let tier = tier(resp.headers().get("x-cache"));
+        let ok = resp.status().as_u16() < 500;
+        let n = resp.into_body().collect().await?.to_bytes().len() as u64;
+        anyhow::Ok((ok, n, tier))
+    }
+    .await;
+    match result {
+        Ok((true, n, tier)) => Ok((n, Some(tier))),
+        Ok((false, ..)) => Err("status_5xx"),
+        Err(_) => {
+            *slot = None;
+            Err("transport")
+        }
+    }
+}
+
+/// Which tier answered, from `X-Cache`: 0 edge, 1 node, 2 origin, 3 not said.
+fn tier(x_cache: Option<&http::HeaderValue>) -> usize {
+    let Some(v) = x_cache.and_then(|v| v.to_str().ok()) else {
+        return 3;
+    };
+    let served = |s: &str| {
+        let s = s.trim_start();
+        s.starts_with("HIT") || s.starts_with("STALE") || s.starts_with("REVALIDATED")
+    };
+    let (edge, rest) = v.split_once(',').unwrap_or((v, ""));
+    if served(edge) {
+        0
+    } else if served(rest) {
+        1
+    } else {
+        2
+    }
+}
+
+async fn admin_call(
+    slot: &mut Option<Sender>,
+    addr: SocketAddr,
+    token: &str,
+    op: Op,
+    path: &str,
+    size: u64,
+    opts: &Options,
+) -> Outcome {
+    let b = http::Request::builder()
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    let req = match op {
+        Op::Push => b
+            .method(http::Method::PUT)
+            .uri(format!("/objects{path}"))
+            .header(http::header::CACHE_CONTROL, &opts.push_cache_control)
+            .body(Full::new(Bytes::from(vec![b'p'; size as usize]))),
+        _ => b
+            .method(http::Method::POST)
+            .uri("/purge")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(
+                serde_json::json!({ "urls": [path] }).to_string(),
+            ))),
+    }
+    .map_err(|_| "bad path")?;
+    let sender = ensure(slot, addr, false).await?;
+    let result = async {
+        let resp = sender.send(req).await?;
+        let ok = resp.status().is_success();
+        let n = resp.into_body().collect().await?.to_bytes().len() as u64;
+        anyhow::Ok((ok, n))
+    }
+    .await;
+    match result {
+        Ok((true, n)) => Ok((n, None)),
+        Ok((false, _)) => Err("admin_rejected"),
+        Err(_) => {
+            *slot = None;
+            Err("transport")
+        }
+    }
+}
+
 /// One connection, HTTP/1.1 or HTTP/2.
 enum Sender {
-    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
 impl Sender {
     async fn send(
         &mut self,
-        req: http::Request<Empty<Bytes>>,
+        req: http::Request<Full<Bytes>>,
     ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
         Ok(match self {
             Sender::H1(s) => {
@@ -368,276 +629,20 @@ async fn connect(addr: SocketAddr, h2: bool) -> anyhow::Result<Sender> {
     }
 }
 
-/// Purge-propagation measurement: what to run.
-#[derive(Debug, Clone)]
-pub struct PurgeOptions {
-    /// Edges to watch (all of them, to measure "every edge").
-    pub edges: Vec<SocketAddr>,
-    /// Admin address that accepts the purges.
-    pub admin: SocketAddr,
-    /// Admin bearer token.
-    pub token: String,
-    /// origin-stub address: each round republishes there so old and new versions differ.
-    pub origin: SocketAddr,
-    /// Purges to measure.
-    pub purges: usize,
-    /// Probe path template; `{i}` becomes the round number.
-    pub path: String,
-}
-
-/// Purge-propagation results, in microseconds.
-#[derive(Debug, Serialize)]
-pub struct PurgeReport {
-    /// Purges measured.
-    pub purges: usize,
-    /// Time from sending the purge until every edge served the new version: p50.
-    pub visible_p50_us: u64,
-    /// p99 of the same.
-    pub visible_p99_us: u64,
-    /// Maximum of the same.
-    pub visible_max_us: u64,
-    /// Time until the admin call returned (every member acknowledged): p50.
-    pub acked_p50_us: u64,
-    /// p99 of the same.
-    pub acked_p99_us: u64,
-    /// Maximum of the same.
-    pub acked_max_us: u64,
-    /// Purges some member did not acknowledge.
-    pub incomplete: usize,
-}
-
-async fn simple(
-    addr: SocketAddr,
-    method: http::Method,
-    path: &str,
-    fields: &[(&str, String)],
-    body: Option<String>,
-) -> anyhow::Result<(http::StatusCode, http::HeaderMap, Bytes)> {
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, addr.to_string());
-    for (k, v) in fields {
-        b = b.header(*k, v);
-    }
-    let req = b.body(http_body_util::Full::new(Bytes::from(
-        body.unwrap_or_default(),
-    )))?;
-    let resp = sender.send_request(req).await?;
-    let (parts, body) = resp.into_parts();
-    Ok((
-        parts.status,
-        parts.headers,
-        body.collect().await?.to_bytes(),
-    ))
-}
-
-/// Measures purge propagation: per round, warm a probe object at every edge, republish it at
-/// the origin, purge it through `admin`, and time until every edge serves the new version.
-pub async fn purge_propagation(opts: PurgeOptions) -> anyhow::Result<PurgeReport> {
-    let mut visible = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut acked = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut incomplete = 0;
-    for i in 0..opts.purges {
-        let key = opts.path.replace("{i}", &i.to_string());
-        let mut old = Vec::new();
-        for e in &opts.edges {
-            simple(*e, http::Method::GET, &key, &[], None).await?;
-            let (_, h, _) = simple(*e, http::Method::GET, &key, &[], None).await?;
-            old.push(h.get(http::header::ETAG).cloned());
-        }
-        simple(
-            opts.origin,
-            http::Method::POST,
-            "/_stub/generation",
-            &[],
-            None,
-        )
-        .await?;
-        let t0 = Instant::now();
-        let body = serde_json::json!({ "urls": [key] }).to_string();
-        let auth = format!("Bearer {}", opts.token);
-        let admin = opts.admin;
-        let purge = tokio::spawn(async move {
-            let r = simple(
-                admin,
-                http::Method::POST,
-                "/purge",
-                &[
-                    ("authorization", auth),
-                    ("content-type", "application/json".into()),
-                ],
-                Some(body),
-            )
-            .await;
-            (t0.elapsed(), r)
-        });
-        let watchers = opts.edges.iter().zip(old).map(|(e, old)| {
-            let key = key.clone();
-            let e = *e;
-            async move {
-                loop {
-                    let (_, h, _) = simple(e, http::Method::GET, &key, &[], None).await?;
-                    if h.get(http::header::ETAG) != old.as_ref() {
-                        return anyhow::Ok(t0.elapsed());
-                    }
-                    anyhow::ensure!(
-                        t0.elapsed() < Duration::from_secs(30),
-                        "edge {e} still serves the old version after 30 s"
-                    );
-                }
-            }
-        });
-        let times = futures_join(watchers).await?;
-        let worst = times.into_iter().max().unwrap_or_default();
-        visible.record(worst.as_micros().max(1) as u64)?;
-        let (ack, r) = purge.await?;
-        acked.record(ack.as_micros().max(1) as u64)?;
-        match r {
-            Ok((status, _, body)) => {
-                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                if !status.is_success() || v["missing"].as_array().is_some_and(|m| !m.is_empty()) {
-                    incomplete += 1;
-                }
-            }
-            Err(_) => incomplete += 1,
-        }
-    }
-    Ok(PurgeReport {
-        purges: opts.purges,
-        visible_p50_us: visible.value_at_quantile(0.5),
-        visible_p99_us: visible.value_at_quantile(0.99),
-        visible_max_us: visible.max(),
-        acked_p50_us: acked.value_at_quantile(0.5),
-        acked_p99_us: acked.value_at_quantile(0.99),
-        acked_max_us: acked.max(),
-        incomplete,
-    })
-}
-
-async fn futures_join<I, F, T>(futs: I) -> anyhow::Result<Vec<T>>
-where
-    I: IntoIterator<Item = F>,
-    F: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let mut out = Vec::new();
-    for r in futures::future::join_all(futs).await {
-        out.push(r?);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn distributions_parse_and_skew_as_asked() {
-        assert_eq!("uniform".parse::<Dist>().unwrap(), Dist::Uniform);
-        assert_eq!("zipf:0.99".parse::<Dist>().unwrap(), Dist::Zipf(0.99));
-        assert!("zipf:-1".parse::<Dist>().is_err());
-        assert!("hot:2:0.9".parse::<Dist>().is_err());
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-        let n = 100_000;
-        let zipf = Keys::new(1000, Dist::Zipf(1.1)).unwrap();
-        let top10 = (0..n).filter(|_| zipf.sample(&mut rng) < 10).count();
-        assert!(
-            top10 as f64 / n as f64 > 0.4,
-            "zipf 1.1: the top 1% of keys get most traffic ({top10})"
-        );
-        let hot = Keys::new(
-            1000,
-            Dist::Hot {
-                keys: 0.01,
-                traffic: 0.9,
-            },
-        )
-        .unwrap();
-        let hits = (0..n).filter(|_| hot.sample(&mut rng) < 10).count();
-        assert!((hits as f64 / n as f64 - 0.9).abs() < 0.01, "{hits}");
-        let seq = Keys::new(3, Dist::Sequential).unwrap();
-        let drawn: Vec<u64> = (0..7).map(|_| seq.sample(&mut rng)).collect();
-        assert_eq!(drawn, vec![0, 1, 2, 0, 1, 2, 0]);
-        let uni = Keys::new(1000, Dist::Uniform).unwrap();
-        assert!((0..n).all(|_| uni.sample(&mut rng) < 1000));
+    fn x_cache_names_the_tier_that_answered() {
+        let t = |v: &str| tier(Some(&http::HeaderValue::from_str(v).unwrap()));
+        assert_eq!(t("HIT"), 0);
+        assert_eq!(t("STALE"), 0);
+        assert_eq!(t("MISS, HIT from node-1"), 1);
+        assert_eq!(t("MISS, STALE from node-0"), 1);
+        assert_eq!(t("MISS, MISS from node-2"), 2);
+        assert_eq!(t("MISS, origin"), 2);
+        assert_eq!(t("PASS"), 2);
+        assert_eq!(tier(None), 3);
     }
-
-    #[test]
-    fn tiny_lfu_beats_lru_on_a_skewed_stream_at_one_percent() {
-        let rows = hit_ratios(20_000, Dist::Zipf(0.9), 200_000, &[0.01], 3).unwrap();
-        let tlfu = rows
-            .iter()
-            .find(|r| r.policy == "tiny-lfu")
-            .unwrap()
-            .hit_ratio;
-        let lru = rows.iter().find(|r| r.policy == "lru").unwrap().hit_ratio;
-        assert!(tlfu > lru, "tiny-lfu {tlfu} vs lru {lru}");
-    }
-}
-
-/// Hit ratio of the store's eviction policies on a key stream, without the network.
-#[derive(Debug, Serialize)]
-pub struct HitRatio {
-    /// `tiny-lfu` or `lru`.
-    pub policy: &'static str,
-    /// Capacity in objects.
-    pub capacity: u64,
-    /// Capacity as a fraction of the distinct keys.
-    pub fraction: f64,
-    /// Hits / requests.
-    pub hit_ratio: f64,
-}
-
-/// Replays `requests` keys drawn from `dist` over `keys` through moka with TinyLFU and with
-/// LRU at each capacity fraction (the same stream for every run), as the store would see a
-/// miss-then-fill per request.
-pub fn hit_ratios(
-    keys: u64,
-    dist: Dist,
-    requests: u64,
-    fractions: &[f64],
-    seed: u64,
-) -> anyhow::Result<Vec<HitRatio>> {
-    let sampler = Keys::new(keys, dist)?;
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-    let stream: Vec<u64> = (0..requests).map(|_| sampler.sample(&mut rng)).collect();
-    let mut out = Vec::new();
-    for &fraction in fractions {
-        let capacity = ((keys as f64 * fraction).round() as u64).max(1);
-        for (name, policy) in [
-            ("tiny-lfu", moka::policy::EvictionPolicy::tiny_lfu()),
-            ("lru", moka::policy::EvictionPolicy::lru()),
-        ] {
-            let cache: moka::sync::Cache<u64, ()> = moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .eviction_policy(policy)
-                .build();
-            let mut hits = 0u64;
-            for (i, k) in stream.iter().enumerate() {
-                if cache.get(k).is_some() {
-                    hits += 1;
-                } else {
-                    cache.insert(*k, ());
-                }
-                // Let admission and eviction keep up, as they do between real requests.
-                if i % 64 == 0 {
-                    cache.run_pending_tasks();
-                }
-            }
-            out.push(HitRatio {
-                policy: name,
-                capacity,
-                fraction,
-                hit_ratio: hits as f64 / requests as f64,
-            });
-        }
-    }
-    Ok(out)
 }

@@ -320,13 +320,12 @@ async fn keys_spread_evenly_and_a_node_added_under_load_takes_only_its_share() {
         targets: vec![c.edges[0].http_addr],
         connections: 8,
         duration: Duration::from_secs(3),
-        max_requests: None,
         path: "/join/{key}?size=512&cc=max-age%3D600".into(),
         keys: 500,
         dist: loadgen::Dist::Uniform,
         rate: Some(500.0),
-        h2: false,
         seed: 3,
+        ..Default::default()
     }));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let six = c.add_node().await.unwrap();

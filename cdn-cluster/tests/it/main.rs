@@ -3,6 +3,7 @@
 
 mod cluster;
 mod limits;
+mod load;
 mod processes;
 mod pull_through;
 mod purge;

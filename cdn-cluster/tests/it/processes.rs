@@ -356,13 +356,12 @@ impl Fleet {
             // the ones scheduled after it (open loop: latency counts from when each was due).
             connections: 64,
             duration: Duration::from_secs(secs),
-            max_requests: None,
             path: format!("{PATH_PREFIX}{{key}}{PATH_QUERY}"),
             keys: 200,
             dist: loadgen::Dist::Uniform,
             rate: Some(rate),
-            h2: false,
             seed,
+            ..Default::default()
         };
         tokio::spawn(async move { loadgen::run(opts).await.expect("load runs") })
     }

@@ -75,13 +75,12 @@ async fn the_status_page_shows_the_members_and_live_charts_in_a_browser() {
         targets: vec![c.edges[0].http_addr],
         connections: 4,
         duration: Duration::from_secs(6),
-        max_requests: None,
         path: "/page/{key}?size=256".into(),
         keys: 50,
         dist: loadgen::Dist::Uniform,
         rate: Some(200.0),
-        h2: false,
         seed: 1,
+        ..Default::default()
     }));
     // A purge to list.
     let (status, _) = crate::support::admin_purge(
