@@ -482,16 +482,32 @@ async fn worker(
     Ok(w)
 }
 
-/// A connection from `slot`, made if there is none.
+/// A connection from `slot` that is ready for a request: a new one if there is none or the
+/// server closed it (keep-alive limits, idle timeouts: no request was lost, so no error).
 async fn ensure(
     slot: &mut Option<Sender>,
     addr: SocketAddr,
     h2: bool,
 ) -> Result<&mut Sender, &'static str> {
+    if let Some(s) = slot.as_mut() {
+        if s.ready().await.is_err() {
+            *slot = None;
+        }
+    }
     if slot.is_none() {
-        *slot = Some(connect(addr, h2).await.map_err(|_| "connect")?);
+        let mut s = connect(addr, h2).await.map_err(|_| "connect")?;
+        s.ready().await.map_err(|_| "connect")?;
+        *slot = Some(s);
     }
     slot.as_mut().ok_or("connect")
+}
+
+/// Whether the server said it closes the connection after this response.
+fn closing(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
 async fn get(slot: &mut Option<Sender>, addr: SocketAddr, h2: bool, path: &str) -> Outcome {
@@ -506,12 +522,16 @@ async fn get(slot: &mut Option<Sender>, addr: SocketAddr, h2: bool, path: &str) 
         let resp = sender.send(req).await?;
         let tier = tier(resp.headers().get("x-cache"));
         let ok = resp.status().as_u16() < 500;
+        let close = closing(resp.headers());
         let n = resp.into_body().collect().await?.to_bytes().len() as u64;
-        anyhow::Ok((ok, n, tier))
+        anyhow::Ok((ok, n, tier, close))
     }
     .await;
+    if matches!(result, Ok((.., true))) {
+        *slot = None;
+    }
     match result {
-        Ok((true, n, tier)) => Ok((n, Some(tier))),
+        Ok((true, n, tier, _)) => Ok((n, Some(tier))),
         Ok((false, ..)) => Err("status_5xx"),
         Err(_) => {
             *slot = None;
@@ -570,13 +590,17 @@ async fn admin_call(
     let result = async {
         let resp = sender.send(req).await?;
         let ok = resp.status().is_success();
+        let close = closing(resp.headers());
         let n = resp.into_body().collect().await?.to_bytes().len() as u64;
-        anyhow::Ok((ok, n))
+        anyhow::Ok((ok, n, close))
     }
     .await;
+    if matches!(result, Ok((.., true))) {
+        *slot = None;
+    }
     match result {
-        Ok((true, n)) => Ok((n, None)),
-        Ok((false, _)) => Err("admin_rejected"),
+        Ok((true, n, _)) => Ok((n, None)),
+        Ok((false, ..)) => Err("admin_rejected"),
         Err(_) => {
             *slot = None;
             Err("transport")
@@ -591,19 +615,21 @@ enum Sender {
 }
 
 impl Sender {
+    async fn ready(&mut self) -> anyhow::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await?,
+            Sender::H2(s) => s.ready().await?,
+        }
+        Ok(())
+    }
+
     async fn send(
         &mut self,
         req: http::Request<Full<Bytes>>,
     ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
         Ok(match self {
-            Sender::H1(s) => {
-                s.ready().await?;
-                s.send_request(req).await?
-            }
-            Sender::H2(s) => {
-                s.ready().await?;
-                s.send_request(req).await?
-            }
+            Sender::H1(s) => s.send_request(req).await?,
+            Sender::H2(s) => s.send_request(req).await?,
         })
     }
 }
@@ -632,6 +658,46 @@ async fn connect(addr: SocketAddr, h2: bool) -> anyhow::Result<Sender> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that answers one request per connection and says `Connection: close`, as
+    /// nginx does on its `keepalive_requests`-th response.
+    async fn one_request_per_connection() -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+                    let _ = tcp.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_server_closing_keep_alive_connections_costs_no_errors() {
+        let addr = one_request_per_connection().await;
+        let r = run(Options {
+            targets: vec![addr],
+            connections: 2,
+            max_requests: Some(50),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!((r.requests, r.errors), (50, 0), "{:?}", r.errors_by_kind);
+        assert_eq!((r.bytes_per_sec * r.seconds).round(), 100.0);
+    }
 
     #[test]
     fn x_cache_names_the_tier_that_answered() {
