@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/compare.sh [OUTDIR]
-# One command for the side-by-side cache-HIT comparison: builds the release binaries, starts
-# our edge (cdn-cluster with 1 node and 1 edge) in front of the same nginx origin that
+# The side-by-side cache-HIT comparison with wrk: builds the release binaries, starts
+# our edge (cdn-cluster with 1 node and 1 edge, room for every object in the edge's L1) in front of the same nginx origin that
 # run-anchors.sh starts, pinned to the server core like every other cache, then runs
 # run-anchors.sh with it as an extra target (Varnish, nginx proxy_cache, Traffic Server when
 # installed, and the origin itself as the reference), interleaved, REPS times each.
@@ -22,6 +22,7 @@ mkdir -p "$OUTDIR"
 # The edge fronts the origin run-anchors.sh is about to start; connections are made lazily.
 nice -n "${BENCH_NICE:--20}" taskset -c "$SERVER_CPUS" "$root/target/release/cdn-cluster" \
     --origin "http://127.0.0.1:$ORIGIN_PORT" --nodes 1 --edges 1 \
+    --capacity 2GiB --edge-capacity 1GiB \
     --edge-port "$EDGE_PORT" --admin-port "$((EDGE_PORT + 1000))" >"$log" 2>&1 &
 edge_pid=$!
 trap 'kill "$edge_pid" 2>/dev/null; wait "$edge_pid" 2>/dev/null || true' EXIT
