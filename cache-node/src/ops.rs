@@ -96,7 +96,7 @@ impl Node {
         let Some(entry) = self.store.lookup(key, request).await else {
             return;
         };
-        if entry.stored_at < since || entry.fields().get("vary").is_some() {
+        if entry.stored_at() < since || entry.fields().get("vary").is_some() {
             return;
         }
         let others: Vec<Member> = self
@@ -117,7 +117,7 @@ impl Node {
             key: key.to_string(),
             status: entry.status,
             headers,
-            body: entry.body.clone(),
+            body: entry.body.to_vec(),
         };
         let id = self.next_purge_id.fetch_add(1, Ordering::Relaxed);
         for m in &others {

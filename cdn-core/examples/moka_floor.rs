@@ -11,16 +11,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
+mod common;
+use common::rss_bytes;
 
 struct Ttl;
 
@@ -28,6 +20,20 @@ impl<K, V> moka::Expiry<K, V> for Ttl {
     fn expire_after_create(&self, _k: &K, _v: &V, _now: Instant) -> Option<Duration> {
         Some(Duration::from_secs(3600))
     }
+}
+
+/// The store's moka configuration (see `Store::new`) over `K` keys and `u64` values.
+fn store_like<K>() -> moka::future::Cache<K, u64>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+{
+    moka::future::Cache::builder()
+        .max_capacity(u64::MAX / 4)
+        .weigher(|_k: &K, _v: &u64| 1000)
+        .expire_after(Ttl)
+        .eviction_policy(moka::policy::EvictionPolicy::tiny_lfu())
+        .eviction_listener(|_k, _v, _cause| {})
+        .build()
 }
 
 fn report(mode: &str, n: u64, before: u64, entries: u64) {
@@ -60,13 +66,7 @@ async fn main() {
             report(&mode, n, before, c.entry_count());
         }
         "store" => {
-            let c: moka::future::Cache<u64, u64> = moka::future::Cache::builder()
-                .max_capacity(u64::MAX / 4)
-                .weigher(|_k: &u64, _v: &u64| 1000)
-                .expire_after(Ttl)
-                .eviction_policy(moka::policy::EvictionPolicy::tiny_lfu())
-                .eviction_listener(|_k, _v, _cause| {})
-                .build();
+            let c = store_like::<u64>();
             for i in 0..n {
                 c.insert(i, i).await;
             }
@@ -74,13 +74,7 @@ async fn main() {
             report(&mode, n, before, c.entry_count());
         }
         "keys" => {
-            let c: moka::future::Cache<Arc<str>, u64> = moka::future::Cache::builder()
-                .max_capacity(u64::MAX / 4)
-                .weigher(|_k: &Arc<str>, _v: &u64| 1000)
-                .expire_after(Ttl)
-                .eviction_policy(moka::policy::EvictionPolicy::tiny_lfu())
-                .eviction_listener(|_k, _v, _cause| {})
-                .build();
+            let c = store_like::<Arc<str>>();
             for i in 0..n {
                 c.insert(Arc::from(format!("/obj/{i}?size=1024")), i).await;
             }

@@ -11,16 +11,8 @@ use bytes::Bytes;
 use cdn_core::policy::{evaluate, policy_request};
 use cdn_core::store::{Entry, Eviction, Store};
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
+mod common;
+use common::rss_bytes;
 
 #[tokio::main]
 async fn main() {

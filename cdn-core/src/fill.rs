@@ -650,7 +650,7 @@ pub async fn fetch_origin(
     let mut headers = fill_headers(req_headers);
     let request_fields = headers.clone();
     let policy_req = crate::policy::policy_request(&http::Method::GET, key, &headers);
-    let stale = stale.filter(|s| s.validators || s.stale_if_error > std::time::Duration::ZERO);
+    let stale = stale.filter(|s| s.validators || s.stale_if_error() > std::time::Duration::ZERO);
     if let Some(s) = stale.as_ref().filter(|s| s.validators) {
         headers.extend(crate::policy::validators_for(&s.headers()));
     }

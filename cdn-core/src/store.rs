@@ -16,42 +16,45 @@ use serde::{Deserialize, Serialize};
 
 /// Fixed cost charged per entry on top of its body and packed header bytes: the entry, the
 /// key, moka's bookkeeping, allocator slack. Measured with `examples/store_memory.rs`
-/// (1,000,000 × 1 KiB: about 750 bytes per object beyond payload and header bytes).
-const ENTRY_OVERHEAD: u64 = 768;
+/// (1,000,000 × 1 KiB: about 640 bytes per object beyond payload and header bytes).
+const ENTRY_OVERHEAD: u64 = 640;
 
 /// A stored response, complete and immutable.
+///
+/// Kept small, since a store holds millions: times are milliseconds, the body is one buffer
+/// when it can be, and surrogate keys are read from the packed fields when a purge asks.
 #[derive(Debug)]
 pub struct Entry {
     /// Response status.
     pub status: StatusCode,
-    // Response header fields as stored (hop-by-hop fields and `Age` removed), packed.
-    fields: Fields,
-    /// The body, as the chunks it arrived in (served without copying).
-    pub body: Vec<Bytes>,
-    /// Total body bytes.
-    pub body_len: u64,
-    /// When the entry was stored.
-    pub stored_at: SystemTime,
-    /// Age of the response when stored.
-    pub initial_age: Duration,
-    /// Freshness remaining when stored.
-    pub ttl: Duration,
-    /// Surrogate keys (from `Surrogate-Key`), for purge by tag.
-    pub tags: Vec<String>,
-    /// Served stale while a refresh runs, for this long past the lifetime.
-    pub stale_while_revalidate: Duration,
-    /// Served stale when upstream fails, for this long past the lifetime.
-    pub stale_if_error: Duration,
-    /// Never served stale.
+    /// Served stale only after a successful revalidation (`must-revalidate`, ...).
     pub revalidate_only: bool,
     /// Can be revalidated (has `ETag` or `Last-Modified`).
     pub validators: bool,
-    /// The cache node it came from (edges), so a member whose invalidation stream from that
-    /// node broke can drop or stop serving exactly those entries.
-    pub source: Option<Arc<str>>,
     /// Set by a soft purge: the entry is stale from then on, whatever its TTL said.
     stale: AtomicBool,
     weight: u32,
+    // Response header fields as stored (hop-by-hop fields, `Age` and `Content-Length`
+    // removed: both are computed when served), packed.
+    fields: Fields,
+    /// The body (served without copying).
+    pub body: Chunks,
+    /// Total body bytes.
+    pub body_len: u64,
+    // When stored (ns since the Unix epoch); age when stored, freshness remaining when
+    // stored, and the stale-while-revalidate and stale-if-error windows, in ms.
+    stored_ns: u64,
+    initial_age_ms: u64,
+    ttl_ms: u64,
+    swr_ms: u64,
+    sie_ms: u64,
+    /// The cache node it came from (edges), so a member whose invalidation stream from that
+    /// node broke can drop or stop serving exactly those entries.
+    pub source: Option<Arc<str>>,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Entry {
@@ -59,39 +62,75 @@ impl Entry {
     pub fn new(
         status: StatusCode,
         headers: HeaderMap,
-        body: Vec<Bytes>,
+        body: impl Into<Chunks>,
         decision: crate::policy::Decision,
         stored_at: SystemTime,
     ) -> Self {
-        let tags = crate::purge::surrogate_keys(&headers);
         let fields = Fields::pack(&headers);
-        let body = compact_body(body);
+        let body: Chunks = body.into();
         let body_len: u64 = body.iter().map(|b| b.len() as u64).sum();
         let header_bytes = fields.len() as u64;
         let weight = body_len + header_bytes + ENTRY_OVERHEAD;
-        let (swr, sie, revalidate_only, validators) = (
-            decision.stale_while_revalidate,
-            decision.stale_if_error,
-            decision.revalidate_only,
-            decision.validators,
-        );
+        // Exact (nanoseconds): callers compare it with instants taken before a fill.
+        let since_epoch = stored_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let stored_ns = u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX);
         Self {
             status,
+            revalidate_only: decision.revalidate_only,
+            validators: decision.validators,
+            stale: AtomicBool::new(false),
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
             fields,
             body,
             body_len,
-            stored_at,
-            initial_age: decision.age,
-            ttl: decision.ttl,
-            tags,
-            stale_while_revalidate: swr,
-            stale_if_error: sie,
-            revalidate_only,
-            validators,
+            stored_ns,
+            initial_age_ms: ms(decision.age),
+            ttl_ms: ms(decision.ttl),
+            swr_ms: ms(decision.stale_while_revalidate),
+            sie_ms: ms(decision.stale_if_error),
             source: None,
-            stale: AtomicBool::new(false),
-            weight: u32::try_from(weight).unwrap_or(u32::MAX),
         }
+    }
+
+    /// When the entry was stored.
+    pub fn stored_at(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(self.stored_ns)
+    }
+
+    /// Freshness remaining when stored.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
+    }
+
+    /// Served stale when upstream fails, for this long past the lifetime.
+    pub fn stale_if_error(&self) -> Duration {
+        Duration::from_millis(self.sie_ms)
+    }
+
+    /// Served stale while a refresh runs, for this long past the lifetime.
+    pub fn stale_while_revalidate(&self) -> Duration {
+        Duration::from_millis(self.swr_ms)
+    }
+
+    /// Surrogate keys (from `Surrogate-Key`), for purge by tag.
+    pub fn tags(&self) -> Vec<String> {
+        self.fields
+            .iter()
+            .filter(|(n, _)| *n == "surrogate-key")
+            .flat_map(|(_, v)| {
+                String::from_utf8_lossy(&v)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Time held here at `now`.
+    fn held(&self, now: SystemTime) -> Duration {
+        now.duration_since(self.stored_at()).unwrap_or_default()
     }
 
     /// The header fields as a map (values share the stored buffer; the map is built per call).
@@ -120,27 +159,25 @@ impl Entry {
         if self.stale.load(Ordering::Acquire) {
             return false;
         }
-        now.duration_since(self.stored_at)
-            .map(|held| held < self.ttl)
-            .unwrap_or(true)
+        self.held(now) < self.ttl()
     }
 
     /// How usable the entry is at `now`.
     pub fn freshness(&self, now: SystemTime) -> Freshness {
-        let held = now.duration_since(self.stored_at).unwrap_or_default();
+        let held = self.held(now);
         let soft_purged = self.stale.load(Ordering::Acquire);
-        if !soft_purged && held < self.ttl {
+        if !soft_purged && held < self.ttl() {
             return Freshness::Fresh;
         }
         // Past its lifetime (or soft-purged, which counts as just expired).
         let past = if soft_purged {
             Duration::ZERO
         } else {
-            held - self.ttl
+            held - self.ttl()
         };
         Freshness::Stale {
-            while_revalidate: !self.revalidate_only && past < self.stale_while_revalidate,
-            on_error: !self.revalidate_only && past < self.stale_if_error,
+            while_revalidate: !self.revalidate_only && past < self.stale_while_revalidate(),
+            on_error: !self.revalidate_only && past < self.stale_if_error(),
         }
     }
 
@@ -157,16 +194,16 @@ impl Entry {
         } else {
             Duration::ZERO
         };
-        self.ttl
+        self.ttl()
             + self
-                .stale_while_revalidate
-                .max(self.stale_if_error)
+                .stale_while_revalidate()
+                .max(self.stale_if_error())
                 .max(revalidate)
     }
 
     /// The `Age` to send at `now`: age when stored plus time held here.
     pub fn age(&self, now: SystemTime) -> Duration {
-        self.initial_age + now.duration_since(self.stored_at).unwrap_or_default()
+        Duration::from_millis(self.initial_age_ms) + self.held(now)
     }
 
     /// Bytes this entry is charged in the store.
@@ -178,29 +215,64 @@ impl Entry {
 /// Bodies up to this size are stored as one exact-size buffer.
 const COMPACT_BODY: u64 = 1 << 20;
 
+/// A stored body: one buffer, or (over [`COMPACT_BODY`]) the chunks it arrived in. Derefs
+/// to the chunks (none for an empty body).
+#[derive(Clone, Debug)]
+pub enum Chunks {
+    /// One buffer (possibly empty).
+    One(Bytes),
+    /// Several chunks.
+    Many(Arc<[Bytes]>),
+}
+
+impl Default for Chunks {
+    fn default() -> Self {
+        Chunks::One(Bytes::new())
+    }
+}
+
+impl std::ops::Deref for Chunks {
+    type Target = [Bytes];
+    fn deref(&self) -> &[Bytes] {
+        match self {
+            Chunks::One(b) if b.is_empty() => &[],
+            Chunks::One(b) => std::slice::from_ref(b),
+            Chunks::Many(v) => v,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Chunks {
+    type Item = &'a Bytes;
+    type IntoIter = std::slice::Iter<'a, Bytes>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 /// The body as stored. Chunks from a network read are slices of the reader's buffer, and
 /// keeping one alive keeps the whole buffer (kilobytes for a small object): small bodies are
 /// copied once into one buffer of exactly their size. Large ones keep their chunks, which are
 /// most of their buffers anyway.
-fn compact_body(body: Vec<Bytes>) -> Vec<Bytes> {
-    let len: u64 = body.iter().map(|b| b.len() as u64).sum();
-    if len == 0 {
-        return Vec::new();
+impl From<Vec<Bytes>> for Chunks {
+    fn from(body: Vec<Bytes>) -> Self {
+        let len: u64 = body.iter().map(|b| b.len() as u64).sum();
+        if len > COMPACT_BODY {
+            return Chunks::Many(body.into());
+        }
+        let mut one = bytes::BytesMut::with_capacity(len as usize);
+        for c in &body {
+            one.extend_from_slice(c);
+        }
+        Chunks::One(one.freeze())
     }
-    if len > COMPACT_BODY {
-        return body;
-    }
-    let mut one = bytes::BytesMut::with_capacity(len as usize);
-    for c in &body {
-        one.extend_from_slice(c);
-    }
-    vec![one.freeze()]
 }
 
 /// Header fields packed in one buffer (for each: `u16` name length, name, `u16` value length,
 /// value). A stored entry pays the fields' bytes plus 40 instead of a `HeaderMap`'s hundred
 /// bytes or so per field; a served entry unpacks them into a map whose values share the
-/// buffer. `Age` is not kept (it is computed when served), nor values over 64 KiB.
+/// buffer. `Age` and `Content-Length` are not kept (both are computed when served), nor
+/// values over 64 KiB.
 #[derive(Clone, Default, Debug)]
 pub struct Fields {
     block: Bytes,
@@ -211,7 +283,9 @@ impl Fields {
     /// Packs `headers`.
     pub fn pack(headers: &HeaderMap) -> Self {
         let keep = |k: &http::HeaderName, v: &http::HeaderValue| {
-            k != http::header::AGE && v.len() <= u16::MAX as usize
+            k != http::header::AGE
+                && k != http::header::CONTENT_LENGTH
+                && v.len() <= u16::MAX as usize
         };
         let total: usize = headers
             .iter()
@@ -549,13 +623,13 @@ impl Store {
         entry: Arc<Entry>,
         mark: u64,
     ) -> bool {
-        if self.log.purged_since(mark, key, &entry.tags) {
+        let tags = entry.tags();
+        if self.log.purged_since(mark, key, &tags) {
             return false;
         }
         let Some(storage) = self.storage_key(key, request, &entry).await else {
             return false;
         };
-        let tags = entry.tags.clone();
         self.insert(&storage, entry).await;
         // A purge may have been logged between the check and the insert: see crate::purge.
         if self.log.purged_since(mark, key, &tags) {
@@ -598,7 +672,7 @@ impl Store {
         let hit: Vec<(Arc<Arc<str>>, Arc<Entry>)> = self
             .cache
             .iter()
-            .filter(|(k, e)| crate::purge::matches(inv, primary(k), &e.tags))
+            .filter(|(k, e)| crate::purge::matches(inv, primary(k), &e.tags()))
             .collect();
         for (k, e) in hit {
             n += 1;

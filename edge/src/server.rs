@@ -14,7 +14,7 @@ use cdn_core::http::{
 };
 use cdn_core::policy;
 use cdn_core::range::{self, RangeAnswer};
-use cdn_core::store::{Entry, Freshness};
+use cdn_core::store::{Chunks, Entry, Freshness};
 use cdn_proto::CacheStatus;
 use futures::stream;
 use http::header::{self, HeaderValue};
@@ -411,7 +411,7 @@ fn entry_response(entry: &Entry, now: SystemTime, head_only: bool) -> Response<B
     let mut r = Response::new(if head_only {
         empty()
     } else {
-        chunks_body(entry.body.clone())
+        stored_body(&entry.body)
     });
     *r.status_mut() = entry.status;
     let h = r.headers_mut();
@@ -432,6 +432,14 @@ fn chunks_body(chunks: Vec<Bytes>) -> Body {
             .map(|c| Ok::<_, BoxError>(Frame::data(c))),
     ))
     .boxed()
+}
+
+/// A stored body as a response body (one buffer: no allocation beyond the body's box).
+fn stored_body(body: &Chunks) -> Body {
+    match body {
+        Chunks::One(b) => cdn_core::http::full(b.clone()),
+        Chunks::Many(_) => chunks_body(body.to_vec()),
+    }
 }
 
 /// A response that streams a flight's body as it arrives. If the fill fails mid-body the
