@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use cdn_core::config::{ByteSize, ConfigError, Consistency};
-use cdn_core::store::Eviction;
+use cdn_core::store::{Engine, Eviction};
 use serde::{Deserialize, Serialize};
 
 /// Everything a cache node is configured with.
@@ -31,6 +31,8 @@ pub struct Config {
     pub max_object_size: ByteSize,
     /// Eviction policy: `tiny-lfu` (default: resists scans) or `lru`.
     pub eviction: Eviction,
+    /// Store engine: `moka` (default) or `compact` (about 320 bytes less per entry).
+    pub store_engine: Engine,
     /// Bearer token for the admin API's mutating calls.
     pub admin_token: Option<String>,
     /// Directory with `ca.pem`, `member.pem`, `member.key` (from `cache-node init-tls`).
@@ -90,6 +92,7 @@ impl Default for Config {
             capacity: ByteSize(256 << 20),
             max_object_size: ByteSize(0),
             eviction: Eviction::TinyLfu,
+            store_engine: Engine::Moka,
             admin_token: None,
             tls_dir: None,
             region: String::new(),

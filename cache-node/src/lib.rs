@@ -568,7 +568,7 @@ pub async fn start_on(
         shutdown.clone(),
     );
     let node = Arc::new(Node {
-        store: Store::new(config.capacity.0, config.eviction),
+        store: Store::with_engine(config.capacity.0, config.eviction, config.store_engine),
         fills: Coalescer::default(),
         origin,
         stats: Stats::default(),

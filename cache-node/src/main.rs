@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use cache_node::Config;
 use cdn_core::config::{load_toml, parse_args, ByteSize, ConfigError};
-use cdn_core::store::Eviction;
+use cdn_core::store::{Engine, Eviction};
 use cdn_core::tls::TlsMaterial;
 use clap::{Parser, Subcommand};
 
@@ -54,6 +54,9 @@ struct Cli {
     /// Eviction policy: tiny-lfu or lru.
     #[arg(long)]
     eviction: Option<Eviction>,
+    /// Store engine: moka or compact.
+    #[arg(long)]
+    store_engine: Option<Engine>,
     /// Admin API bearer token.
     #[arg(long, env = "CDN_ADMIN_TOKEN")]
     admin_token: Option<String>,
@@ -112,6 +115,9 @@ fn config_from(cli: Cli) -> Result<Config, ConfigError> {
     }
     if let Some(v) = cli.eviction {
         c.eviction = v;
+    }
+    if let Some(v) = cli.store_engine {
+        c.store_engine = v;
     }
     if let Some(v) = cli.replicas {
         c.replicas = v;

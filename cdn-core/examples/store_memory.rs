@@ -1,15 +1,15 @@
 //! Resident memory of a store holding N objects of a given size, as bytes per object over
 //! the payload. Objects look like real fills: a policy evaluated from typical origin headers.
 //!
-//! `cargo run --release -p cdn-core --example store_memory -- [N] [SIZE]` (1,000,000 × 1 KiB
-//! by default).
+//! `cargo run --release -p cdn-core --example store_memory -- [N] [SIZE] [ENGINE]` (1,000,000
+//! × 1 KiB on moka by default; ENGINE `moka` or `compact`).
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use cdn_core::policy::{evaluate, policy_request};
-use cdn_core::store::{Entry, Eviction, Store};
+use cdn_core::store::{Engine, Entry, Eviction, Store};
 
 mod common;
 use common::rss_bytes;
@@ -22,7 +22,15 @@ async fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     let size: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1024);
-    let store = Store::new(u64::MAX / 4, Eviction::TinyLfu);
+    let engine: Engine = match args.next().map(|a| a.parse()) {
+        None => Engine::Moka,
+        Some(Ok(e)) => e,
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let store = Store::with_engine(u64::MAX / 4, Eviction::TinyLfu, engine);
     let now = SystemTime::now();
     let req_headers = {
         let mut h = http::HeaderMap::new();
@@ -60,7 +68,7 @@ async fn main() {
     let grown = after.saturating_sub(before);
     let payload = (n * size) as u64;
     println!(
-        "{n} objects of {size} B: entries {}, RSS grew {:.1} MiB for {:.1} MiB of payload: {:.0} bytes per object over the payload; the store charges {:.0} bytes per object ({:.2} of the RSS growth)",
+        "{engine:?}: {n} objects of {size} B: entries {}, RSS grew {:.1} MiB for {:.1} MiB of payload: {:.0} bytes per object over the payload; the store charges {:.0} bytes per object ({:.2} of the RSS growth)",
         store.entry_count(),
         grown as f64 / 1048576.0,
         payload as f64 / 1048576.0,

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod compact;
 pub mod config;
 pub mod fill;
 pub mod http;

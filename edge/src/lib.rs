@@ -518,7 +518,7 @@ pub async fn start_on(
     );
     let seeds = config.seeds.clone();
     let edge = Arc::new(Edge {
-        l1: Store::new(config.capacity.0, config.eviction),
+        l1: Store::with_engine(config.capacity.0, config.eviction, config.store_engine),
         fills: Coalescer::default(),
         upstream: upstream.clone(),
         origin,

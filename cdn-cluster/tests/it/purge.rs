@@ -125,9 +125,27 @@ async fn purge_method_on_an_edge_needs_the_token_and_soft_purge_refetches() {
     c.stop().await;
 }
 
+/// A cluster whose nodes and edges all store on `engine`.
+async fn cluster_on(engine: cdn_core::store::Engine) -> cdn_cluster::Cluster {
+    cluster(3, 2, |cfg| {
+        cfg.node.store_engine = engine;
+        cfg.edge.store_engine = engine;
+    })
+    .await
+}
+
 #[tokio::test]
 async fn purge_by_tag_removes_exactly_the_tagged_objects_everywhere() {
-    let c = cluster(3, 2, |_| {}).await;
+    purge_by_tag(cdn_core::store::Engine::Moka).await;
+}
+
+#[tokio::test]
+async fn purge_by_tag_on_the_compact_engine() {
+    purge_by_tag(cdn_core::store::Engine::Compact).await;
+}
+
+async fn purge_by_tag(engine: cdn_core::store::Engine) {
+    let c = cluster_on(engine).await;
     let a = "/p/tag/1?size=100&tags=red%20round&cc=max-age=600";
     let b = "/p/tag/2?size=100&tags=red&cc=max-age=600";
     let other = "/p/tag/3?size=100&tags=blue&cc=max-age=600";
@@ -156,7 +174,16 @@ async fn purge_by_tag_removes_exactly_the_tagged_objects_everywhere() {
 
 #[tokio::test]
 async fn purge_by_prefix_removes_exactly_what_is_under_it() {
-    let c = cluster(3, 2, |_| {}).await;
+    purge_by_prefix(cdn_core::store::Engine::Moka).await;
+}
+
+#[tokio::test]
+async fn purge_by_prefix_on_the_compact_engine() {
+    purge_by_prefix(cdn_core::store::Engine::Compact).await;
+}
+
+async fn purge_by_prefix(engine: cdn_core::store::Engine) {
+    let c = cluster_on(engine).await;
     let inside = ["/p/img/a?size=10", "/p/img/b/c?size=10"];
     let outside = "/p/imgx?size=10";
     for t in inside.iter().chain([&outside]) {
