@@ -6,7 +6,8 @@
 //! - [`policy`]: the one place HTTP cache policy is evaluated (both tiers call it).
 //! - [`purge`]: what an invalidation matches, and the log that closes the purge/fill race.
 //! - [`push`]: pushed objects: admin input, wire transfer, freshness check.
-//! - [`store`]: the byte-bounded moka store of complete responses ([`store::Entry`]).
+//! - [`store`]: the byte-bounded store of complete responses ([`store::Entry`]), on moka or on
+//!   [`compact`], our own engine with a smaller cost per entry.
 //! - [`fill`]: coalescing of concurrent misses into one upstream fetch, streamed to every
 //!   waiter while it fills (read-while-writer).
 //! - [`origin`]: the HTTP client to the origin.
