@@ -33,6 +33,13 @@ fn free_tcp() -> SocketAddr {
         .unwrap()
 }
 
+fn engine_name(engine: cdn_core::store::Engine) -> &'static str {
+    match engine {
+        cdn_core::store::Engine::Moka => "moka",
+        cdn_core::store::Engine::Compact => "compact",
+    }
+}
+
 /// How waiting for a process to answer ended, when it did not.
 enum NotUp {
     /// The process exited; its log's tail.
@@ -201,6 +208,9 @@ impl Fleet {
         for n in &self.nodes {
             cmd.args(["--seed", &n.quic.to_string()]);
         }
+        if let Some(engine) = crate::support::test_store_engine() {
+            cmd.args(["--store-engine", engine_name(engine)]);
+        }
         let log = self.log(&format!("node-{j}"));
         let child = cmd.stdout(Stdio::null()).stderr(log_to(&log)).spawn();
         self.nodes[j].child = Some(child.unwrap());
@@ -249,6 +259,9 @@ impl Fleet {
                 .arg(self.dir.path().join("tls"));
             for n in &self.nodes {
                 cmd.args(["--seed", &n.quic.to_string()]);
+            }
+            if let Some(engine) = crate::support::test_store_engine() {
+                cmd.env("CDN_STORE_ENGINE", engine_name(engine));
             }
             let mut child = cmd
                 .stdout(Stdio::null())

@@ -21,8 +21,22 @@ pub async fn cluster(
         admin_token: "test-token".into(),
         ..ClusterConfig::default()
     };
+    if let Some(engine) = test_store_engine() {
+        cfg.node.store_engine = engine;
+        cfg.edge.store_engine = engine;
+    }
     tweak(&mut cfg);
     Cluster::start(cfg).await.expect("cluster starts")
+}
+
+/// The store engine every member of a test cluster uses, from `CDN_TEST_STORE_ENGINE`
+/// (`moka`, `compact`); unset: each member's default. CI runs these tests once per engine.
+pub fn test_store_engine() -> Option<cdn_core::store::Engine> {
+    let name = std::env::var("CDN_TEST_STORE_ENGINE").ok()?;
+    Some(
+        name.parse()
+            .unwrap_or_else(|e| panic!("CDN_TEST_STORE_ENGINE: {e}")),
+    )
 }
 
 /// What a client received.
