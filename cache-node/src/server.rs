@@ -356,12 +356,12 @@ async fn break_mid_body(
             status: entry.status.as_u16(),
             cache,
             node: node.config.id.clone(),
-            content_length: Some(entry.body_len),
+            content_length: Some(entry.body_len()),
             headers: entry.fields().wire(),
         },
     )
     .await?;
-    let half = (entry.body_len / 2) as usize;
+    let half = (entry.body_len() / 2) as usize;
     let body: Vec<u8> = entry
         .body
         .iter()

@@ -476,12 +476,12 @@ mod tests {
         let now = Instant::now();
         c.insert("/a", entry(100), HOUR, now);
         c.insert("/b", entry(200), HOUR, now);
-        assert_eq!(c.get("/a", now).unwrap().body_len, 100);
-        assert_eq!(c.get("/b", now).unwrap().body_len, 200);
+        assert_eq!(c.get("/a", now).unwrap().body_len(), 100);
+        assert_eq!(c.get("/b", now).unwrap().body_len(), 200);
         assert!(c.get("/c", now).is_none());
         let before = c.weighted_size();
         c.insert("/a", entry(300), HOUR, now);
-        assert_eq!(c.get("/a", now).unwrap().body_len, 300, "replaced");
+        assert_eq!(c.get("/a", now).unwrap().body_len(), 300, "replaced");
         assert_eq!(c.entry_count(), 2);
         assert_eq!(c.weighted_size(), before + 200);
         c.remove("/a");

@@ -561,7 +561,7 @@ pub fn complete_from_entry(
         Head {
             status: entry.status,
             headers,
-            content_length: Some(entry.body_len),
+            content_length: Some(entry.body_len()),
             storable: true,
             via: Via::Local,
             served,

@@ -153,7 +153,7 @@ pub async fn send_entry(
             status: entry.status.as_u16(),
             cache,
             node: node.to_string(),
-            content_length: Some(entry.body_len),
+            content_length: Some(entry.body_len()),
             headers,
         },
     )
@@ -164,12 +164,12 @@ pub async fn send_entry(
     send_frame(
         send,
         &Frame::End {
-            len: entry.body_len,
+            len: entry.body_len(),
         },
     )
     .await?;
     send.finish()?;
-    Ok(entry.body_len)
+    Ok(entry.body_len())
 }
 
 #[cfg(test)]

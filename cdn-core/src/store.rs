@@ -34,8 +34,6 @@ pub struct Entry {
     fields: Fields,
     /// The body (served without copying).
     pub body: Chunks,
-    /// Total body bytes.
-    pub body_len: u64,
     // When stored (ns since the Unix epoch); age when stored, freshness remaining when
     // stored, and the stale-while-revalidate and stale-if-error windows, in ms.
     stored_ns: u64,
@@ -79,7 +77,6 @@ impl Entry {
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
             fields,
             body,
-            body_len,
             stored_ns,
             initial_age_ms: ms(decision.age),
             ttl_ms: ms(decision.ttl),
@@ -87,6 +84,11 @@ impl Entry {
             sie_ms: ms(decision.stale_if_error),
             source: None,
         }
+    }
+
+    /// Total body bytes.
+    pub fn body_len(&self) -> u64 {
+        self.body.len_bytes()
     }
 
     /// When the entry was stored.
@@ -224,6 +226,16 @@ pub enum Chunks {
 impl Default for Chunks {
     fn default() -> Self {
         Chunks::One(Bytes::new())
+    }
+}
+
+impl Chunks {
+    /// Total bytes.
+    pub fn len_bytes(&self) -> u64 {
+        match self {
+            Chunks::One(b) => b.len() as u64,
+            Chunks::Many(v) => v.iter().map(|b| b.len() as u64).sum(),
+        }
     }
 }
 
@@ -854,7 +866,7 @@ impl Store {
     pub fn held_body_bytes(&self) -> u64 {
         let mut sum = 0;
         self.cache.entries_where(|_, e| {
-            sum += e.body_len;
+            sum += e.body_len();
             false
         });
         sum

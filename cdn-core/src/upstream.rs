@@ -278,7 +278,7 @@ impl Upstream {
                 Head {
                     status: entry.status,
                     headers: h,
-                    content_length: Some(entry.body_len),
+                    content_length: Some(entry.body_len()),
                     storable,
                     via: Via::Node {
                         id: member.id.as_str().into(),

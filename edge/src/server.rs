@@ -130,7 +130,7 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
                 &req,
                 entry.status,
                 &entry.headers(),
-                Some(entry.body_len),
+                Some(entry.body_len()),
                 conditional,
             );
             let mut r = entry_response(
@@ -145,7 +145,7 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
             if let RangeAnswer::Partial { start, end } = answer {
                 *r.body_mut() = chunks_body(range::slice(&entry.body, start, end));
             }
-            return client_response(with_range(r, answer, entry.body_len), conditional);
+            return client_response(with_range(r, answer, entry.body_len()), conditional);
         }
         stale = Some(entry);
     }
@@ -418,7 +418,7 @@ fn entry_response(entry: &Entry, now: SystemTime, head_only: bool) -> Response<B
     *h = entry.headers();
     h.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
     h.insert(X_CACHE, HeaderValue::from_static("HIT"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body_len));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body_len()));
     r
 }
 
