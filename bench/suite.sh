@@ -42,6 +42,12 @@ ORIGIN_PORT=$P NODE_PORT=$((P + 1)) NODE_ADMIN=$((P + 2)) EDGE_PORT=$((P + 3))
 EDGE_ADMIN=$((P + 4)) MISS_EDGE_PORT=$((P + 5)) MISS_EDGE_ADMIN=$((P + 6))
 VARNISH_PORT=$((P + 7)) NGINX_PORT=$((P + 8))
 
+# Our TCP ports must be free (a previous run's servers may still be exiting); the QUIC port
+# is UDP and is checked by the node itself, which exits naming it.
+for port in $ORIGIN_PORT $NODE_ADMIN $EDGE_PORT $EDGE_ADMIN $MISS_EDGE_PORT $MISS_EDGE_ADMIN; do
+    for _ in $(seq 1 50); do port_busy "$port" || break; sleep 0.2; done
+    require_free_port "$port"
+done
 mkdir -p "$OUTDIR/json" "$OUTDIR/plots" "$OUTDIR/logs"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUTDIR/suite.log" >&2; }
 for c in taskset curl python3; do command -v "$c" >/dev/null || die "$c not found"; done

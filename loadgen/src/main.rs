@@ -8,6 +8,19 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
+/// `println!` that ends the program quietly when stdout is gone (`loadgen ... | head -1`)
+/// instead of panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 /// Load an edge (or several) and report throughput, latency and hit ratio.
 #[derive(Parser)]
 #[command(version)]
@@ -91,12 +104,13 @@ async fn main() -> anyhow::Result<()> {
         let requests = cli.requests.unwrap_or(1_000_000);
         let rows =
             loadgen::hit_ratios(cli.keys, cli.dist, requests, &[0.001, 0.01, 0.1], cli.seed)?;
-        println!(
+        say!(
             "{requests} requests over {} keys ({:?}):",
-            cli.keys, cli.dist
+            cli.keys,
+            cli.dist
         );
         for r in &rows {
-            println!(
+            say!(
                 "  {:>8} capacity {:>7} ({:>5.1}%): hit ratio {:.4}",
                 r.policy,
                 r.capacity,
@@ -166,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
         let report = report?;
         let name = phase.to_string();
         if phases.len() > 1 {
-            println!("phase {name}:");
+            say!("phase {name}:");
         }
         print(&report);
         runs.push((name, report));
@@ -176,7 +190,7 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     if let Some(p) = &purge_report {
-        println!(
+        say!(
             "purges {} (incomplete {}): visible at every edge p50 {} us, p99 {} us, max {} us; acknowledged p50 {} us, p99 {} us, max {} us",
             p.purges, p.incomplete, p.visible_p50_us, p.visible_p99_us, p.visible_max_us, p.acked_p50_us, p.acked_p99_us, p.acked_max_us
         );
@@ -261,7 +275,7 @@ fn progress(phase: &Phase, live: std::sync::Arc<loadgen::Live>) -> tokio::task::
 }
 
 fn print(r: &loadgen::Report) {
-    println!(
+    say!(
         "{} requests in {:.2}s: {:.0} req/s, {:.1} MB/s, errors {}{}",
         r.requests,
         r.seconds,
@@ -274,12 +288,16 @@ fn print(r: &loadgen::Report) {
             format!(" {:?}", r.errors_by_kind)
         }
     );
-    println!(
+    say!(
         "latency us: p50 {} p90 {} p99 {} p99.9 {} max {}",
-        r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.max_us
+        r.p50_us,
+        r.p90_us,
+        r.p99_us,
+        r.p999_us,
+        r.max_us
     );
     let t = &r.tiers;
-    println!(
+    say!(
         "answered by: edge {:.3}, node tier {:.3}, origin {:.3}{}",
         t.edge_hit,
         t.node_hit,
@@ -291,13 +309,17 @@ fn print(r: &loadgen::Report) {
         }
     );
     if let Some(n) = r.origin_requests {
-        println!("origin requests: {n}");
+        say!("origin requests: {n}");
     }
     if r.ops.len() > 1 {
         for (op, o) in &r.ops {
-            println!(
+            say!(
                 "  {op}: {} requests, errors {}, p50 {} us, p99 {} us, max {} us",
-                o.requests, o.errors, o.p50_us, o.p99_us, o.max_us
+                o.requests,
+                o.errors,
+                o.p50_us,
+                o.p99_us,
+                o.max_us
             );
         }
     }
