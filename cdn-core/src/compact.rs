@@ -130,6 +130,35 @@ struct Shard {
 }
 
 impl Shard {
+    /// Stores `new` in the slot of its key (returning the weight it replaced, and marking it
+    /// referenced) or in a free slot.
+    fn put(&mut self, new: Slot) -> Option<u32> {
+        if let Some(i) = self.find(new.hash, &new.key) {
+            let slot = &mut self.slots[i as usize];
+            let old = slot.weight;
+            slot.entry = new.entry;
+            slot.weight = new.weight;
+            slot.expires = new.expires;
+            slot.referenced = true;
+            return Some(old);
+        }
+        let hash = new.hash;
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = new;
+                i
+            }
+            None => {
+                self.slots.push(new);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slots = &self.slots;
+        self.table
+            .insert_unique(hash, i, |&j| slots[j as usize].hash);
+        None
+    }
+
     /// The slot holding `key` (whose hash is `hash`).
     fn find(&self, hash: u64, key: &str) -> Option<u32> {
         let slots = &self.slots;
@@ -251,59 +280,36 @@ impl Compact {
         if self.tiny_lfu {
             self.sketch.increment(hash);
         }
-        let replaced = {
-            let mut guard = self.shard(hash);
-            let shard = &mut *guard;
-            match shard.find(hash, key) {
-                Some(i) => {
-                    let slot = &mut shard.slots[i as usize];
-                    let old = u64::from(slot.weight);
-                    slot.entry = Some(entry.clone());
-                    slot.weight = weight;
-                    slot.expires = expires;
-                    slot.referenced = true;
-                    self.bytes.fetch_add(u64::from(weight), Ordering::Relaxed);
-                    self.bytes.fetch_sub(old, Ordering::Relaxed);
-                    true
-                }
-                None => false,
-            }
+        // A new key must fit and be admitted; a replacement takes its predecessor's place.
+        if self.shard(hash).find(hash, key).is_none()
+            && (u64::from(weight) > self.capacity || !self.make_room(now_s, hash, weight))
+        {
+            self.evictions[Cause::Size as usize].fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // `put` replaces when the key is there by now (a concurrent insert of the same key),
+        // so a key never has two slots.
+        let slot = Slot {
+            key: key.into(),
+            entry: Some(entry),
+            hash,
+            weight,
+            expires,
+            referenced: false,
         };
-        if !replaced {
-            if u64::from(weight) > self.capacity || !self.make_room(now_s, hash, weight) {
-                self.evictions[Cause::Size as usize].fetch_add(1, Ordering::Relaxed);
-                return;
+        match self.shard(hash).put(slot) {
+            Some(old) => {
+                self.bytes.fetch_add(u64::from(weight), Ordering::Relaxed);
+                self.bytes.fetch_sub(u64::from(old), Ordering::Relaxed);
             }
-            let mut guard = self.shard(hash);
-            let shard = &mut *guard;
-            let slot = Slot {
-                key: key.into(),
-                entry: Some(entry),
-                hash,
-                weight,
-                expires,
-                referenced: false,
-            };
-            let i = match shard.free.pop() {
-                Some(i) => {
-                    shard.slots[i as usize] = slot;
-                    i
-                }
-                None => {
-                    shard.slots.push(slot);
-                    (shard.slots.len() - 1) as u32
-                }
-            };
-            let slots = &shard.slots;
-            shard
-                .table
-                .insert_unique(hash, i, |&j| slots[j as usize].hash);
-            self.bytes.fetch_add(u64::from(weight), Ordering::Relaxed);
-            self.entries.fetch_add(1, Ordering::Relaxed);
+            None => {
+                self.bytes.fetch_add(u64::from(weight), Ordering::Relaxed);
+                self.entries.fetch_add(1, Ordering::Relaxed);
+            }
         }
         // Concurrent inserts may have overshot together: settle back under the bound.
         while self.bytes.load(Ordering::Relaxed) > self.capacity {
-            if !self.evict_one(now_s, None) {
+            if !matches!(self.try_evict(now_s, None), Evicted::One) {
                 break;
             }
         }
@@ -321,11 +327,6 @@ impl Compact {
             }
         }
         true
-    }
-
-    /// Evicts one entry (or removes an expired one); false when nothing is left to evict.
-    fn evict_one(&self, now: u32, candidate: Option<u64>) -> bool {
-        matches!(self.try_evict(now, candidate), Evicted::One)
     }
 
     /// One eviction step, trying each shard in turn until one yields an entry.
@@ -407,25 +408,20 @@ impl Compact {
         }
     }
 
-    /// The live entries `keep` selects, with their keys (a snapshot, for purge scans).
-    pub fn entries_where(
-        &self,
-        now: Instant,
-        mut keep: impl FnMut(&str, &Entry) -> bool,
-    ) -> Vec<(String, Arc<Entry>)> {
+    /// Calls `f` with every live entry and its key, one shard locked at a time (for purge
+    /// scans: `f` must not call back into the engine).
+    pub fn for_each(&self, now: Instant, mut f: impl FnMut(&str, &Arc<Entry>)) {
         let now = self.secs(now);
-        let mut out = Vec::new();
         for m in self.shards.iter() {
             let shard = m.lock().unwrap_or_else(|p| p.into_inner());
             for s in &shard.slots {
                 if let Some(e) = &s.entry {
-                    if s.expires > now && keep(&s.key, e) {
-                        out.push((s.key.to_string(), e.clone()));
+                    if s.expires > now {
+                        f(&s.key, e);
                     }
                 }
             }
         }
-        out
     }
 
     /// Entries held.
@@ -488,11 +484,8 @@ mod tests {
         assert!(c.get("/a", now).is_none());
         assert_eq!(c.entry_count(), 1);
         assert_eq!(ev[Cause::Explicit as usize].load(Ordering::Relaxed), 1);
-        let keys: Vec<String> = c
-            .entries_where(now, |_, _| true)
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        let mut keys = Vec::new();
+        c.for_each(now, |k, _| keys.push(k.to_string()));
         assert_eq!(keys, vec!["/b".to_string()]);
     }
 
@@ -551,6 +544,25 @@ mod tests {
             }
         });
         assert_eq!(c.entry_count(), 8_000);
-        assert_eq!(c.entries_where(now, |_, _| true).len(), 8_000);
+        let mut n = 0;
+        c.for_each(now, |_, _| n += 1);
+        assert_eq!(n, 8_000);
+        // The same keys from every thread at once: one slot per key, whoever wins.
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let c = c.clone();
+                s.spawn(move || {
+                    for i in 0..2_000 {
+                        c.insert(&format!("/same/{i}"), entry(64), HOUR, now);
+                    }
+                });
+            }
+        });
+        assert_eq!(c.entry_count(), 10_000);
+        c.remove("/same/7");
+        assert!(
+            c.get("/same/7", now).is_none(),
+            "no second slot left behind"
+        );
     }
 }

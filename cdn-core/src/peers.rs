@@ -238,13 +238,7 @@ impl PeerPool {
     pub async fn sever(&self) {
         self.severed
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let peers: Vec<Arc<Peer>> = self
-            .peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let peers = self.peer_list();
         for p in peers {
             p.up.store(false, std::sync::atomic::Ordering::Release);
             if let Some(c) = p.conn.lock().await.take() {
@@ -414,15 +408,19 @@ impl PeerPool {
             .clone()
     }
 
-    /// Each open link: the node's address, QUIC's smoothed round-trip time, packets lost.
-    pub fn link_stats(&self) -> Vec<(SocketAddr, Duration, u64)> {
-        let peers: Vec<Arc<Peer>> = self
-            .peers
+    /// Every peer known (a snapshot: the map's lock is not held after).
+    fn peer_list(&self) -> Vec<Arc<Peer>> {
+        self.peers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Each open link: the node's address, QUIC's smoothed round-trip time, packets lost.
+    pub fn link_stats(&self) -> Vec<(SocketAddr, Duration, u64)> {
+        let peers = self.peer_list();
         peers
             .iter()
             .filter_map(|p| {

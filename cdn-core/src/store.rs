@@ -458,6 +458,14 @@ pub enum Engine {
 }
 
 impl Engine {
+    /// Its name in config files and flags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Moka => "moka",
+            Engine::Compact => "compact",
+        }
+    }
+
     /// Fixed cost charged per entry on top of its body, packed header and key bytes: the
     /// entry, the engine's bookkeeping, allocator slack. Measured with
     /// `examples/store_memory.rs` (1,000,000 × 1 KiB objects, RSS growth per object beyond
@@ -513,17 +521,21 @@ impl Cache {
     }
 
     /// The entries `keep` selects, with their keys (a snapshot).
-    fn entries_where(
-        &self,
-        mut keep: impl FnMut(&str, &Entry) -> bool,
-    ) -> Vec<(String, Arc<Entry>)> {
+    fn entries_where(&self, keep: impl Fn(&str, &Entry) -> bool) -> Vec<(String, Arc<Entry>)> {
+        let mut out = Vec::new();
+        self.for_each(|k, e| {
+            if keep(k, e) {
+                out.push((k.to_string(), e.clone()));
+            }
+        });
+        out
+    }
+
+    /// Calls `f` with every entry and its key.
+    fn for_each(&self, mut f: impl FnMut(&str, &Arc<Entry>)) {
         match self {
-            Cache::Moka(c) => c
-                .iter()
-                .filter(|(k, e)| keep(k, e))
-                .map(|(k, e)| (k.to_string(), e))
-                .collect(),
-            Cache::Compact(c) => c.entries_where(std::time::Instant::now(), keep),
+            Cache::Moka(c) => c.iter().for_each(|(k, e)| f(&k, &e)),
+            Cache::Compact(c) => c.for_each(std::time::Instant::now(), f),
         }
     }
 
@@ -865,10 +877,7 @@ impl Store {
     /// Every entry's body length, for checking what is actually held.
     pub fn held_body_bytes(&self) -> u64 {
         let mut sum = 0;
-        self.cache.entries_where(|_, e| {
-            sum += e.body_len();
-            false
-        });
+        self.cache.for_each(|_, e| sum += e.body_len());
         sum
     }
 }

@@ -206,7 +206,7 @@ struct Tally {
     errors: u64,
     errors_by_kind: BTreeMap<&'static str, u64>,
     bytes: u64,
-    // edge, node, miss, unlabelled
+    // GET answers by `Tier`.
     tiers: [u64; 4],
     timeline: Vec<(u64, u64)>,
 }
@@ -289,10 +289,10 @@ impl Tally {
             }
         };
         let tiers = Tiers {
-            edge_hit: share(self.tiers[0]),
-            node_hit: share(self.tiers[1]),
-            miss: share(self.tiers[2]),
-            unlabelled: share(self.tiers[3]),
+            edge_hit: share(self.tiers[Tier::Edge as usize]),
+            node_hit: share(self.tiers[Tier::Node as usize]),
+            miss: share(self.tiers[Tier::Origin as usize]),
+            unlabelled: share(self.tiers[Tier::Unsaid as usize]),
         };
         Report {
             requests: self.requests,
@@ -397,7 +397,7 @@ async fn origin_served(origin: SocketAddr) -> anyhow::Result<u64> {
 }
 
 /// One request's outcome: response body bytes and where it was answered, or why it failed.
-type Outcome = Result<(u64, Option<usize>), &'static str>;
+type Outcome = Result<(u64, Option<Tier>), &'static str>;
 
 async fn worker(
     addr: SocketAddr,
@@ -465,7 +465,7 @@ async fn worker(
         if let Ok((bytes, tier)) = outcome {
             w.bytes += bytes;
             if let Some(t) = tier {
-                w.tiers[t] += 1;
+                w.tiers[t as usize] += 1;
             }
         }
         w.record(op, us, error, second)?;
@@ -540,10 +540,20 @@ async fn get(slot: &mut Option<Sender>, addr: SocketAddr, h2: bool, path: &str) 
     }
 }
 
-/// Which tier answered, from `X-Cache`: 0 edge, 1 node, 2 origin, 3 not said.
-fn tier(x_cache: Option<&http::HeaderValue>) -> usize {
+/// Which tier answered a GET (indexes `Tally::tiers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    Edge = 0,
+    Node = 1,
+    Origin = 2,
+    /// No `X-Cache`.
+    Unsaid = 3,
+}
+
+/// Which tier answered, from `X-Cache`.
+fn tier(x_cache: Option<&http::HeaderValue>) -> Tier {
     let Some(v) = x_cache.and_then(|v| v.to_str().ok()) else {
-        return 3;
+        return Tier::Unsaid;
     };
     let served = |s: &str| {
         let s = s.trim_start();
@@ -551,11 +561,11 @@ fn tier(x_cache: Option<&http::HeaderValue>) -> usize {
     };
     let (edge, rest) = v.split_once(',').unwrap_or((v, ""));
     if served(edge) {
-        0
+        Tier::Edge
     } else if served(rest) {
-        1
+        Tier::Node
     } else {
-        2
+        Tier::Origin
     }
 }
 
@@ -703,13 +713,13 @@ mod tests {
     #[test]
     fn x_cache_names_the_tier_that_answered() {
         let t = |v: &str| tier(Some(&http::HeaderValue::from_str(v).unwrap()));
-        assert_eq!(t("HIT"), 0);
-        assert_eq!(t("STALE"), 0);
-        assert_eq!(t("MISS, HIT from node-1"), 1);
-        assert_eq!(t("MISS, STALE from node-0"), 1);
-        assert_eq!(t("MISS, MISS from node-2"), 2);
-        assert_eq!(t("MISS, origin"), 2);
-        assert_eq!(t("PASS"), 2);
-        assert_eq!(tier(None), 3);
+        assert_eq!(t("HIT"), Tier::Edge);
+        assert_eq!(t("STALE"), Tier::Edge);
+        assert_eq!(t("MISS, HIT from node-1"), Tier::Node);
+        assert_eq!(t("MISS, STALE from node-0"), Tier::Node);
+        assert_eq!(t("MISS, MISS from node-2"), Tier::Origin);
+        assert_eq!(t("MISS, origin"), Tier::Origin);
+        assert_eq!(t("PASS"), Tier::Origin);
+        assert_eq!(tier(None), Tier::Unsaid);
     }
 }

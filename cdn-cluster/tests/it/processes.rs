@@ -33,13 +33,6 @@ fn free_tcp() -> SocketAddr {
         .unwrap()
 }
 
-fn engine_name(engine: cdn_core::store::Engine) -> &'static str {
-    match engine {
-        cdn_core::store::Engine::Moka => "moka",
-        cdn_core::store::Engine::Compact => "compact",
-    }
-}
-
 /// How waiting for a process to answer ended, when it did not.
 enum NotUp {
     /// The process exited; its log's tail.
@@ -209,7 +202,7 @@ impl Fleet {
             cmd.args(["--seed", &n.quic.to_string()]);
         }
         if let Some(engine) = crate::support::test_store_engine() {
-            cmd.args(["--store-engine", engine_name(engine)]);
+            cmd.args(["--store-engine", engine.as_str()]);
         }
         let log = self.log(&format!("node-{j}"));
         let child = cmd.stdout(Stdio::null()).stderr(log_to(&log)).spawn();
@@ -261,7 +254,7 @@ impl Fleet {
                 cmd.args(["--seed", &n.quic.to_string()]);
             }
             if let Some(engine) = crate::support::test_store_engine() {
-                cmd.env("CDN_STORE_ENGINE", engine_name(engine));
+                cmd.env("CDN_STORE_ENGINE", engine.as_str());
             }
             let mut child = cmd
                 .stdout(Stdio::null())
