@@ -127,6 +127,7 @@ struct Fleet {
     origin: SocketAddr,
     nodes: Vec<NodeProc>,
     edges: Vec<EdgeProc>,
+    _cores: crate::support::Cores,
 }
 
 impl Drop for Fleet {
@@ -150,7 +151,12 @@ impl Fleet {
     /// `nodes` nodes and `edges` edges (edge config file lines in `edge_toml`), R = 2, each
     /// edge's L1 too small to keep 1 KiB objects so every request goes to the node tier.
     /// Returns once every node and edge lists every node alive.
-    async fn start(nodes: usize, edges: usize, edge_toml: &str) -> Fleet {
+    async fn start(
+        nodes: usize,
+        edges: usize,
+        edge_toml: &str,
+        cores: crate::support::Cores,
+    ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         assert!(Command::new(bin("cache-node"))
             .args(["init-tls", "--dir"])
@@ -176,6 +182,7 @@ impl Fleet {
                 })
                 .collect(),
             edges: Vec::new(),
+            _cores: cores,
         };
         for j in 0..nodes {
             fleet.node_up(j).await;
@@ -385,20 +392,27 @@ fn print(what: &str, r: &loadgen::Report) {
 
 #[tokio::test]
 async fn kill_9_of_a_node_under_load_costs_no_failed_request() {
-    let mut f = Fleet::start(3, 2, "").await;
+    let alone = crate::support::Cores::Measuring(crate::support::measuring().await);
+    let mut f = Fleet::start(3, 2, "", alone).await;
     f.warm().await;
+    let before = f.load(2_500.0, 1, 8).await.unwrap();
+    print("the same load before the kill", &before);
+    // The kill window: from just after the load starts until 4 s later, past the moment
+    // every member lists the node down.
     let load = f.load(2_500.0, 4, 9);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     f.signal(1, "-9");
     let killed = Instant::now();
     f.reap(1).await;
     // Every node and edge marks it down: from then on no edge routes to it.
-    let detected = f.all_see(1, "down", Duration::from_secs(10)).await;
+    f.all_see(1, "down", Duration::from_secs(10)).await;
+    let detected = killed.elapsed();
     let report = load.await.unwrap();
-    print("kill -9 under load", &report);
-    eprintln!(
-        "kill -9: every node and edge lists the node down {:?} after the kill",
-        killed.elapsed().min(detected)
+    print("kill window (kill -9 under load)", &report);
+    eprintln!("kill -9: every node and edge lists the node down {detected:?} after the kill");
+    assert!(
+        detected < Duration::from_millis(3_900),
+        "the kill window ends after every member saw the death"
     );
     assert!(
         report.rps >= 2_000.0,
@@ -406,7 +420,8 @@ async fn kill_9_of_a_node_under_load_costs_no_failed_request() {
         report.rps
     );
     assert_eq!(
-        report.errors, 0,
+        before.errors + report.errors,
+        0,
         "no client request failed while a node was killed"
     );
     f.converge(&[0, 2], Duration::from_secs(10)).await;
@@ -415,13 +430,14 @@ async fn kill_9_of_a_node_under_load_costs_no_failed_request() {
 #[tokio::test]
 async fn a_stopped_node_is_hedged_around_and_rejoins_when_continued() {
     let hedge_ms = 25;
-    let f = Fleet::start(3, 2, &format!("hedge_after_ms = {hedge_ms}\n")).await;
+    let alone = crate::support::Cores::Measuring(crate::support::measuring().await);
+    let f = Fleet::start(3, 2, &format!("hedge_after_ms = {hedge_ms}\n"), alone).await;
     f.warm().await;
-    // 1,000 GETs/s: at 2,000 the debug build's p99 on a 2-core CI machine running the whole
-    // suite swings more than the bound allows (seen on a clean-clone run).
-    let normal = f.load(1_000.0, 3, 1).await.unwrap();
+    // The cores are this test's alone: at 2,000 GETs/s, sharing them with another test's
+    // cluster once swung the debug build's p99 past the bound on a 2-core CI machine.
+    let normal = f.load(2_000.0, 3, 1).await.unwrap();
     print("node hits, no fault", &normal);
-    let load = f.load(1_000.0, 3, 2);
+    let load = f.load(2_000.0, 3, 2);
     tokio::time::sleep(Duration::from_millis(500)).await;
     f.signal(1, "-STOP");
     let stopped = Instant::now();
@@ -444,7 +460,8 @@ async fn a_stopped_node_is_hedged_around_and_rejoins_when_continued() {
 
 #[tokio::test]
 async fn a_restarted_node_rejoins_and_serves_its_share() {
-    let mut f = Fleet::start(3, 1, "").await;
+    let shared = crate::support::Cores::Sharing(crate::support::sharing().await);
+    let mut f = Fleet::start(3, 1, "", shared).await;
     f.signal(1, "-9");
     f.reap(1).await;
     // Detection takes about 2.5 s; the bound leaves room for a 2-core machine running the
@@ -470,7 +487,8 @@ async fn a_restarted_node_rejoins_and_serves_its_share() {
 
 #[tokio::test]
 async fn sigterm_leaves_the_cluster_without_failing_a_request() {
-    let mut f = Fleet::start(3, 2, "").await;
+    let shared = crate::support::Cores::Sharing(crate::support::sharing().await);
+    let mut f = Fleet::start(3, 2, "", shared).await;
     f.warm().await;
     let load = f.load(2_000.0, 3, 5);
     tokio::time::sleep(Duration::from_millis(1_000)).await;

@@ -126,7 +126,7 @@ async fn purge_method_on_an_edge_needs_the_token_and_soft_purge_refetches() {
 }
 
 /// A cluster whose nodes and edges all store on `engine`.
-async fn cluster_on(engine: cdn_core::store::Engine) -> cdn_cluster::Cluster {
+async fn cluster_on(engine: cdn_core::store::Engine) -> crate::support::TestCluster {
     cluster(3, 2, |cfg| {
         cfg.node.store_engine = engine;
         cfg.edge.store_engine = engine;

@@ -665,6 +665,7 @@ fn run_seed(seed: u64) {
 /// replay a failure).
 #[test]
 fn the_node_tier_keeps_its_invariants_under_partitions_crashes_and_restarts() {
+    let _cores = crate::support::sharing_blocking();
     let seeds: Vec<u64> = match (
         std::env::var("CDN_SIM_SEED")
             .ok()

@@ -1,6 +1,7 @@
 //! Test harness helpers: a cluster on ephemeral ports and an HTTP client.
 
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 
 use bytes::Bytes;
 use cdn_cluster::{Cluster, ClusterConfig};
@@ -8,13 +9,67 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::{RwLockReadGuard, RwLockWriteGuard};
+
+/// The machine's cores, as a lock: a test that measures latency under load holds it alone
+/// ([`measuring`]), every test that starts a cluster holds it shared ([`cluster`]), so a
+/// latency bound is never checked while another test's cluster competes for the 2 cores.
+static CORES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Shared hold on the cores, for a test that runs members but measures no latency.
+pub async fn sharing() -> RwLockReadGuard<'static, ()> {
+    CORES.read().await
+}
+
+/// Sole hold on the cores, for a test that checks a latency bound.
+pub async fn measuring() -> RwLockWriteGuard<'static, ()> {
+    CORES.write().await
+}
+
+/// Blocking [`sharing`], for a test that runs its own runtime (the simulation).
+pub fn sharing_blocking() -> RwLockReadGuard<'static, ()> {
+    CORES.blocking_read()
+}
+
+/// A hold on the cores, shared or sole.
+#[allow(dead_code)] // held for its drop
+pub enum Cores {
+    Sharing(RwLockReadGuard<'static, ()>),
+    Measuring(RwLockWriteGuard<'static, ()>),
+}
+
+/// A test's cluster; it shares the cores (see [`measuring`]) until stopped or dropped.
+pub struct TestCluster {
+    cluster: Cluster,
+    _cores: RwLockReadGuard<'static, ()>,
+}
+
+impl TestCluster {
+    pub async fn stop(self) {
+        self.cluster.stop().await;
+    }
+}
+
+impl Deref for TestCluster {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+impl DerefMut for TestCluster {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        &mut self.cluster
+    }
+}
 
 /// A cluster of `nodes` nodes and `edges` edges, with `tweak` applied to the config first.
 pub async fn cluster(
     nodes: usize,
     edges: usize,
     tweak: impl FnOnce(&mut ClusterConfig),
-) -> Cluster {
+) -> TestCluster {
+    let cores = sharing().await;
     let mut cfg = ClusterConfig {
         nodes,
         edges,
@@ -26,7 +81,10 @@ pub async fn cluster(
         cfg.edge.store_engine = engine;
     }
     tweak(&mut cfg);
-    Cluster::start(cfg).await.expect("cluster starts")
+    TestCluster {
+        cluster: Cluster::start(cfg).await.expect("cluster starts"),
+        _cores: cores,
+    }
 }
 
 /// The store engine every member of a test cluster uses, from `CDN_TEST_STORE_ENGINE`
