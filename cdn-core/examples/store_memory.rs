@@ -14,6 +14,10 @@ use cdn_core::store::{Engine, Entry, Eviction, Store};
 mod common;
 use common::rss_bytes;
 
+// The allocator the node and edge binaries use: its size classes are part of the cost.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
