@@ -115,9 +115,9 @@ impl Node {
         );
         let obj = PushObject {
             key: key.to_string(),
-            status: entry.status,
+            status: entry.status(),
             headers,
-            body: entry.body.to_vec(),
+            body: entry.body().to_vec(),
         };
         let id = self.next_purge_id.fetch_add(1, Ordering::Relaxed);
         for m in &others {
@@ -131,7 +131,7 @@ impl Node {
     /// Stores a pushed object here.
     pub async fn store_pushed(&self, obj: &PushObject) -> Result<(), String> {
         let entry = obj.entry(SystemTime::now(), &self.config.rules())?;
-        self.store.insert_pushed(&obj.key, Arc::new(entry)).await;
+        self.store.insert_pushed(&obj.key, entry).await;
         Ok(())
     }
 

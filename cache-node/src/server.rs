@@ -308,7 +308,7 @@ async fn respond_entry(
     request: &http::HeaderMap,
     now: SystemTime,
 ) -> Result<(), WireError> {
-    if entry.status == http::StatusCode::OK && policy::not_modified(request, &entry.headers()) {
+    if entry.status() == http::StatusCode::OK && policy::not_modified(request, &entry.headers()) {
         let mut headers = entry.headers();
         headers.insert(
             http::header::AGE,
@@ -353,7 +353,7 @@ async fn break_mid_body(
     send_frame(
         send,
         &Frame::ResponseHead {
-            status: entry.status.as_u16(),
+            status: entry.status().as_u16(),
             cache,
             node: node.config.id.clone(),
             content_length: Some(entry.body_len()),
@@ -363,7 +363,7 @@ async fn break_mid_body(
     .await?;
     let half = (entry.body_len() / 2) as usize;
     let body: Vec<u8> = entry
-        .body
+        .body()
         .iter()
         .flat_map(|b| b.iter().copied())
         .take(half)
@@ -378,7 +378,7 @@ async fn revalidate_in_background(
     node: &Arc<Node>,
     key: &str,
     headers: &http::HeaderMap,
-    stale: Arc<cdn_core::store::Entry>,
+    stale: cdn_core::store::Entry,
 ) {
     if let Joined::Leader(w, _) = node.fills.join(&node.store.flight_key(key, headers).await) {
         spawn_origin_fetch(
@@ -398,16 +398,14 @@ async fn join_fill(
     node: &Arc<Node>,
     key: &str,
     headers: &http::HeaderMap,
-    stale: Option<Arc<cdn_core::store::Entry>>,
+    stale: Option<cdn_core::store::Entry>,
 ) -> FlightReader<Head> {
     match node.fills.join(&node.store.flight_key(key, headers).await) {
         Joined::Leader(w, r) => {
             let now = SystemTime::now();
             match node.store.lookup(key, headers).await {
                 // Not the entry this fill was started to refresh (a client's no-cache).
-                Some(e)
-                    if e.is_fresh(now) && !stale.as_ref().is_some_and(|s| Arc::ptr_eq(s, &e)) =>
-                {
+                Some(e) if e.is_fresh(now) && !stale.as_ref().is_some_and(|s| s.same(&e)) => {
                     fill::complete_from_entry(w, key, headers, &e, now, Served::Fetched)
                 }
                 _ => spawn_origin_fetch(node.clone(), key.to_string(), headers.clone(), stale, w),
@@ -425,7 +423,7 @@ fn spawn_origin_fetch(
     node: Arc<Node>,
     key: String,
     headers: http::HeaderMap,
-    stale: Option<Arc<cdn_core::store::Entry>>,
+    stale: Option<cdn_core::store::Entry>,
     w: fill::FlightWriter<Head>,
 ) {
     tokio::spawn(async move {

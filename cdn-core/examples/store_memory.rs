@@ -4,12 +4,11 @@
 //! `cargo run --release -p cdn-core --example store_memory -- [N] [SIZE] [ENGINE]` (1,000,000
 //! × 1 KiB on moka by default; ENGINE `moka` or `compact`).
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use cdn_core::policy::{evaluate, policy_request};
-use cdn_core::store::{Engine, Entry, Eviction, Store};
+use cdn_core::store::{Engine, Eviction, NewEntry, Store};
 
 mod common;
 use common::rss_bytes;
@@ -58,14 +57,14 @@ async fn main() {
         let req = policy_request(&http::Method::GET, &key, &req_headers);
         let decision = evaluate(&req, &resp, now);
         let body = Bytes::from(vec![(i % 251) as u8; size]);
-        let entry = Entry::new(
+        let entry = NewEntry::new(
             http::StatusCode::OK,
-            resp.headers,
+            &resp.headers,
             vec![body],
             decision,
             now,
         );
-        store.insert(&key, Arc::new(entry)).await;
+        store.insert(&key, entry).await;
     }
     store.sync().await;
     let after = rss_bytes();

@@ -1,8 +1,9 @@
 //! The compact store engine: a byte-bounded map of entries with a small fixed cost per entry.
 //!
 //! moka's bookkeeping alone costs 300–420 bytes per entry (`examples/moka_floor.rs`); this
-//! engine keeps, per entry, one 48-byte slot (key, entry, key hash, weight, expiry, CLOCK bit)
-//! and a 4-byte index in an open-addressing table. Eviction is CLOCK (second chance, an LRU
+//! engine keeps, per entry, one 16-byte slot (the entry, which holds its key; its weight,
+//! expiry and CLOCK bit) in chunks that never move, and a 4-byte index in an open-addressing
+//! table. Eviction is CLOCK (second chance, an LRU
 //! approximation); with TinyLFU on, a new entry that would evict is admitted only if a
 //! count-min sketch has seen its key more often than the victim's, which keeps a scan of
 //! one-hit keys from flushing the hot set, as moka's TinyLFU does. Entries expire at their
@@ -14,11 +15,11 @@
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::store::Entry;
 use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
-
-use crate::store::Entry;
 
 /// Why an entry left (indexes of the store's eviction counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,14 +35,33 @@ pub enum Cause {
 const SHARDS: usize = 64;
 const NEVER: u32 = u32::MAX;
 
+#[derive(Default)]
 struct Slot {
-    key: Box<str>,
-    entry: Option<Arc<Entry>>,
-    hash: u64,
+    // None: free.
+    entry: Option<Entry>,
     weight: u32,
-    // Seconds after the engine's epoch when it expires.
-    expires: u32,
-    referenced: bool,
+    // Seconds after the engine's epoch when it expires (low 31 bits) and the CLOCK bit.
+    clock: u32,
+}
+
+const REFERENCED: u32 = 1 << 31;
+
+impl Slot {
+    fn expires(&self) -> u32 {
+        self.clock & !REFERENCED
+    }
+
+    fn referenced(&self) -> bool {
+        self.clock & REFERENCED != 0
+    }
+
+    fn set_referenced(&mut self, on: bool) {
+        self.clock = if on {
+            self.clock | REFERENCED
+        } else {
+            self.clock & !REFERENCED
+        };
+    }
 }
 
 /// A count-min sketch of key frequencies, shared by every shard and updated without a lock:
@@ -122,52 +142,109 @@ enum Hand {
     Empty,
 }
 
+/// Slots per chunk: a shard's slots grow a chunk at a time and never move (a growing
+/// `Vec` would copy them and leave its old buffers behind in the allocator).
+const CHUNK: usize = 1024;
+
+/// A shard's slots, in chunks.
+#[derive(Default)]
+struct Slots {
+    chunks: Vec<Box<[Slot]>>,
+    // Slots handed out so far.
+    len: usize,
+}
+
+impl Slots {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, slot: Slot) -> u32 {
+        if self.len == self.chunks.len() * CHUNK {
+            self.chunks
+                .push(std::iter::repeat_with(Slot::default).take(CHUNK).collect());
+        }
+        let i = self.len;
+        self.len += 1;
+        self[i] = slot;
+        i as u32
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.chunks.iter().flat_map(|c| c.iter()).take(self.len)
+    }
+}
+
+impl std::ops::Index<usize> for Slots {
+    type Output = Slot;
+    fn index(&self, i: usize) -> &Slot {
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Slots {
+    fn index_mut(&mut self, i: usize) -> &mut Slot {
+        &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+}
+
 struct Shard {
     table: HashTable<u32>,
-    slots: Vec<Slot>,
+    slots: Slots,
     free: Vec<u32>,
     hand: usize,
 }
 
 impl Shard {
-    /// Stores `new` in the slot of its key (returning the weight it replaced, and marking it
-    /// referenced) or in a free slot.
-    fn put(&mut self, new: Slot) -> Option<u32> {
-        if let Some(i) = self.find(new.hash, &new.key) {
+    /// Stores `new` (whose key hashes to `hash`) in the slot of its key (returning the
+    /// weight it replaced, and marking it referenced) or in a free slot.
+    fn put(&mut self, hasher: &Hasher, hash: u64, new: Slot) -> Option<u32> {
+        let key = new.entry.as_ref().map_or(&[][..], Entry::key_bytes);
+        if let Some(i) = self.find(hash, key) {
             let slot = &mut self.slots[i as usize];
             let old = slot.weight;
-            slot.entry = new.entry;
-            slot.weight = new.weight;
-            slot.expires = new.expires;
-            slot.referenced = true;
+            *slot = new;
+            slot.set_referenced(true);
             return Some(old);
         }
-        let hash = new.hash;
         let i = match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = new;
                 i
             }
-            None => {
-                self.slots.push(new);
-                (self.slots.len() - 1) as u32
-            }
+            None => self.slots.push(new),
         };
         let slots = &self.slots;
         self.table
-            .insert_unique(hash, i, |&j| slots[j as usize].hash);
+            .insert_unique(hash, i, |&j| hasher.of(&slots[j as usize]));
         None
     }
 
     /// The slot holding `key` (whose hash is `hash`).
-    fn find(&self, hash: u64, key: &str) -> Option<u32> {
+    fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
         let slots = &self.slots;
         self.table
             .find(hash, |&i| {
-                let s = &slots[i as usize];
-                s.hash == hash && &*s.key == key
+                slots[i as usize]
+                    .entry
+                    .as_ref()
+                    .is_some_and(|e| e.key_bytes() == key)
             })
             .copied()
+    }
+}
+
+/// Key hashes (recomputed from a slot's entry when the table grows or a victim is weighed:
+/// a slot does not keep its hash).
+struct Hasher(std::hash::RandomState);
+
+impl Hasher {
+    fn key(&self, key: &[u8]) -> u64 {
+        self.0.hash_one(key)
+    }
+
+    fn of(&self, slot: &Slot) -> u64 {
+        self.key(slot.entry.as_ref().map_or(&[][..], Entry::key_bytes))
     }
 }
 
@@ -180,19 +257,18 @@ pub struct Compact {
     // The shard the next eviction looks in: evictions go round the shards, each shard's
     // clock hand picking its victim.
     next: AtomicUsize,
-    hasher: std::hash::RandomState,
+    hasher: Hasher,
     epoch: Instant,
     entries: AtomicU64,
     bytes: AtomicU64,
     evictions: Arc<[AtomicU64; 3]>,
 }
 
-/// An entry's charge: its body and header bytes, its key, and this engine's fixed cost.
-fn weight_of(key: &str, entry: &Entry) -> u32 {
+/// An entry's charge: its body, key and header bytes, and this engine's fixed cost.
+fn weight_of(entry: &Entry) -> u32 {
     entry
         .weight()
         .saturating_add(crate::store::Engine::Compact.entry_overhead())
-        .saturating_add(u32::try_from(key.len()).unwrap_or(u32::MAX))
 }
 
 impl Compact {
@@ -206,7 +282,7 @@ impl Compact {
                 .map(|_| {
                     Mutex::new(Shard {
                         table: HashTable::new(),
-                        slots: Vec::new(),
+                        slots: Slots::default(),
                         free: Vec::new(),
                         hand: 0,
                     })
@@ -216,7 +292,7 @@ impl Compact {
             tiny_lfu,
             sketch: Sketch::new(counters),
             next: AtomicUsize::new(0),
-            hasher: std::hash::RandomState::new(),
+            hasher: Hasher(std::hash::RandomState::new()),
             epoch: Instant::now(),
             entries: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -225,7 +301,7 @@ impl Compact {
     }
 
     fn hash(&self, key: &str) -> u64 {
-        self.hasher.hash_one(key)
+        self.hasher.key(key.as_bytes())
     }
 
     fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
@@ -251,7 +327,7 @@ impl Compact {
     }
 
     /// The entry under `key`, unless expired at `now`.
-    pub fn get(&self, key: &str, now: Instant) -> Option<Arc<Entry>> {
+    pub fn get(&self, key: &str, now: Instant) -> Option<Entry> {
         let hash = self.hash(key);
         let now = self.secs(now);
         if self.tiny_lfu {
@@ -259,29 +335,29 @@ impl Compact {
         }
         let mut guard = self.shard(hash);
         let shard = &mut *guard;
-        let found = shard.find(hash, key)?;
+        let found = shard.find(hash, key.as_bytes())?;
         let slot = &mut shard.slots[found as usize];
-        if slot.expires <= now {
+        if slot.expires() <= now {
             self.remove_at(shard, found, Cause::Expired);
             return None;
         }
-        slot.referenced = true;
+        slot.set_referenced(true);
         slot.entry.clone()
     }
 
-    /// Stores `entry` under `key` (replacing what was there) to be kept for `keep` from
+    /// Stores `entry` under its key (replacing what was there) to be kept for `keep` from
     /// `now`. It may not be admitted (TinyLFU) or may not fit: then it is dropped, counted as
     /// a size eviction.
-    pub fn insert(&self, key: &str, entry: Arc<Entry>, keep: Duration, now: Instant) {
-        let hash = self.hash(key);
-        let weight = weight_of(key, &entry);
+    pub fn insert(&self, entry: Entry, keep: Duration, now: Instant) {
+        let hash = self.hash(entry.key());
+        let weight = weight_of(&entry);
         let expires = self.deadline(now, keep);
         let now_s = self.secs(now);
         if self.tiny_lfu {
             self.sketch.increment(hash);
         }
         // A new key must fit and be admitted; a replacement takes its predecessor's place.
-        if self.shard(hash).find(hash, key).is_none()
+        if self.shard(hash).find(hash, entry.key_bytes()).is_none()
             && (u64::from(weight) > self.capacity || !self.make_room(now_s, hash, weight))
         {
             self.evictions[Cause::Size as usize].fetch_add(1, Ordering::Relaxed);
@@ -290,14 +366,11 @@ impl Compact {
         // `put` replaces when the key is there by now (a concurrent insert of the same key),
         // so a key never has two slots.
         let slot = Slot {
-            key: key.into(),
             entry: Some(entry),
-            hash,
             weight,
-            expires,
-            referenced: false,
+            clock: expires.min(REFERENCED - 1),
         };
-        match self.shard(hash).put(slot) {
+        match self.shard(hash).put(&self.hasher, hash, slot) {
             Some(old) => {
                 self.bytes.fetch_add(u64::from(weight), Ordering::Relaxed);
                 self.bytes.fetch_sub(u64::from(old), Ordering::Relaxed);
@@ -340,7 +413,7 @@ impl Compact {
                 Hand::Freed => return Evicted::One,
                 Hand::Victim(v) => {
                     if let (true, Some(hash)) = (self.tiny_lfu, candidate) {
-                        let incumbent = self.sketch.estimate(shard.slots[v].hash);
+                        let incumbent = self.sketch.estimate(self.hasher.of(&shard.slots[v]));
                         if self.sketch.estimate(hash) <= incumbent {
                             // The victim keeps its place; the hand has moved past it.
                             return Evicted::Refused;
@@ -369,12 +442,12 @@ impl Compact {
             if slot.entry.is_none() {
                 continue;
             }
-            if slot.expires <= now {
+            if slot.expires() <= now {
                 self.remove_at(shard, i as u32, Cause::Expired);
                 return Hand::Freed;
             }
-            if slot.referenced {
-                slot.referenced = false;
+            if slot.referenced() {
+                slot.set_referenced(false);
                 continue;
             }
             return Hand::Victim(i);
@@ -384,11 +457,11 @@ impl Compact {
 
     fn remove_at(&self, shard: &mut Shard, i: u32, cause: Cause) {
         let slot = &mut shard.slots[i as usize];
+        let hash = self.hasher.of(slot);
         if slot.entry.take().is_none() {
             return;
         }
-        let (hash, weight) = (slot.hash, u64::from(slot.weight));
-        slot.key = Box::default();
+        let weight = u64::from(slot.weight);
         if let Ok(e) = shard.table.find_entry(hash, |&j| j == i) {
             e.remove();
         }
@@ -403,21 +476,21 @@ impl Compact {
         let hash = self.hash(key);
         let mut guard = self.shard(hash);
         let shard = &mut *guard;
-        if let Some(i) = shard.find(hash, key) {
+        if let Some(i) = shard.find(hash, key.as_bytes()) {
             self.remove_at(shard, i, Cause::Explicit);
         }
     }
 
     /// Calls `f` with every live entry and its key, one shard locked at a time (for purge
     /// scans: `f` must not call back into the engine).
-    pub fn for_each(&self, now: Instant, mut f: impl FnMut(&str, &Arc<Entry>)) {
+    pub fn for_each(&self, now: Instant, mut f: impl FnMut(&str, &Entry)) {
         let now = self.secs(now);
         for m in self.shards.iter() {
             let shard = m.lock().unwrap_or_else(|p| p.into_inner());
-            for s in &shard.slots {
+            for s in shard.slots.iter() {
                 if let Some(e) = &s.entry {
-                    if s.expires > now {
-                        f(&s.key, e);
+                    if s.expires() > now {
+                        f(e.key(), e);
                     }
                 }
             }
@@ -440,7 +513,7 @@ mod tests {
     use super::*;
     use std::time::SystemTime;
 
-    fn entry(size: usize) -> Arc<Entry> {
+    fn entry(key: &str, size: usize) -> Entry {
         let mut h = http::HeaderMap::new();
         h.insert("cache-control", "max-age=600".parse().unwrap());
         let resp = {
@@ -450,13 +523,14 @@ mod tests {
         };
         let req = crate::policy::policy_request(&http::Method::GET, "/k", &http::HeaderMap::new());
         let decision = crate::policy::evaluate(&req, &resp, SystemTime::now());
-        Arc::new(Entry::new(
+        crate::store::NewEntry::new(
             http::StatusCode::OK,
-            h,
+            &h,
             vec![bytes::Bytes::from(vec![7u8; size])],
             decision,
             SystemTime::now(),
-        ))
+        )
+        .keyed(key)
     }
 
     fn engine(capacity: u64, tiny_lfu: bool) -> (Compact, Arc<[AtomicU64; 3]>) {
@@ -467,16 +541,21 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
 
     #[test]
+    fn a_slot_is_16_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), 16);
+    }
+
+    #[test]
     fn stores_replaces_and_removes_by_key() {
         let (c, ev) = engine(64 << 20, true);
         let now = Instant::now();
-        c.insert("/a", entry(100), HOUR, now);
-        c.insert("/b", entry(200), HOUR, now);
+        c.insert(entry("/a", 100), HOUR, now);
+        c.insert(entry("/b", 200), HOUR, now);
         assert_eq!(c.get("/a", now).unwrap().body_len(), 100);
         assert_eq!(c.get("/b", now).unwrap().body_len(), 200);
         assert!(c.get("/c", now).is_none());
         let before = c.weighted_size();
-        c.insert("/a", entry(300), HOUR, now);
+        c.insert(entry("/a", 300), HOUR, now);
         assert_eq!(c.get("/a", now).unwrap().body_len(), 300, "replaced");
         assert_eq!(c.entry_count(), 2);
         assert_eq!(c.weighted_size(), before + 200);
@@ -493,8 +572,8 @@ mod tests {
     fn expires_at_its_deadline_and_counts_it() {
         let (c, ev) = engine(64 << 20, false);
         let now = Instant::now();
-        c.insert("/short", entry(10), Duration::from_secs(5), now);
-        c.insert("/long", entry(10), HOUR, now);
+        c.insert(entry("/short", 10), Duration::from_secs(5), now);
+        c.insert(entry("/long", 10), HOUR, now);
         assert!(c.get("/short", now + Duration::from_secs(4)).is_some());
         assert!(c.get("/short", now + Duration::from_secs(6)).is_none());
         assert!(c.get("/long", now + Duration::from_secs(6)).is_some());
@@ -508,10 +587,10 @@ mod tests {
         let (c, ev) = engine(capacity, false);
         let now = Instant::now();
         for i in 0..20_000 {
-            c.insert(&format!("/flood/{i}"), entry(1024), HOUR, now);
+            c.insert(entry(&format!("/flood/{i}"), 1024), HOUR, now);
             assert!(c.weighted_size() <= capacity, "over capacity after {i}");
         }
-        let per = u64::from(weight_of("/flood/10000", &entry(1024)));
+        let per = u64::from(weight_of(&entry("/flood/10000", 1024)));
         assert!(
             c.weighted_size() > capacity - SHARDS as u64 * per,
             "the store fills up to its bound: {} of {capacity}",
@@ -537,7 +616,7 @@ mod tests {
                 s.spawn(move || {
                     for i in 0..2_000 {
                         let k = format!("/t{t}/{i}");
-                        c.insert(&k, entry(64), HOUR, now);
+                        c.insert(entry(&k, 64), HOUR, now);
                         assert!(c.get(&k, now).is_some());
                     }
                 });
@@ -553,7 +632,7 @@ mod tests {
                 let c = c.clone();
                 s.spawn(move || {
                     for i in 0..2_000 {
-                        c.insert(&format!("/same/{i}"), entry(64), HOUR, now);
+                        c.insert(entry(&format!("/same/{i}"), 64), HOUR, now);
                     }
                 });
             }

@@ -559,7 +559,7 @@ pub fn complete_from_entry(
     );
     w.set_head(
         Head {
-            status: entry.status,
+            status: entry.status(),
             headers,
             content_length: Some(entry.body_len()),
             storable: true,
@@ -569,7 +569,7 @@ pub fn complete_from_entry(
         },
         true,
     );
-    for c in &entry.body {
+    for c in &entry.body() {
         w.push(c.clone());
     }
     w.finish();
@@ -606,15 +606,17 @@ pub fn revalidated(
     policy_req: &http::request::Parts,
     now: std::time::SystemTime,
     rules: &crate::policy::Rules,
-) -> (crate::store::Entry, bool) {
+) -> (crate::store::NewEntry, bool) {
     let merged = crate::policy::merge_not_modified(&stale.headers(), not_modified);
     let mut r = http::Response::new(());
-    *r.status_mut() = stale.status;
+    *r.status_mut() = stale.status();
     *r.headers_mut() = merged.clone();
     let decision = crate::policy::evaluate_with(policy_req, &r.into_parts().0, now, rules);
     let storable = decision.storable;
-    let mut e = crate::store::Entry::new(stale.status, merged, stale.body.clone(), decision, now);
-    e.source = stale.source.clone();
+    let mut e = crate::store::NewEntry::new(stale.status(), &merged, stale.body(), decision, now);
+    if let Some(source) = stale.source() {
+        e = e.with_source(source.into());
+    }
     (e, storable)
 }
 
@@ -637,7 +639,7 @@ pub async fn fetch_origin(
     into: &Sink<'_>,
     key: &str,
     req_headers: &http::HeaderMap,
-    stale: Option<Arc<crate::store::Entry>>,
+    stale: Option<crate::store::Entry>,
     mut w: FlightWriter<Head>,
 ) -> Result<(), FillError> {
     use http_body_util::BodyExt;
@@ -650,8 +652,8 @@ pub async fn fetch_origin(
     let mut headers = fill_headers(req_headers);
     let request_fields = headers.clone();
     let policy_req = crate::policy::policy_request(&http::Method::GET, key, &headers);
-    let stale = stale.filter(|s| s.validators || s.stale_if_error() > std::time::Duration::ZERO);
-    if let Some(s) = stale.as_ref().filter(|s| s.validators) {
+    let stale = stale.filter(|s| s.validators() || s.stale_if_error() > std::time::Duration::ZERO);
+    if let Some(s) = stale.as_ref().filter(|s| s.validators()) {
         headers.extend(crate::policy::validators_for(&s.headers()));
     }
     let mark = store.fill_mark();
@@ -683,16 +685,17 @@ pub async fn fetch_origin(
     let (parts, mut body) = resp.into_parts();
     let now = std::time::SystemTime::now();
     if let Some(s) = &stale {
-        if parts.status == http::StatusCode::NOT_MODIFIED && s.validators {
+        if parts.status == http::StatusCode::NOT_MODIFIED && s.validators() {
             let (entry, storable) = revalidated(s, &parts.headers, &policy_req, now, rules);
-            let entry = Arc::new(entry);
-            if storable {
+            let entry = if storable {
                 store
-                    .insert_filled(key, &request_fields, entry.clone(), mark)
-                    .await;
+                    .insert_filled(key, &request_fields, entry, mark)
+                    .await
+                    .0
             } else {
                 store.remove(key).await;
-            }
+                entry.keyed(key)
+            };
             complete_from_entry(w, key, &request_fields, &entry, now, Served::Revalidated);
             return Ok(());
         }
@@ -766,10 +769,9 @@ pub async fn fetch_origin(
     }
     storable &= got <= max_object && w.is_retaining();
     if storable {
-        let entry = crate::store::Entry::new(parts.status, resp_headers, w.chunks(), decision, now);
-        store
-            .insert_filled(key, &request_fields, Arc::new(entry), mark)
-            .await;
+        let entry =
+            crate::store::NewEntry::new(parts.status, &resp_headers, w.chunks(), decision, now);
+        store.insert_filled(key, &request_fields, entry, mark).await;
     }
     w.finish();
     Ok(())

@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod compact;
 pub mod config;
+pub mod entry;
 pub mod fill;
 pub mod http;
 pub mod membership;

@@ -9,7 +9,7 @@ use http::{HeaderMap, StatusCode};
 
 use crate::peers::{PeerError, PeerPool};
 use crate::quic::{fields_from_headers, send_data, send_frame, FrameReader};
-use crate::store::Entry;
+use crate::store::NewEntry;
 
 /// Request fields of a push that become the stored response's fields; everything else the
 /// admin request carries (its token above all) is dropped.
@@ -60,7 +60,7 @@ impl PushObject {
 
     /// The entry to store at `now`, under the same freshness rules as a fetched response
     /// (the member's `rules`); `Err` says why it is not storable.
-    pub fn entry(&self, now: SystemTime, rules: &crate::policy::Rules) -> Result<Entry, String> {
+    pub fn entry(&self, now: SystemTime, rules: &crate::policy::Rules) -> Result<NewEntry, String> {
         let mut headers = self.headers.clone();
         if !headers.contains_key(http::header::DATE) {
             headers.insert(
@@ -79,9 +79,9 @@ impl PushObject {
         if !decision.storable {
             return Err("not cacheable: give it a lifetime (Cache-Control: max-age=N or s-maxage=N) and no private/no-store".into());
         }
-        Ok(Entry::new(
+        Ok(NewEntry::new(
             self.status,
-            headers,
+            &headers,
             self.body.clone(),
             decision,
             now,

@@ -150,7 +150,7 @@ pub async fn send_entry(
     send_frame(
         send,
         &Frame::ResponseHead {
-            status: entry.status.as_u16(),
+            status: entry.status().as_u16(),
             cache,
             node: node.to_string(),
             content_length: Some(entry.body_len()),
@@ -158,7 +158,7 @@ pub async fn send_entry(
         },
     )
     .await?;
-    for chunk in &entry.body {
+    for chunk in &entry.body() {
         send_data(send, chunk.clone()).await?;
     }
     send_frame(

@@ -5,386 +5,15 @@
 //! [`Entry`] keeps its own `stored_at`, `ttl` and initial age, and callers ask
 //! [`Entry::is_fresh`] with their `now`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use moka::policy::EvictionPolicy;
 use serde::{Deserialize, Serialize};
 
-/// A stored response, complete and immutable.
-///
-/// Kept small, since a store holds millions: times are milliseconds, the body is one buffer
-/// when it can be, and surrogate keys are read from the packed fields when a purge asks.
-#[derive(Debug)]
-pub struct Entry {
-    /// Response status.
-    pub status: StatusCode,
-    /// Served stale only after a successful revalidation (`must-revalidate`, ...).
-    pub revalidate_only: bool,
-    /// Can be revalidated (has `ETag` or `Last-Modified`).
-    pub validators: bool,
-    /// Set by a soft purge: the entry is stale from then on, whatever its TTL said.
-    stale: AtomicBool,
-    weight: u32,
-    // Response header fields as stored (hop-by-hop fields, `Age` and `Content-Length`
-    // removed: both are computed when served), packed.
-    fields: Fields,
-    /// The body (served without copying).
-    pub body: Chunks,
-    // When stored (ns since the Unix epoch); age when stored, freshness remaining when
-    // stored, and the stale-while-revalidate and stale-if-error windows, in ms.
-    stored_ns: u64,
-    initial_age_ms: u64,
-    ttl_ms: u64,
-    swr_ms: u64,
-    sie_ms: u64,
-    /// The cache node it came from (edges), so a member whose invalidation stream from that
-    /// node broke can drop or stop serving exactly those entries.
-    pub source: Option<Arc<str>>,
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-impl Entry {
-    /// Builds an entry; `headers` should already be free of hop-by-hop fields.
-    pub fn new(
-        status: StatusCode,
-        headers: HeaderMap,
-        body: impl Into<Chunks>,
-        decision: crate::policy::Decision,
-        stored_at: SystemTime,
-    ) -> Self {
-        let fields = Fields::pack(&headers);
-        let body: Chunks = body.into();
-        let body_len: u64 = body.iter().map(|b| b.len() as u64).sum();
-        let header_bytes = fields.len() as u64;
-        let weight = body_len + header_bytes;
-        // Exact (nanoseconds): callers compare it with instants taken before a fill.
-        let since_epoch = stored_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let stored_ns = u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX);
-        Self {
-            status,
-            revalidate_only: decision.revalidate_only,
-            validators: decision.validators,
-            stale: AtomicBool::new(false),
-            weight: u32::try_from(weight).unwrap_or(u32::MAX),
-            fields,
-            body,
-            stored_ns,
-            initial_age_ms: ms(decision.age),
-            ttl_ms: ms(decision.ttl),
-            swr_ms: ms(decision.stale_while_revalidate),
-            sie_ms: ms(decision.stale_if_error),
-            source: None,
-        }
-    }
-
-    /// Total body bytes.
-    pub fn body_len(&self) -> u64 {
-        self.body.len_bytes()
-    }
-
-    /// When the entry was stored.
-    pub fn stored_at(&self) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_nanos(self.stored_ns)
-    }
-
-    /// Freshness remaining when stored.
-    pub fn ttl(&self) -> Duration {
-        Duration::from_millis(self.ttl_ms)
-    }
-
-    /// Served stale when upstream fails, for this long past the lifetime.
-    pub fn stale_if_error(&self) -> Duration {
-        Duration::from_millis(self.sie_ms)
-    }
-
-    /// Served stale while a refresh runs, for this long past the lifetime.
-    pub fn stale_while_revalidate(&self) -> Duration {
-        Duration::from_millis(self.swr_ms)
-    }
-
-    /// Surrogate keys (from `Surrogate-Key`), for purge by tag.
-    pub fn tags(&self) -> Vec<String> {
-        self.fields
-            .iter()
-            .filter(|(n, _)| *n == "surrogate-key")
-            .flat_map(|(_, v)| {
-                String::from_utf8_lossy(&v)
-                    .split_whitespace()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-
-    /// Time held here at `now`.
-    fn held(&self, now: SystemTime) -> Duration {
-        now.duration_since(self.stored_at()).unwrap_or_default()
-    }
-
-    /// The header fields as a map (values share the stored buffer; the map is built per call).
-    pub fn headers(&self) -> HeaderMap {
-        self.fields.to_map()
-    }
-
-    /// The stored header fields, packed.
-    pub fn fields(&self) -> &Fields {
-        &self.fields
-    }
-
-    /// Records the node the entry came from.
-    pub fn with_source(mut self, node: Arc<str>) -> Self {
-        self.source = Some(node);
-        self
-    }
-
-    /// Marks the entry stale (soft purge).
-    pub fn mark_stale(&self) {
-        self.stale.store(true, Ordering::Release);
-    }
-
-    /// Still fresh at `now` (and not soft-purged).
-    pub fn is_fresh(&self, now: SystemTime) -> bool {
-        if self.stale.load(Ordering::Acquire) {
-            return false;
-        }
-        self.held(now) < self.ttl()
-    }
-
-    /// How usable the entry is at `now`.
-    pub fn freshness(&self, now: SystemTime) -> Freshness {
-        let held = self.held(now);
-        let soft_purged = self.stale.load(Ordering::Acquire);
-        if !soft_purged && held < self.ttl() {
-            return Freshness::Fresh;
-        }
-        // Past its lifetime (or soft-purged, which counts as just expired).
-        let past = if soft_purged {
-            Duration::ZERO
-        } else {
-            held - self.ttl()
-        };
-        Freshness::Stale {
-            while_revalidate: !self.revalidate_only && past < self.stale_while_revalidate(),
-            on_error: !self.revalidate_only && past < self.stale_if_error(),
-        }
-    }
-
-    /// Whether it may be served because upstream failed.
-    pub fn serve_on_error(&self, now: SystemTime) -> bool {
-        matches!(self.freshness(now), Freshness::Stale { on_error: true, .. })
-    }
-
-    /// How long moka keeps it: its lifetime plus the longest window in which a stale copy
-    /// is still useful (served under grace, or revalidated instead of refetched).
-    pub(crate) fn keep(&self) -> Duration {
-        let revalidate = if self.validators {
-            crate::policy::REVALIDATE_KEEP
-        } else {
-            Duration::ZERO
-        };
-        self.ttl()
-            + self
-                .stale_while_revalidate()
-                .max(self.stale_if_error())
-                .max(revalidate)
-    }
-
-    /// The `Age` to send at `now`: age when stored plus time held here.
-    pub fn age(&self, now: SystemTime) -> Duration {
-        Duration::from_millis(self.initial_age_ms) + self.held(now)
-    }
-
-    /// Its body and packed header bytes; a store charges this plus the key and its engine's
-    /// [`Engine::entry_overhead`].
-    pub fn weight(&self) -> u32 {
-        self.weight
-    }
-}
-
-/// Bodies up to this size are stored as one exact-size buffer.
-const COMPACT_BODY: u64 = 1 << 20;
-
-/// A stored body: one buffer, or (over [`COMPACT_BODY`]) the chunks it arrived in. Derefs
-/// to the chunks (none for an empty body).
-#[derive(Clone, Debug)]
-pub enum Chunks {
-    /// One buffer (possibly empty).
-    One(Bytes),
-    /// Several chunks.
-    Many(Arc<[Bytes]>),
-}
-
-impl Default for Chunks {
-    fn default() -> Self {
-        Chunks::One(Bytes::new())
-    }
-}
-
-impl Chunks {
-    /// Total bytes.
-    pub fn len_bytes(&self) -> u64 {
-        match self {
-            Chunks::One(b) => b.len() as u64,
-            Chunks::Many(v) => v.iter().map(|b| b.len() as u64).sum(),
-        }
-    }
-}
-
-impl std::ops::Deref for Chunks {
-    type Target = [Bytes];
-    fn deref(&self) -> &[Bytes] {
-        match self {
-            Chunks::One(b) if b.is_empty() => &[],
-            Chunks::One(b) => std::slice::from_ref(b),
-            Chunks::Many(v) => v,
-        }
-    }
-}
-
-impl<'a> IntoIterator for &'a Chunks {
-    type Item = &'a Bytes;
-    type IntoIter = std::slice::Iter<'a, Bytes>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
-}
-
-/// The body as stored. Chunks from a network read are slices of the reader's buffer, and
-/// keeping one alive keeps the whole buffer (kilobytes for a small object): small bodies are
-/// copied once into one buffer of exactly their size. Large ones keep their chunks, which are
-/// most of their buffers anyway.
-impl From<Vec<Bytes>> for Chunks {
-    fn from(body: Vec<Bytes>) -> Self {
-        let len: u64 = body.iter().map(|b| b.len() as u64).sum();
-        if len > COMPACT_BODY {
-            return Chunks::Many(body.into());
-        }
-        let mut one = bytes::BytesMut::with_capacity(len as usize);
-        for c in &body {
-            one.extend_from_slice(c);
-        }
-        Chunks::One(one.freeze())
-    }
-}
-
-/// Header fields packed in one buffer (for each: `u16` name length, name, `u16` value length,
-/// value). A stored entry pays the fields' bytes plus 40 instead of a `HeaderMap`'s hundred
-/// bytes or so per field; a served entry unpacks them into a map whose values share the
-/// buffer. `Age` and `Content-Length` are not kept (both are computed when served), nor
-/// values over 64 KiB.
-#[derive(Clone, Default, Debug)]
-pub struct Fields {
-    block: Bytes,
-    count: u16,
-}
-
-impl Fields {
-    /// Packs `headers`.
-    pub fn pack(headers: &HeaderMap) -> Self {
-        let keep = |k: &http::HeaderName, v: &http::HeaderValue| {
-            k != http::header::AGE
-                && k != http::header::CONTENT_LENGTH
-                && v.len() <= u16::MAX as usize
-        };
-        let total: usize = headers
-            .iter()
-            .filter(|(k, v)| keep(k, v))
-            .map(|(k, v)| 4 + k.as_str().len() + v.len())
-            .sum();
-        let mut block = bytes::BytesMut::with_capacity(total);
-        let mut count = 0u16;
-        for (k, v) in headers.iter().filter(|(k, v)| keep(k, v)) {
-            block.extend_from_slice(&(k.as_str().len() as u16).to_be_bytes());
-            block.extend_from_slice(k.as_str().as_bytes());
-            block.extend_from_slice(&(v.len() as u16).to_be_bytes());
-            block.extend_from_slice(v.as_bytes());
-            count = count.saturating_add(1);
-        }
-        Self {
-            block: block.freeze(),
-            count,
-        }
-    }
-
-    /// Bytes held.
-    pub fn len(&self) -> usize {
-        self.block.len()
-    }
-
-    /// Whether there are no fields.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    /// The fields in stored order: name (lower case) and value.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, Bytes)> + '_ {
-        let b = &self.block;
-        let mut at = 0usize;
-        std::iter::from_fn(move || {
-            let len = |i: usize| -> Option<usize> {
-                Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]) as usize)
-            };
-            let n = len(at)?;
-            let name = std::str::from_utf8(b.get(at + 2..at + 2 + n)?).ok()?;
-            let v_at = at + 2 + n;
-            let v = len(v_at)?;
-            let value = b.slice(v_at + 2..(v_at + 2 + v).min(b.len()));
-            at = v_at + 2 + v;
-            Some((name, value))
-        })
-    }
-
-    /// The first value of `name` (lower case).
-    pub fn get(&self, name: &str) -> Option<Bytes> {
-        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
-    }
-
-    /// Unpacks into a map.
-    pub fn to_map(&self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.count as usize);
-        for (name, value) in self.iter() {
-            let (Ok(name), Ok(mut value)) = (
-                http::HeaderName::from_bytes(name.as_bytes()),
-                http::HeaderValue::from_maybe_shared(value),
-            ) else {
-                continue;
-            };
-            if name == http::header::SET_COOKIE {
-                value.set_sensitive(true);
-            }
-            map.append(name, value);
-        }
-        map
-    }
-
-    /// As wire-protocol fields.
-    pub fn wire(&self) -> Vec<cdn_proto::frame::Field> {
-        self.iter().map(|(n, v)| (n.to_string(), v)).collect()
-    }
-}
-
-/// How usable a stored entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Freshness {
-    /// Within its lifetime: serve.
-    Fresh,
-    /// Past it: revalidate, unless a window allows serving it meanwhile.
-    Stale {
-        /// May be served now while one background request refreshes it.
-        while_revalidate: bool,
-        /// May be served if upstream fails.
-        on_error: bool,
-    },
-}
+pub use crate::entry::{Chunks, Entry, Fields, Freshness, NewEntry};
 
 /// Which entries the store keeps when full.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -411,11 +40,11 @@ impl std::str::FromStr for Eviction {
 
 struct ExpireAtTtl;
 
-impl moka::Expiry<Arc<str>, Arc<Entry>> for ExpireAtTtl {
+impl moka::Expiry<Arc<str>, Entry> for ExpireAtTtl {
     fn expire_after_create(
         &self,
         _k: &Arc<str>,
-        v: &Arc<Entry>,
+        v: &Entry,
         _created: std::time::Instant,
     ) -> Option<Duration> {
         Some(v.keep())
@@ -425,7 +54,7 @@ impl moka::Expiry<Arc<str>, Arc<Entry>> for ExpireAtTtl {
     fn expire_after_update(
         &self,
         _k: &Arc<str>,
-        v: &Arc<Entry>,
+        v: &Entry,
         _updated: std::time::Instant,
         _remaining: Option<Duration>,
     ) -> Option<Duration> {
@@ -449,10 +78,10 @@ pub struct Store {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Engine {
-    /// moka: TinyLFU or LRU; about 420 bytes of bookkeeping per entry.
+    /// moka: TinyLFU or LRU; about 350 bytes of bookkeeping per entry.
     #[default]
     Moka,
-    /// [`crate::compact`]: CLOCK with TinyLFU admission (or CLOCK alone for `lru`); about 100
+    /// [`crate::compact`]: CLOCK with TinyLFU admission (or CLOCK alone for `lru`); about 30
     /// bytes per entry.
     Compact,
 }
@@ -466,14 +95,14 @@ impl Engine {
         }
     }
 
-    /// Fixed cost charged per entry on top of its body, packed header and key bytes: the
-    /// entry, the engine's bookkeeping, allocator slack. Measured with
-    /// `examples/store_memory.rs` (1,000,000 × 1 KiB objects, RSS growth per object beyond
-    /// payload, header and key bytes: about 620 on moka, 310 on compact).
+    /// Fixed cost charged per entry on top of its body, key and own packed header bytes
+    /// ([`Entry::weight`]): the entry's fixed part, the engine's bookkeeping, allocator
+    /// slack. Measured with `examples/store_memory.rs` (1,000,000 × 1 KiB objects, RSS
+    /// growth per object beyond the entries' weight: about 470 on moka, 155 on compact).
     pub fn entry_overhead(self) -> u32 {
         match self {
-            Engine::Moka => 640,
-            Engine::Compact => 320,
+            Engine::Moka => 480,
+            Engine::Compact => 160,
         }
     }
 }
@@ -491,24 +120,24 @@ impl std::str::FromStr for Engine {
 
 #[derive(Clone)]
 enum Cache {
-    Moka(moka::future::Cache<Arc<str>, Arc<Entry>>),
+    Moka(moka::future::Cache<Arc<str>, Entry>),
     Compact(Arc<crate::compact::Compact>),
 }
 
 impl Cache {
-    async fn get(&self, key: &str) -> Option<Arc<Entry>> {
+    async fn get(&self, key: &str) -> Option<Entry> {
         match self {
             Cache::Moka(c) => c.get(key).await,
             Cache::Compact(c) => c.get(key, std::time::Instant::now()),
         }
     }
 
-    async fn insert(&self, key: &str, entry: Arc<Entry>) {
+    async fn insert(&self, entry: Entry) {
         match self {
-            Cache::Moka(c) => c.insert(Arc::from(key), entry).await,
+            Cache::Moka(c) => c.insert(Arc::from(entry.key()), entry).await,
             Cache::Compact(c) => {
                 let keep = entry.keep();
-                c.insert(key, entry, keep, std::time::Instant::now())
+                c.insert(entry, keep, std::time::Instant::now())
             }
         }
     }
@@ -521,7 +150,7 @@ impl Cache {
     }
 
     /// The entries `keep` selects, with their keys (a snapshot).
-    fn entries_where(&self, keep: impl Fn(&str, &Entry) -> bool) -> Vec<(String, Arc<Entry>)> {
+    fn entries_where(&self, keep: impl Fn(&str, &Entry) -> bool) -> Vec<(String, Entry)> {
         let mut out = Vec::new();
         self.for_each(|k, e| {
             if keep(k, e) {
@@ -532,7 +161,7 @@ impl Cache {
     }
 
     /// Calls `f` with every entry and its key.
-    fn for_each(&self, mut f: impl FnMut(&str, &Arc<Entry>)) {
+    fn for_each(&self, mut f: impl FnMut(&str, &Entry)) {
         match self {
             Cache::Moka(c) => c.iter().for_each(|(k, e)| f(&k, &e)),
             Cache::Compact(c) => c.for_each(std::time::Instant::now(), f),
@@ -654,10 +283,8 @@ impl Store {
         }
         let cache = moka::future::Cache::builder()
             .max_capacity(capacity)
-            .weigher(|k: &Arc<str>, v: &Arc<Entry>| {
-                v.weight()
-                    .saturating_add(Engine::Moka.entry_overhead())
-                    .saturating_add(u32::try_from(k.len()).unwrap_or(u32::MAX))
+            .weigher(|_k: &Arc<str>, v: &Entry| {
+                v.weight().saturating_add(Engine::Moka.entry_overhead())
             })
             .expire_after(ExpireAtTtl)
             .eviction_policy(policy)
@@ -690,7 +317,7 @@ impl Store {
     }
 
     /// The entry a request for `key` with fields `request` would be served, if any.
-    pub async fn lookup(&self, key: &str, request: &HeaderMap) -> Option<Arc<Entry>> {
+    pub async fn lookup(&self, key: &str, request: &HeaderMap) -> Option<Entry> {
         match self.vary.get(key).await {
             Some(m) => {
                 self.cache
@@ -712,8 +339,13 @@ impl Store {
 
     /// Where a response to `request` for `key` is stored: `None` when it must not be (`Vary:
     /// *`, or the URL already has [`MAX_VARIANTS`] variants).
-    async fn storage_key(&self, key: &str, request: &HeaderMap, entry: &Entry) -> Option<String> {
-        let names = vary_names(&entry.headers())?;
+    async fn storage_key(
+        &self,
+        key: &str,
+        request: &HeaderMap,
+        entry: &NewEntry,
+    ) -> Option<String> {
+        let names = vary_names(&entry.fields().to_map())?;
         if names.is_empty() {
             return Some(key.to_string());
         }
@@ -751,7 +383,8 @@ impl Store {
     }
 
     /// Stores a filled entry unless a purge matching it was accepted since `mark` (the fill
-    /// began before that purge, so its body may be the purged one). Returns whether it stays.
+    /// began before that purge, so its body may be the purged one). Returns the entry and
+    /// whether it stays.
     ///
     /// `request` is the request the response answers: it selects the variant when the
     /// response has `Vary`.
@@ -759,30 +392,31 @@ impl Store {
         &self,
         key: &str,
         request: &HeaderMap,
-        entry: Arc<Entry>,
+        entry: NewEntry,
         mark: u64,
-    ) -> bool {
+    ) -> (Entry, bool) {
         let tags = entry.tags();
         if self.log.purged_since(mark, key, &tags) {
-            return false;
+            return (entry.keyed(key), false);
         }
         let Some(storage) = self.storage_key(key, request, &entry).await else {
-            return false;
+            return (entry.keyed(key), false);
         };
-        self.insert(&storage, entry).await;
+        let entry = self.insert(&storage, entry).await;
         // A purge may have been logged between the check and the insert: see crate::purge.
         if self.log.purged_since(mark, key, &tags) {
             self.remove(&storage).await;
-            return false;
+            return (entry, false);
         }
-        true
+        (entry, true)
     }
 
     /// Stores a pushed object (no request selects a variant: one with `Vary` is stored as
-    /// the variant of a request without those fields).
-    pub async fn insert_pushed(&self, key: &str, entry: Arc<Entry>) -> bool {
+    /// the variant of a request without those fields). Returns whether it stays.
+    pub async fn insert_pushed(&self, key: &str, entry: NewEntry) -> bool {
         self.insert_filled(key, &HeaderMap::new(), entry, self.fill_mark())
             .await
+            .1
     }
 
     /// Applies an invalidation: hard removes, soft marks stale. Returns entries affected.
@@ -823,13 +457,15 @@ impl Store {
     }
 
     /// The entry for `key`, fresh or not (moka drops it some time after its TTL).
-    pub async fn get(&self, key: &str) -> Option<Arc<Entry>> {
+    pub async fn get(&self, key: &str) -> Option<Entry> {
         self.cache.get(key).await
     }
 
-    /// Stores `entry` under `key`, replacing what was there.
-    pub async fn insert(&self, key: &str, entry: Arc<Entry>) {
-        self.cache.insert(key, entry).await;
+    /// Stores `entry` under `key`, replacing what was there; returns it as stored.
+    pub async fn insert(&self, key: &str, entry: NewEntry) -> Entry {
+        let entry = entry.keyed(key);
+        self.cache.insert(entry.clone()).await;
+        entry
     }
 
     /// Removes `key`.
@@ -839,9 +475,7 @@ impl Store {
 
     /// Removes every entry that came from `node`. Returns how many.
     pub async fn purge_source(&self, node: &str) -> u64 {
-        let hit = self
-            .cache
-            .entries_where(|_, e| e.source.as_deref() == Some(node));
+        let hit = self.cache.entries_where(|_, e| e.source() == Some(node));
         for (k, _) in &hit {
             self.cache.invalidate(k).await;
         }
@@ -887,7 +521,11 @@ mod tests {
     use super::*;
     use crate::policy::{evaluate, policy_request};
 
-    fn entry(body_len: usize, cc: &str, now: SystemTime) -> Arc<Entry> {
+    use bytes::Bytes;
+    use http::StatusCode;
+    use std::time::SystemTime;
+
+    fn entry(body_len: usize, cc: &str, now: SystemTime) -> NewEntry {
         let req = policy_request(&http::Method::GET, "/", &HeaderMap::new());
         let resp = http::Response::builder()
             .header("cache-control", cc)
@@ -896,19 +534,19 @@ mod tests {
             .into_parts()
             .0;
         let d = evaluate(&req, &resp, now);
-        Arc::new(Entry::new(
+        NewEntry::new(
             StatusCode::OK,
-            resp.headers.clone(),
+            &resp.headers,
             vec![Bytes::from(vec![7u8; body_len])],
             d,
             now,
-        ))
+        )
     }
 
     #[test]
     fn freshness_uses_our_clock_not_mokas() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let e = entry(10, "max-age=60", t0);
+        let e = entry(10, "max-age=60", t0).keyed("/");
         assert!(e.is_fresh(t0 + Duration::from_secs(59)));
         assert!(!e.is_fresh(t0 + Duration::from_secs(60)));
         assert_eq!(e.age(t0 + Duration::from_secs(7)), Duration::from_secs(7));
@@ -921,7 +559,8 @@ mod tests {
             10,
             "max-age=10, stale-while-revalidate=5, stale-if-error=60",
             t0,
-        );
+        )
+        .keyed("/");
         let at = |s| t0 + Duration::from_secs(s);
         assert_eq!(e.freshness(at(9)), Freshness::Fresh);
         assert_eq!(
@@ -945,7 +584,7 @@ mod tests {
                 on_error: false
             }
         );
-        let strict = entry(10, "max-age=10, must-revalidate", t0);
+        let strict = entry(10, "max-age=10, must-revalidate", t0).keyed("/");
         assert_eq!(
             strict.freshness(at(11)),
             Freshness::Stale {
@@ -953,7 +592,7 @@ mod tests {
                 on_error: false
             }
         );
-        let soft = entry(10, "max-age=600, stale-while-revalidate=5", t0);
+        let soft = entry(10, "max-age=600, stale-while-revalidate=5", t0).keyed("/");
         soft.mark_stale();
         // A soft purge makes it stale at once; an explicit stale-while-revalidate alone
         // allows no stale-if-error.
@@ -1021,7 +660,7 @@ mod tests {
         use rand_distr::Distribution;
         let now = SystemTime::now();
         let one = entry(100, "max-age=600", now);
-        let per = u64::from(one.weight() + engine.entry_overhead()) + 12;
+        let per = u64::from(one.clone().keyed("/z/00000").weight() + engine.entry_overhead());
         let store = Store::with_engine(200 * per, eviction, engine);
         let zipf = rand_distr::Zipf::new(20_000.0, 0.9).unwrap();
         let mut rng = rand::rngs::SmallRng::seed_from_u64(11);

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use crate::fill::{FillError, FillErrorKind, FlightWriter, Head, Served, Sink, Via};
 use crate::peers::{PeerError, PeerPool};
 use crate::quic::{codes, fields_from_headers, headers_from_fields, FrameReader, WireError};
-use crate::store::{Entry, Store};
+use crate::store::{Entry, NewEntry, Store};
 use cdn_proto::{Frame, Member, Method};
 use tokio::sync::watch;
 
@@ -225,7 +225,7 @@ impl Upstream {
         key: &str,
         client_headers: &http::HeaderMap,
         l1: &Sink<'_>,
-        stale: Option<&Arc<Entry>>,
+        stale: Option<&Entry>,
         mut w: FlightWriter<Head>,
     ) -> Result<Result<(), FillError>, (FlightWriter<Head>, Vec<PeerError>)> {
         let Sink {
@@ -237,7 +237,7 @@ impl Upstream {
         let mark = l1.fill_mark();
         // The client's own conditionals never shape a shared fill; ours revalidate a stale copy.
         let headers = &crate::fill::fill_headers(client_headers);
-        let stale = stale.filter(|s| s.validators);
+        let stale = stale.filter(|s| s.validators());
         let mut with_validators = headers.clone();
         if let Some(s) = stale {
             with_validators.extend(crate::policy::validators_for(&s.headers()));
@@ -261,10 +261,12 @@ impl Upstream {
             // The node confirmed our copy: refresh it and serve its body.
             let (entry, storable) =
                 crate::fill::revalidated(s, &head.headers, &policy_req, now, rules);
-            let entry = Arc::new(entry.with_source(member.id.as_str().into()));
-            if storable {
-                l1.insert_filled(key, headers, entry.clone(), mark).await;
-            }
+            let entry = entry.with_source(member.id.as_str().into());
+            let entry = if storable {
+                l1.insert_filled(key, headers, entry, mark).await.0
+            } else {
+                entry.keyed(key)
+            };
             let node_status = match &head.via {
                 Via::Node { status, .. } => *status,
                 _ => cdn_proto::CacheStatus::Hit,
@@ -276,7 +278,7 @@ impl Upstream {
             );
             w.set_head(
                 Head {
-                    status: entry.status,
+                    status: entry.status(),
                     headers: h,
                     content_length: Some(entry.body_len()),
                     storable,
@@ -289,7 +291,7 @@ impl Upstream {
                 },
                 true,
             );
-            for c in &entry.body {
+            for c in &entry.body() {
                 w.push(c.clone());
             }
             if let NodeBody::Stream(mut reader) = body {
@@ -655,15 +657,15 @@ impl NodeFill<'_> {
     /// finish the flight (after storing, so no request misses both).
     async fn finish(self, l1: &Store, w: FlightWriter<Head>) -> Result<(), FillError> {
         if self.storable && w.is_retaining() && w.len() <= self.max_object {
-            let entry = Entry::new(
+            let entry = NewEntry::new(
                 self.status,
-                self.headers,
+                &self.headers,
                 w.chunks(),
                 self.decision,
                 self.now,
             )
             .with_source(self.source);
-            l1.insert_filled(self.key, &self.request, Arc::new(entry), self.mark)
+            l1.insert_filled(self.key, &self.request, entry, self.mark)
                 .await;
         }
         w.finish();

@@ -73,7 +73,7 @@ impl Inbound for FromNodes {
                         let entry = obj
                             .entry(std::time::SystemTime::now(), &edge.config.rules())?
                             .with_source(from.clone());
-                        edge.l1.insert_pushed(&obj.key, Arc::new(entry)).await;
+                        edge.l1.insert_pushed(&obj.key, entry).await;
                         Ok::<_, String>(())
                     }
                     .await;

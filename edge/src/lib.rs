@@ -152,7 +152,7 @@ impl Edge {
         if !self.is_strict() {
             return true;
         }
-        let Some(source) = entry.source.as_deref() else {
+        let Some(source) = entry.source() else {
             return true;
         };
         self.upstream

@@ -54,7 +54,7 @@ impl Edge {
     ) {
         match obj.entry(SystemTime::now(), &self.config.rules()) {
             Ok(e) => {
-                self.l1.insert_pushed(&obj.key, Arc::new(e)).await;
+                self.l1.insert_pushed(&obj.key, e).await;
                 report.edges.push(self.config.id.clone());
             }
             Err(e) => {

@@ -124,11 +124,11 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
             } else {
                 &edge.stats.stale
             });
-            let conditional = entry.status == StatusCode::OK
+            let conditional = entry.status() == StatusCode::OK
                 && policy::not_modified(req.headers(), &entry.headers());
             let answer = range_answer(
                 &req,
-                entry.status,
+                entry.status(),
                 &entry.headers(),
                 Some(entry.body_len()),
                 conditional,
@@ -143,7 +143,7 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
                     .insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
             }
             if let RangeAnswer::Partial { start, end } = answer {
-                *r.body_mut() = chunks_body(range::slice(&entry.body, start, end));
+                *r.body_mut() = chunks_body(range::slice(&entry.body(), start, end));
             }
             return client_response(with_range(r, answer, entry.body_len()), conditional);
         }
@@ -304,7 +304,7 @@ async fn revalidate_in_background(
     edge: &Arc<Edge>,
     key: &str,
     headers: &http::HeaderMap,
-    stale: Arc<Entry>,
+    stale: Entry,
 ) {
     if let Joined::Leader(w, _) = edge.fills.join(&edge.l1.flight_key(key, headers).await) {
         spawn_fill(
@@ -321,7 +321,7 @@ pub(crate) async fn join_fill(
     edge: &Arc<Edge>,
     key: &str,
     headers: &http::HeaderMap,
-    stale: Option<Arc<Entry>>,
+    stale: Option<Entry>,
 ) -> FlightReader<Head> {
     match edge.fills.join(&edge.l1.flight_key(key, headers).await) {
         Joined::Leader(w, r) => {
@@ -331,7 +331,7 @@ pub(crate) async fn join_fill(
                 Some(e)
                     if e.is_fresh(now)
                         && edge.may_serve(&e)
-                        && !stale.as_ref().is_some_and(|s| Arc::ptr_eq(s, &e)) =>
+                        && !stale.as_ref().is_some_and(|s| s.same(&e)) =>
                 {
                     fill::complete_from_entry(w, key, headers, &e, now, Served::Fetched)
                 }
@@ -352,7 +352,7 @@ fn spawn_fill(
     edge: Arc<Edge>,
     key: String,
     headers: http::HeaderMap,
-    stale: Option<Arc<Entry>>,
+    stale: Option<Entry>,
     w: FlightWriter<Head>,
 ) {
     tokio::spawn(async move {
@@ -411,9 +411,9 @@ fn entry_response(entry: &Entry, now: SystemTime, head_only: bool) -> Response<B
     let mut r = Response::new(if head_only {
         empty()
     } else {
-        stored_body(&entry.body)
+        stored_body(&entry.body())
     });
-    *r.status_mut() = entry.status;
+    *r.status_mut() = entry.status();
     let h = r.headers_mut();
     *h = entry.headers();
     h.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));

@@ -152,7 +152,7 @@ async fn a_fill_is_copied_to_the_other_owners() {
     })
     .await
     .expect("the second owner receives a copy");
-    let body: Vec<u8> = held.body.iter().flat_map(|b| b.iter().copied()).collect();
+    let body: Vec<u8> = held.body().iter().flat_map(|b| b.iter().copied()).collect();
     assert!(body == origin_stub::expected_body(key, 3000));
     assert!(held.is_fresh(std::time::SystemTime::now()));
     assert_eq!(

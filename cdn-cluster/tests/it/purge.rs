@@ -248,7 +248,11 @@ async fn a_purge_during_a_slow_fill_keeps_the_old_body_out() {
     for n in c.nodes.iter().flatten() {
         n.node.store().sync().await;
         if let Some(entry) = n.node.store().get(target).await {
-            let body: Vec<u8> = entry.body.iter().flat_map(|b| b.iter().copied()).collect();
+            let body: Vec<u8> = entry
+                .body()
+                .iter()
+                .flat_map(|b| b.iter().copied())
+                .collect();
             assert!(body == new, "{} stored the old body", n.id());
         }
     }
