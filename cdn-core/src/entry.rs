@@ -448,81 +448,51 @@ impl From<Vec<Bytes>> for Chunks {
 
 // ---- packed header fields ----
 
-/// Names stored as one byte (lower case; a field with another name stores its name).
-const NAMES: [&str; 40] = [
-    "accept-ranges",
-    "access-control-allow-credentials",
-    "access-control-allow-headers",
-    "access-control-allow-methods",
-    "access-control-allow-origin",
-    "access-control-expose-headers",
-    "access-control-max-age",
-    "alt-svc",
-    "cache-control",
-    "cdn-cache-control",
-    "content-disposition",
-    "content-encoding",
-    "content-language",
-    "content-location",
-    "content-range",
-    "content-security-policy",
-    "content-type",
-    "cross-origin-resource-policy",
-    "date",
-    "digest",
-    "etag",
-    "expires",
-    "last-modified",
-    "link",
-    "location",
-    "permissions-policy",
-    "referrer-policy",
-    "server",
-    "set-cookie",
-    "strict-transport-security",
-    "surrogate-control",
-    "surrogate-key",
-    "timing-allow-origin",
-    "vary",
-    "via",
-    "x-content-type-options",
-    "x-frame-options",
-    "x-powered-by",
-    "x-request-id",
-    "x-xss-protection",
-];
-
-/// Fields that are usually the same for many responses of one origin: packed into a shared
-/// block (the rest stays in each entry, so a field unique to each response cannot make every
-/// shared block unique).
-const SHARED: [&str; 27] = [
-    "accept-ranges",
-    "access-control-allow-credentials",
-    "access-control-allow-headers",
-    "access-control-allow-methods",
-    "access-control-allow-origin",
-    "access-control-expose-headers",
-    "access-control-max-age",
-    "alt-svc",
-    "cache-control",
-    "cdn-cache-control",
-    "content-encoding",
-    "content-language",
-    "content-security-policy",
-    "content-type",
-    "cross-origin-resource-policy",
-    "permissions-policy",
-    "referrer-policy",
-    "server",
-    "strict-transport-security",
-    "surrogate-control",
-    "timing-allow-origin",
-    "vary",
-    "via",
-    "x-content-type-options",
-    "x-frame-options",
-    "x-powered-by",
-    "x-xss-protection",
+/// Names stored as one byte (lower case; a field with another name stores its name), and
+/// whether the field is usually the same for many responses of one origin: those are packed
+/// into a shared block, the rest stays in each entry (so a field unique to each response,
+/// or one not listed here, cannot make every shared block unique).
+const NAMES: [(&str, bool); 40] = [
+    ("accept-ranges", true),
+    ("access-control-allow-credentials", true),
+    ("access-control-allow-headers", true),
+    ("access-control-allow-methods", true),
+    ("access-control-allow-origin", true),
+    ("access-control-expose-headers", true),
+    ("access-control-max-age", true),
+    ("alt-svc", true),
+    ("cache-control", true),
+    ("cdn-cache-control", true),
+    ("content-disposition", false),
+    ("content-encoding", true),
+    ("content-language", true),
+    ("content-location", false),
+    ("content-range", false),
+    ("content-security-policy", true),
+    ("content-type", true),
+    ("cross-origin-resource-policy", true),
+    ("date", false),
+    ("digest", false),
+    ("etag", false),
+    ("expires", false),
+    ("last-modified", false),
+    ("link", false),
+    ("location", false),
+    ("permissions-policy", true),
+    ("referrer-policy", true),
+    ("server", true),
+    ("set-cookie", false),
+    ("strict-transport-security", true),
+    ("surrogate-control", true),
+    ("surrogate-key", false),
+    ("timing-allow-origin", true),
+    ("vary", true),
+    ("via", true),
+    ("x-content-type-options", true),
+    ("x-frame-options", true),
+    ("x-powered-by", true),
+    ("x-request-id", false),
+    ("x-xss-protection", true),
 ];
 
 /// Fields whose HTTP-date values are stored as 4 bytes when they round-trip exactly.
@@ -549,7 +519,7 @@ fn packed_date(value: &[u8]) -> Option<u32> {
     (httpdate::fmt_http_date(t) == text).then_some(secs)
 }
 
-/// Packs `headers` into the fields commonly shared ([`SHARED`]) and the others, leaving out
+/// Packs `headers` into the fields commonly shared (see [`NAMES`]) and the others, leaving out
 /// `Age` and `Content-Length` (both computed when served) and values over 64 KiB. Each
 /// field: a tag (a [`NAMES`] index + 1, with [`AS_DATE`] for a packed date; 0 for a name
 /// that follows with its `u16` length), then the value (4 bytes for a date, else its length
@@ -557,7 +527,8 @@ fn packed_date(value: &[u8]) -> Option<u32> {
 fn pack(headers: &HeaderMap) -> (Vec<u8>, Vec<u8>) {
     let (mut shared, mut own) = (Vec::new(), Vec::new());
     for (k, v) in headers {
-        let out = if SHARED.contains(&k.as_str()) {
+        let known = NAMES.iter().position(|(n, _)| *n == k.as_str());
+        let out = if known.is_some_and(|i| NAMES[i].1) {
             &mut shared
         } else {
             &mut own
@@ -569,7 +540,7 @@ fn pack(headers: &HeaderMap) -> (Vec<u8>, Vec<u8>) {
         if value.len() > u16::MAX as usize || name.len() > u16::MAX as usize {
             continue;
         }
-        match NAMES.iter().position(|n| *n == name) {
+        match known {
             Some(i) => {
                 let tag = i as u8 + 1;
                 if DATED.contains(&name) {
@@ -593,7 +564,7 @@ fn pack(headers: &HeaderMap) -> (Vec<u8>, Vec<u8>) {
     (shared, own)
 }
 
-/// Packed fields shared between entries (see [`SHARED`]).
+/// Packed fields shared between entries (see [`NAMES`]).
 #[derive(Clone, Debug)]
 struct SharedFields(ThinArc<(), u8>);
 
@@ -676,7 +647,7 @@ fn unpack(b: &[u8]) -> impl Iterator<Item = (&str, Cow<'_, [u8]>)> + '_ {
             at += 2 + n;
             name
         } else {
-            NAMES.get(usize::from(tag & !AS_DATE).checked_sub(1)?)?
+            NAMES.get(usize::from(tag & !AS_DATE).checked_sub(1)?)?.0
         };
         if tag & AS_DATE != 0 {
             let secs = u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?);
@@ -759,10 +730,11 @@ fn round_trip(headers: &HeaderMap) -> HeaderMap {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn decision(cc: &str, now: SystemTime) -> (HeaderMap, crate::policy::Decision) {
+    /// A response with `Cache-Control: cc` and the policy's decision on it at `now`.
+    pub(crate) fn decision(cc: &str, now: SystemTime) -> (HeaderMap, crate::policy::Decision) {
         let req = crate::policy::policy_request(&http::Method::GET, "/", &HeaderMap::new());
         let resp = http::Response::builder()
             .header("cache-control", cc)

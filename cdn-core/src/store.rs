@@ -519,24 +519,16 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{evaluate, policy_request};
 
     use bytes::Bytes;
     use http::StatusCode;
     use std::time::SystemTime;
 
     fn entry(body_len: usize, cc: &str, now: SystemTime) -> NewEntry {
-        let req = policy_request(&http::Method::GET, "/", &HeaderMap::new());
-        let resp = http::Response::builder()
-            .header("cache-control", cc)
-            .body(())
-            .unwrap()
-            .into_parts()
-            .0;
-        let d = evaluate(&req, &resp, now);
+        let (headers, d) = crate::entry::tests::decision(cc, now);
         NewEntry::new(
             StatusCode::OK,
-            &resp.headers,
+            &headers,
             vec![Bytes::from(vec![7u8; body_len])],
             d,
             now,
