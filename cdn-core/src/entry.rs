@@ -32,8 +32,33 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn ms32(d: Duration) -> u32 {
-    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+/// A duration in 32 bits: milliseconds below 2^31 (24.8 days), else whole seconds with the
+/// top bit set (up to 68 years).
+#[derive(Debug, Clone, Copy)]
+struct Span(u32);
+
+const IN_SECONDS: u32 = 1 << 31;
+
+impl Span {
+    fn of(d: Duration) -> Self {
+        match u32::try_from(d.as_millis()) {
+            Ok(ms) if ms < IN_SECONDS => Span(ms),
+            _ => Span(
+                IN_SECONDS
+                    | u32::try_from(d.as_secs())
+                        .unwrap_or(u32::MAX)
+                        .min(!IN_SECONDS),
+            ),
+        }
+    }
+
+    fn get(self) -> Duration {
+        if self.0 & IN_SECONDS != 0 {
+            Duration::from_secs((self.0 & !IN_SECONDS).into())
+        } else {
+            Duration::from_millis(self.0.into())
+        }
+    }
 }
 
 /// A stored body.
@@ -55,11 +80,10 @@ struct Meta {
     body: Body,
     // Fields shared with other entries.
     shared: Option<SharedFields>,
-    // Age when stored, the stale-while-revalidate and stale-if-error windows (ms, up to
-    // 49 days).
-    initial_age_ms: u32,
-    swr_ms: u32,
-    sie_ms: u32,
+    // Age when stored, the stale-while-revalidate and stale-if-error windows.
+    initial_age: Span,
+    swr: Span,
+    sie: Span,
     key_len: u32,
     source_len: u16,
     status: StatusCode,
@@ -185,12 +209,12 @@ impl Entry {
 
     /// Served stale when upstream fails, for this long past the lifetime.
     pub fn stale_if_error(&self) -> Duration {
-        Duration::from_millis(self.meta().sie_ms.into())
+        self.meta().sie.get()
     }
 
     /// Served stale while a refresh runs, for this long past the lifetime.
     pub fn stale_while_revalidate(&self) -> Duration {
-        Duration::from_millis(self.meta().swr_ms.into())
+        self.meta().swr.get()
     }
 
     /// Surrogate keys (from `Surrogate-Key`), for purge by tag.
@@ -259,7 +283,7 @@ impl Entry {
 
     /// The `Age` to send at `now`: age when stored plus time held here.
     pub fn age(&self, now: SystemTime) -> Duration {
-        Duration::from_millis(self.meta().initial_age_ms.into()) + self.held(now)
+        self.meta().initial_age.get() + self.held(now)
     }
 
     /// Its body, key and own packed header bytes (shared fields are not charged to each
@@ -295,9 +319,9 @@ pub struct NewEntry {
     body: Chunks,
     stored_ns: u64,
     ttl_ms: u64,
-    initial_age_ms: u32,
-    swr_ms: u32,
-    sie_ms: u32,
+    initial_age: Span,
+    swr: Span,
+    sie: Span,
     flags: u8,
     source: Option<Arc<str>>,
 }
@@ -329,9 +353,9 @@ impl NewEntry {
             body: body.into(),
             stored_ns: u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX),
             ttl_ms: ms(decision.ttl),
-            initial_age_ms: ms32(decision.age),
-            swr_ms: ms32(decision.stale_while_revalidate),
-            sie_ms: ms32(decision.stale_if_error),
+            initial_age: Span::of(decision.age),
+            swr: Span::of(decision.stale_while_revalidate),
+            sie: Span::of(decision.stale_if_error),
             flags,
             source: None,
         }
@@ -369,8 +393,11 @@ impl NewEntry {
             }
             Body::One(one.into_boxed_slice())
         };
-        let source: &[u8] = self.source.as_deref().map_or(&[], str::as_bytes);
-        let source = &source[..source.len().min(u16::MAX as usize)];
+        // A source id too long to record (never, in practice) is not recorded.
+        let source = match self.source.as_deref() {
+            Some(s) if s.len() <= u16::MAX as usize => s.as_bytes(),
+            _ => &[],
+        };
         let shared = SharedFields::intern(&self.shared);
         let inline: &[u8] = if shared.is_some() { &[] } else { &self.shared };
         let mut tail = Vec::with_capacity(key.len() + source.len() + inline.len() + self.own.len());
@@ -383,9 +410,9 @@ impl NewEntry {
             ttl_ms: self.ttl_ms,
             body,
             shared,
-            initial_age_ms: self.initial_age_ms,
-            swr_ms: self.swr_ms,
-            sie_ms: self.sie_ms,
+            initial_age: self.initial_age,
+            swr: self.swr,
+            sie: self.sie,
             key_len: u32::try_from(key.len()).unwrap_or(u32::MAX),
             source_len: source.len() as u16,
             status: self.status,
@@ -457,7 +484,8 @@ const NAMES: [(&str, bool); 40] = [
     ("access-control-allow-credentials", true),
     ("access-control-allow-headers", true),
     ("access-control-allow-methods", true),
-    ("access-control-allow-origin", true),
+    // Often echoes the request's Origin: not shared.
+    ("access-control-allow-origin", false),
     ("access-control-expose-headers", true),
     ("access-control-max-age", true),
     ("alt-svc", true),
@@ -468,7 +496,8 @@ const NAMES: [(&str, bool); 40] = [
     ("content-language", true),
     ("content-location", false),
     ("content-range", false),
-    ("content-security-policy", true),
+    // Often carries a per-response nonce: not shared.
+    ("content-security-policy", false),
     ("content-type", true),
     ("cross-origin-resource-policy", true),
     ("date", false),
@@ -572,6 +601,10 @@ struct SharedFields(ThinArc<(), u8>);
 /// are in use a new entry keeps its fields inline.
 const MAX_SHARED: usize = 4096;
 
+/// Larger blocks stay inline, charged to their entry: shared blocks are not charged to any
+/// store, so together they must stay small (at most 2 MiB).
+const MAX_SHARED_BLOCK: usize = 512;
+
 /// The shared blocks, by content.
 static INTERNED: OnceLock<Mutex<Interned>> = OnceLock::new();
 
@@ -579,31 +612,44 @@ static INTERNED: OnceLock<Mutex<Interned>> = OnceLock::new();
 struct Interned {
     blocks: hashbrown::HashTable<SharedFields>,
     hasher: std::hash::RandomState,
+    // New blocks refused since the table was last swept: it is swept again only after as
+    // many refusals as it holds, so a full table of blocks in use costs no scan per insert.
+    refused: usize,
 }
 
 impl SharedFields {
-    /// The shared block holding `packed`, made if new; `None` for no fields, or when
-    /// [`MAX_SHARED`] blocks are in use.
+    /// The shared block holding `packed`, made if new; `None` for no fields, for a block over
+    /// [`MAX_SHARED_BLOCK`], or when [`MAX_SHARED`] blocks are in use.
     fn intern(packed: &[u8]) -> Option<SharedFields> {
         use std::hash::BuildHasher;
-        if packed.is_empty() {
+        if packed.is_empty() || packed.len() > MAX_SHARED_BLOCK {
             return None;
         }
         let mut guard = INTERNED
             .get_or_init(Mutex::default)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let Interned { blocks, hasher } = &mut *guard;
+        let Interned {
+            blocks,
+            hasher,
+            refused,
+        } = &mut *guard;
         let hash = hasher.hash_one(packed);
         if let Some(found) = blocks.find(hash, |b| &b.0.slice == packed) {
             return Some(found.clone());
         }
         if blocks.len() >= MAX_SHARED {
+            if (1..MAX_SHARED).contains(refused) {
+                *refused += 1;
+                return None;
+            }
             // Only the table holds them: no entry uses them any more.
             blocks.retain(|b| ThinArc::strong_count(&b.0) > 1);
             if blocks.len() >= MAX_SHARED {
+                *refused = 1;
                 return None;
             }
+            *refused = 0;
         }
         let block = SharedFields(ThinArc::from_header_and_slice((), packed));
         blocks.insert_unique(hash, block.clone(), |b| hasher.hash_one(&b.0.slice));
@@ -628,12 +674,36 @@ impl<'a> Fields<'a> {
     /// The fields, shared ones first: name (lower case) and value. Repeated fields keep
     /// their order (a name is always shared or always not).
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, Cow<'a, [u8]>)> + 'a {
+        self.raw().map(|(n, v)| (n, v.bytes()))
+    }
+
+    /// The fields with their values as packed (a date not yet formatted).
+    fn raw(&self) -> impl Iterator<Item = (&'a str, Packed<'a>)> + 'a {
         unpack(self.shared).chain(unpack(self.own))
     }
 }
 
+/// A packed value: its bytes, or a date (seconds since the epoch) formatted when read.
+#[derive(Clone, Copy)]
+enum Packed<'a> {
+    Bytes(&'a [u8]),
+    Date(u32),
+}
+
+impl<'a> Packed<'a> {
+    fn bytes(self) -> Cow<'a, [u8]> {
+        match self {
+            Packed::Bytes(b) => Cow::Borrowed(b),
+            Packed::Date(secs) => {
+                let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs.into());
+                Cow::Owned(httpdate::fmt_http_date(t).into_bytes())
+            }
+        }
+    }
+}
+
 /// The fields packed in `b`.
-fn unpack(b: &[u8]) -> impl Iterator<Item = (&str, Cow<'_, [u8]>)> + '_ {
+fn unpack(b: &[u8]) -> impl Iterator<Item = (&str, Packed<'_>)> + '_ {
     let mut at = 0usize;
     std::iter::from_fn(move || {
         let u16_at = |i: usize| -> Option<usize> {
@@ -652,8 +722,7 @@ fn unpack(b: &[u8]) -> impl Iterator<Item = (&str, Cow<'_, [u8]>)> + '_ {
         if tag & AS_DATE != 0 {
             let secs = u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?);
             at += 4;
-            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs.into());
-            return Some((name, Cow::Owned(httpdate::fmt_http_date(t).into_bytes())));
+            return Some((name, Packed::Date(secs)));
         }
         let len = match *b.get(at)? {
             0xff => {
@@ -667,22 +736,22 @@ fn unpack(b: &[u8]) -> impl Iterator<Item = (&str, Cow<'_, [u8]>)> + '_ {
         };
         let value = b.get(at..at + len)?;
         at += len;
-        Some((name, Cow::Borrowed(value)))
+        Some((name, Packed::Bytes(value)))
     })
 }
 
 impl<'a> Fields<'a> {
     /// The first value of `name` (lower case).
     pub fn get(&self, name: &str) -> Option<Cow<'a, [u8]>> {
-        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+        self.raw().find(|(n, _)| *n == name).map(|(_, v)| v.bytes())
     }
 
     /// Surrogate keys (from `Surrogate-Key`).
     pub fn tags(&self) -> Vec<String> {
-        self.iter()
+        self.raw()
             .filter(|(n, _)| *n == "surrogate-key")
             .flat_map(|(_, v)| {
-                String::from_utf8_lossy(&v)
+                String::from_utf8_lossy(&v.bytes())
                     .split_whitespace()
                     .map(str::to_string)
                     .collect::<Vec<_>>()
@@ -852,6 +921,43 @@ pub(crate) mod tests {
         assert_eq!(
             b.headers().get("cache-control").unwrap(),
             "max-age=61, public"
+        );
+    }
+
+    #[test]
+    fn a_large_common_block_stays_in_its_entry() {
+        let now = SystemTime::now();
+        let (mut h, d) = decision("max-age=60", now);
+        h.insert("server", "s".repeat(600).parse().unwrap());
+        let e = NewEntry::new(StatusCode::OK, &h, Vec::new(), d, now).keyed("/big-fields");
+        assert!(
+            e.meta().shared.is_none(),
+            "not interned: it would go uncharged"
+        );
+        assert!(e.weight() > 600, "charged to the entry: {}", e.weight());
+        assert_eq!(e.headers().get("server").unwrap().len(), 600);
+    }
+
+    #[test]
+    fn spans_keep_milliseconds_and_reach_decades() {
+        for d in [
+            Duration::ZERO,
+            Duration::from_millis(1_234),
+            Duration::from_secs(24 * 86_400),
+            Duration::from_secs(60 * 86_400),
+            Duration::from_secs(30 * 365 * 86_400),
+        ] {
+            let back = Span::of(d).get();
+            let tolerance = if d < Duration::from_secs(24 * 86_400) {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(1)
+            };
+            assert!(d - back <= tolerance && back <= d, "{d:?} -> {back:?}");
+        }
+        assert_eq!(
+            Span::of(Duration::MAX).get(),
+            Duration::from_secs((!IN_SECONDS).into())
         );
     }
 

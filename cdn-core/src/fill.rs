@@ -688,10 +688,11 @@ pub async fn fetch_origin(
         if parts.status == http::StatusCode::NOT_MODIFIED && s.validators() {
             let (entry, storable) = revalidated(s, &parts.headers, &policy_req, now, rules);
             let entry = if storable {
-                store
-                    .insert_filled(key, &request_fields, entry, mark)
-                    .await
-                    .0
+                let served = entry.clone();
+                match store.insert_filled(key, &request_fields, entry, mark).await {
+                    Some(stored) => stored,
+                    None => served.keyed(key),
+                }
             } else {
                 store.remove(key).await;
                 entry.keyed(key)

@@ -383,8 +383,8 @@ impl Store {
     }
 
     /// Stores a filled entry unless a purge matching it was accepted since `mark` (the fill
-    /// began before that purge, so its body may be the purged one). Returns the entry and
-    /// whether it stays.
+    /// began before that purge, so its body may be the purged one). Returns the stored entry,
+    /// if it stays (an entry not stored is not built).
     ///
     /// `request` is the request the response answers: it selects the variant when the
     /// response has `Vary`.
@@ -394,21 +394,19 @@ impl Store {
         request: &HeaderMap,
         entry: NewEntry,
         mark: u64,
-    ) -> (Entry, bool) {
+    ) -> Option<Entry> {
         let tags = entry.tags();
         if self.log.purged_since(mark, key, &tags) {
-            return (entry.keyed(key), false);
+            return None;
         }
-        let Some(storage) = self.storage_key(key, request, &entry).await else {
-            return (entry.keyed(key), false);
-        };
+        let storage = self.storage_key(key, request, &entry).await?;
         let entry = self.insert(&storage, entry).await;
         // A purge may have been logged between the check and the insert: see crate::purge.
         if self.log.purged_since(mark, key, &tags) {
             self.remove(&storage).await;
-            return (entry, false);
+            return None;
         }
-        (entry, true)
+        Some(entry)
     }
 
     /// Stores a pushed object (no request selects a variant: one with `Vary` is stored as
@@ -416,7 +414,7 @@ impl Store {
     pub async fn insert_pushed(&self, key: &str, entry: NewEntry) -> bool {
         self.insert_filled(key, &HeaderMap::new(), entry, self.fill_mark())
             .await
-            .1
+            .is_some()
     }
 
     /// Applies an invalidation: hard removes, soft marks stale. Returns entries affected.

@@ -263,7 +263,11 @@ impl Upstream {
                 crate::fill::revalidated(s, &head.headers, &policy_req, now, rules);
             let entry = entry.with_source(member.id.as_str().into());
             let entry = if storable {
-                l1.insert_filled(key, headers, entry, mark).await.0
+                let served = entry.clone();
+                match l1.insert_filled(key, headers, entry, mark).await {
+                    Some(stored) => stored,
+                    None => served.keyed(key),
+                }
             } else {
                 entry.keyed(key)
             };
