@@ -45,12 +45,17 @@ run() {
     wait_http "127.0.0.1:$((port + 2))" "/ready?size=1"
     # The edge answers from the origin until its link to the node is up: wait for the link, or
     # the first requests would never reach the node.
+    local linked=0
     for _ in $(seq 1 200); do
-        curl -sf "http://127.0.0.1:$((port + 3))/status" | python3 -c '
+        if curl -sf "http://127.0.0.1:$((port + 3))/status" | python3 -c '
 import json, sys
-sys.exit(0 if any(m["link"] == "up" for m in json.load(sys.stdin)["members"]) else 1)' && break
+sys.exit(0 if any(m["link"] == "up" for m in json.load(sys.stdin)["members"]) else 1)'; then
+            linked=1
+            break
+        fi
         sleep 0.05
     done
+    [ "$linked" = 1 ] || { echo "the edge never linked to the node ($name, $engine)" >&2; return 1; }
     local before
     before="$(rss_kib "$node")"
     "$bin/loadgen" --target "127.0.0.1:$((port + 2))" -c 32 -d 3600 --requests "$N" --keys "$N" \

@@ -457,10 +457,10 @@ impl Compact {
 
     fn remove_at(&self, shard: &mut Shard, i: u32, cause: Cause) {
         let slot = &mut shard.slots[i as usize];
-        let hash = self.hasher.of(slot);
-        if slot.entry.take().is_none() {
+        let Some(entry) = slot.entry.take() else {
             return;
-        }
+        };
+        let hash = self.hasher.key(entry.key_bytes());
         let weight = u64::from(slot.weight);
         if let Ok(e) = shard.table.find_entry(hash, |&j| j == i) {
             e.remove();

@@ -385,7 +385,11 @@ impl NewEntry {
     pub fn keyed(self, key: &str) -> Entry {
         let body_len = self.body.len_bytes();
         let body = if body_len > COMPACT_BODY {
-            Body::Many(Arc::new(self.body.to_vec()))
+            // Already chunks (a large stored body being revalidated): shared, not copied.
+            Body::Many(match self.body {
+                Chunks::Many(chunks) => chunks,
+                Chunks::One(b) => Arc::new(vec![b]),
+            })
         } else {
             let mut one = Vec::with_capacity(body_len as usize);
             for c in self.body.iter() {
@@ -966,10 +970,17 @@ pub(crate) mod tests {
         let now = SystemTime::now();
         let (h, d) = decision("max-age=60", now);
         let chunk = Bytes::from(vec![3u8; 1 << 19]);
-        let e = NewEntry::new(StatusCode::OK, &h, vec![chunk.clone(); 3], d, now).keyed("/big");
+        let e =
+            NewEntry::new(StatusCode::OK, &h, vec![chunk.clone(); 3], d.clone(), now).keyed("/big");
         assert_eq!(e.body().len(), 3);
         assert_eq!(e.body_len(), 3 << 19);
         assert_eq!(e.body()[1].as_ptr(), chunk.as_ptr(), "not copied");
+        // A new entry made from it (a revalidation) shares its list of chunks.
+        let again = NewEntry::new(StatusCode::OK, &h, e.body(), d, now).keyed("/big");
+        let (Body::Many(a), Body::Many(b)) = (&e.meta().body, &again.meta().body) else {
+            panic!("chunks expected")
+        };
+        assert!(Arc::ptr_eq(a, b));
     }
 
     #[test]
