@@ -169,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
         println!("config ok");
         return Ok(());
     }
+    cdn_core::raise_open_file_limit();
     let udp = std::net::UdpSocket::bind(config.listen)
         .map_err(|e| anyhow::anyhow!("binding QUIC {}: {e}", config.listen))?;
     let admin = tokio::net::TcpListener::bind(config.admin)

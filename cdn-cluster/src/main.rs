@@ -76,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
     };
     cfg.node.capacity = cli.capacity;
     cfg.edge.capacity = cli.edge_capacity;
+    cdn_core::raise_open_file_limit();
     let cluster = Cluster::start(cfg).await?;
     println!("cdn-cluster is up");
     if let Some(s) = &cluster.stub {

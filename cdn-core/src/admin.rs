@@ -406,7 +406,7 @@ pub async fn serve_admin(
     prometheus();
     serve(
         listener,
-        ServerLimits::default(),
+        ServerLimits::admin(),
         shutdown,
         Duration::from_secs(2),
         move |req, _peer: SocketAddr| {

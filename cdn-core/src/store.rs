@@ -199,63 +199,7 @@ struct VaryMarker {
     variants: std::sync::atomic::AtomicUsize,
 }
 
-/// The field names a response varies on: `None` for `Vary: *` (never matches), empty when
-/// it does not vary.
-pub fn vary_names(headers: &HeaderMap) -> Option<Vec<http::HeaderName>> {
-    let mut names = Vec::new();
-    for v in headers.get_all(http::header::VARY) {
-        for t in v.to_str().unwrap_or("*").split(',') {
-            let t = t.trim();
-            if t == "*" {
-                return None;
-            }
-            if let Ok(n) = http::HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()) {
-                if !names.contains(&n) {
-                    names.push(n);
-                }
-            }
-        }
-    }
-    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    Some(names)
-}
-
-/// The storage key of the variant of `key` that `request` selects: the URL, then each named
-/// field's normalised value (lowercase, whitespace collapsed; `Accept-Encoding` reduced to
-/// the coding we would pick), separated by NUL so no URL can collide with a variant.
-pub fn variant_key(key: &str, names: &[http::HeaderName], request: &HeaderMap) -> String {
-    let mut out = String::from(key);
-    for n in names {
-        out.push('\0');
-        out.push_str(n.as_str());
-        out.push('=');
-        let joined: Vec<String> = request
-            .get_all(n)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(|v| {
-                v.split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-                    .to_ascii_lowercase()
-            })
-            .collect();
-        let value = joined.join(",");
-        if n == http::header::ACCEPT_ENCODING {
-            let coding = if value.contains("br") {
-                "br"
-            } else if value.contains("gzip") {
-                "gzip"
-            } else {
-                "identity"
-            };
-            out.push_str(coding);
-        } else {
-            out.push_str(&value);
-        }
-    }
-    out
-}
+pub use cdn_http::policy::{variant_key, vary_names};
 
 /// The URL part of a storage key.
 pub fn primary(storage_key: &str) -> &str {

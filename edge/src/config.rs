@@ -56,8 +56,18 @@ pub struct Config {
     pub origin_response_timeout_ms: u64,
     /// QUIC idle timeout to nodes.
     pub idle_timeout_ms: u64,
-    /// Time a client has to send request headers.
+    /// Time a client has to send a request head, counted from accept for the first request
+    /// (a connection that sends nothing is closed after it: Varnish's `timeout_idle` is 5 s,
+    /// nginx's `client_header_timeout` 60 s).
     pub header_read_timeout_ms: u64,
+    /// Time a client connection may sit idle between requests before it is closed (nginx's
+    /// `keepalive_timeout` is 75 s; a minute keeps browsers' connections without holding
+    /// abandoned ones for long).
+    pub keepalive_timeout_ms: u64,
+    /// Client connections served at once. Past it, the connection idle the longest is closed
+    /// to make room, and when every one is busy a new client gets 503 at once. Clamped to
+    /// three quarters of the open-file limit (the rest is for nodes, the origin and admin).
+    pub max_connections: usize,
     /// Deadline for every member to acknowledge a purge (see the node's setting).
     pub purge_timeout_ms: u64,
     /// `available` (default) or `strict`: what happens when invalidations may not arrive.
@@ -99,6 +109,8 @@ impl Default for Config {
             origin_response_timeout_ms: 30_000,
             idle_timeout_ms: 10_000,
             header_read_timeout_ms: 10_000,
+            keepalive_timeout_ms: 60_000,
+            max_connections: 10_000,
             purge_timeout_ms: 5_000,
             consistency: Consistency::Available,
             cache_set_cookie: false,
@@ -133,6 +145,8 @@ impl Config {
                 self.origin_response_timeout_ms,
             ),
             ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("keepalive_timeout_ms", self.keepalive_timeout_ms),
+            ("max_connections", self.max_connections as u64),
             ("purge_timeout_ms", self.purge_timeout_ms),
         ] {
             if v == 0 {

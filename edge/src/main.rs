@@ -123,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
         println!("config ok");
         return Ok(());
     }
+    cdn_core::raise_open_file_limit();
     let http = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;

@@ -31,6 +31,8 @@ const X_CACHE: &str = "x-cache";
 pub async fn run(edge: Arc<Edge>, listener: impl Listener, shutdown: CancellationToken) {
     let limits = ServerLimits {
         header_read_timeout: Duration::from_millis(edge.config.header_read_timeout_ms),
+        keepalive_timeout: Duration::from_millis(edge.config.keepalive_timeout_ms),
+        max_connections: edge.config.max_connections,
         ..ServerLimits::default()
     };
     serve(

@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use cdn_core::config::ByteSize;
-use cdn_core::http::{full, serve, text, Body, BoxError, ServerLimits};
+use cdn_http::config::ByteSize;
+use cdn_http::{full, serve, text, Body, BoxError, ServerLimits};
 use futures::stream;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -468,7 +468,7 @@ async fn handle(req: Request<Incoming>, config: Arc<Config>, stats: Arc<Stats>) 
         builder = builder.header(header::CONTENT_LENGTH, shape.size);
     }
     let body = if no_body {
-        cdn_core::http::empty()
+        cdn_http::empty()
     } else {
         body_stream(target, &shape)
     };

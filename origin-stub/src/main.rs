@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use cdn_core::config::{load_toml, parse_args, ByteSize};
+use cdn_http::config::{load_toml, parse_args, ByteSize};
 use clap::Parser;
 use origin_stub::{Config, OriginStub};
 use tokio_util::sync::CancellationToken;
@@ -31,7 +31,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    cdn_core::init_tracing();
+    cdn_http::init_tracing();
     let cli: Cli = parse_args();
     let mut config = match &cli.config {
         Some(p) => load_toml::<Config>(p).unwrap_or_else(|e| e.exit()),
@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(v) = cli.latency_ms {
         config.latency_ms = v;
     }
+    cdn_http::raise_open_file_limit();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
@@ -56,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     tokio::spawn(async move {
-        cdn_core::shutdown_signal().await;
+        cdn_http::shutdown_signal().await;
         s.cancel();
     });
     OriginStub::new(config).run(listener, shutdown).await;

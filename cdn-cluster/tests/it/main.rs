@@ -1,6 +1,7 @@
 //! End-to-end tests through real sockets (origin-stub, cache nodes over QUIC, edges over
 //! HTTP), and the same code on a simulated network (`sim`).
 
+mod abuse;
 mod cluster;
 mod limits;
 mod load;

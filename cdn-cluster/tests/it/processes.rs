@@ -115,18 +115,20 @@ struct NodeProc {
     child: Option<Child>,
 }
 
-struct EdgeProc {
-    http: SocketAddr,
-    admin: SocketAddr,
+pub(crate) struct EdgeProc {
+    pub(crate) http: SocketAddr,
+    pub(crate) admin: SocketAddr,
     child: Child,
 }
 
 /// Cache nodes and edges as processes, an origin-stub in this process.
-struct Fleet {
+pub(crate) struct Fleet {
     dir: tempfile::TempDir,
     origin: SocketAddr,
     nodes: Vec<NodeProc>,
-    edges: Vec<EdgeProc>,
+    pub(crate) edges: Vec<EdgeProc>,
+    // A command the edges run under (e.g. `prlimit --nofile=512:512 --`), or nothing.
+    edge_wrap: Vec<String>,
     _cores: crate::support::Cores,
 }
 
@@ -151,11 +153,23 @@ impl Fleet {
     /// `nodes` nodes and `edges` edges (edge config file lines in `edge_toml`), R = 2, each
     /// edge's L1 too small to keep 1 KiB objects so every request goes to the node tier.
     /// Returns once every node and edge lists every node alive.
-    async fn start(
+    pub(crate) async fn start(
         nodes: usize,
         edges: usize,
         edge_toml: &str,
         cores: crate::support::Cores,
+    ) -> Fleet {
+        Self::start_wrapped(nodes, edges, edge_toml, cores, &[]).await
+    }
+
+    /// [`Fleet::start`] with every edge run under `edge_wrap` (a command that execs the rest
+    /// of its arguments, e.g. `prlimit --nofile=512:512 --`).
+    pub(crate) async fn start_wrapped(
+        nodes: usize,
+        edges: usize,
+        edge_toml: &str,
+        cores: crate::support::Cores,
+        edge_wrap: &[&str],
     ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         assert!(Command::new(bin("cache-node"))
@@ -182,6 +196,7 @@ impl Fleet {
                 })
                 .collect(),
             edges: Vec::new(),
+            edge_wrap: edge_wrap.iter().map(|s| s.to_string()).collect(),
             _cores: cores,
         };
         for j in 0..nodes {
@@ -216,7 +231,7 @@ impl Fleet {
         self.nodes[j].child = Some(child.unwrap());
     }
 
-    fn log(&self, name: &str) -> PathBuf {
+    pub(crate) fn log(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("{name}.log"))
     }
 
@@ -249,7 +264,14 @@ impl Fleet {
         let log = self.log(&format!("edge-{i}"));
         for _ in 0..3 {
             let (http, admin) = (free_tcp(), free_tcp());
-            let mut cmd = Command::new(bin("edge"));
+            let mut cmd = match self.edge_wrap.split_first() {
+                Some((wrapper, args)) => {
+                    let mut c = Command::new(wrapper);
+                    c.args(args).arg(bin("edge"));
+                    c
+                }
+                None => Command::new(bin("edge")),
+            };
             cmd.arg("--config").arg(self.dir.path().join("edge.toml"));
             cmd.args(["--id", &format!("edge-{i}")])
                 .args(["--listen", &http.to_string()])

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::http::Body;
+use crate::Body;
 
 /// Why an origin request failed.
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +234,7 @@ impl Origin {
         // have been closed by the origin (the request went out, no response came back).
         let idempotent = req.method() == http::Method::GET || req.method() == http::Method::HEAD;
         let retry = (idempotent && http_body::Body::is_end_stream(req.body())).then(|| {
-            let mut again = Request::new(crate::http::empty());
+            let mut again = Request::new(crate::empty());
             *again.method_mut() = req.method().clone();
             *again.uri_mut() = req.uri().clone();
             *again.headers_mut() = req.headers().clone();

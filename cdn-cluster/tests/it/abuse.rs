@@ -1,0 +1,253 @@
+//! Abuse of an edge's client port, through the real binaries: connections that never send a
+//! request, slow request heads, idle keep-alive connections, and a connection flood at the
+//! process's open-file limit.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::processes::Fleet;
+use crate::support::{self, Cores};
+
+/// Reads (and discards) until the server closes the connection; how long after `from` that
+/// was, or `None` if it was still open after `limit`.
+async fn closed_after(mut s: TcpStream, from: Instant, limit: Duration) -> Option<Duration> {
+    let mut buf = [0u8; 4096];
+    let read_to_end = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_to_end)
+        .await
+        .ok()
+        .map(|()| from.elapsed())
+}
+
+/// A load of node-tier GETs through `edge` while an attack runs; its report.
+fn hits_during(edge: SocketAddr, secs: u64) -> tokio::task::JoinHandle<loadgen::Report> {
+    let opts = loadgen::Options {
+        targets: vec![edge],
+        connections: 8,
+        duration: Duration::from_secs(secs),
+        path: "/abuse/{key}?size=1024&cc=max-age%3D600".into(),
+        keys: 50,
+        rate: Some(500.0),
+        ..Default::default()
+    };
+    tokio::spawn(async move { loadgen::run(opts).await.expect("load runs") })
+}
+
+fn print(what: &str, r: &loadgen::Report) {
+    eprintln!(
+        "{what}: {} requests, errors {}, p50 {} us, p99 {} us, max {} us",
+        r.requests, r.errors, r.p50_us, r.p99_us, r.max_us
+    );
+}
+
+/// Slowloris and idle floods: a connection that sends nothing, or a request head a byte at a
+/// time, is closed `header_read_timeout_ms` after accept; one idle after a response is closed
+/// `keepalive_timeout_ms` after it. Before this, 200 silent connections were still open after
+/// 95 s (hyper's header timer starts only with the first byte).
+#[tokio::test]
+async fn silent_slow_and_idle_connections_are_closed_on_time() {
+    let (header_ms, keepalive_ms) = (1_000u64, 2_000u64);
+    let shared = Cores::Sharing(support::sharing().await);
+    let toml =
+        format!("header_read_timeout_ms = {header_ms}\nkeepalive_timeout_ms = {keepalive_ms}\n");
+    let f = Fleet::start(1, 1, &toml, shared).await;
+    let edge = f.edges[0].http;
+    // Bound for "on time": the timeout plus what a loaded 2-core CI machine may add.
+    let slack = Duration::from_secs(3);
+    let load = hits_during(edge, 3);
+
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        let s = TcpStream::connect(edge).await.unwrap();
+        let t = Instant::now();
+        silent.push(tokio::spawn(closed_after(
+            s,
+            t,
+            Duration::from_millis(header_ms) + slack,
+        )));
+    }
+    let mut slow = Vec::new();
+    for i in 0..20 {
+        let mut s = TcpStream::connect(edge).await.unwrap();
+        let t = Instant::now();
+        slow.push(tokio::spawn(async move {
+            s.write_all(format!("GET /slow/{i} HTTP/1.1\r\nhost: a\r\n").as_bytes())
+                .await
+                .unwrap();
+            // One more byte of head every 200 ms: never a whole head.
+            let (mut rd, mut wr) = s.into_split();
+            let trickle = async {
+                for b in b"x-trickle: ".iter().cycle() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if wr.write_all(&[*b]).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let mut buf = [0u8; 1024];
+            let closed = async {
+                loop {
+                    match rd.read(&mut buf).await {
+                        Ok(0) | Err(_) => return t.elapsed(),
+                        Ok(_) => {}
+                    }
+                }
+            };
+            tokio::select! {
+                () = trickle => None,
+                d = closed => Some(d),
+                () = tokio::time::sleep(Duration::from_millis(header_ms) + slack) => None,
+            }
+        }));
+    }
+    let mut idle = Vec::new();
+    for i in 0..20 {
+        let mut s = TcpStream::connect(edge).await.unwrap();
+        s.write_all(format!("GET /idle/{i}?size=16 HTTP/1.1\r\nhost: a\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        // The response ends after this moment, so the keep-alive close comes at least a
+        // timeout after it.
+        let t = Instant::now();
+        idle.push(tokio::spawn(closed_after(
+            s,
+            t,
+            Duration::from_millis(keepalive_ms) + slack,
+        )));
+    }
+
+    let check = |what: &str, got: Vec<Option<Duration>>, timeout_ms: u64| {
+        let n = got.len();
+        let closed: Vec<Duration> = got.into_iter().flatten().collect();
+        assert_eq!(
+            closed.len(),
+            n,
+            "{} of {n} {what} connections still open {:?} after their timeout",
+            n - closed.len(),
+            slack
+        );
+        let (min, max) = (closed.iter().min().unwrap(), closed.iter().max().unwrap());
+        eprintln!("{n} {what} connections closed after {min:?}..{max:?} (timeout {timeout_ms} ms)");
+        // Never early (a little scheduling jitter aside).
+        assert!(
+            *min >= Duration::from_millis(timeout_ms * 9 / 10),
+            "{what}: closed after {min:?}, before the {timeout_ms} ms timeout"
+        );
+    };
+    let joined = |v: Vec<tokio::task::JoinHandle<Option<Duration>>>| async {
+        let mut out = Vec::new();
+        for h in v {
+            out.push(h.await.unwrap());
+        }
+        out
+    };
+    check("silent", joined(silent).await, header_ms);
+    check("slow-head", joined(slow).await, header_ms);
+    check("idle keep-alive", joined(idle).await, keepalive_ms);
+
+    let report = load.await.unwrap();
+    print(
+        "node-tier GETs during the slow and idle connections",
+        &report,
+    );
+    assert_eq!(report.errors, 0, "ordinary clients were served throughout");
+}
+
+/// A flood of idle connections far past the edge's open-file limit (512 here): new clients
+/// are still served, and so are the admin API and the edge's links to the node tier and the
+/// origin, because the edge holds client connections under a budget and closes the longest
+/// idle one to make room. Before this, the edge hit EMFILE, logged it in a burst, and new
+/// clients timed out.
+#[tokio::test]
+async fn a_connection_flood_at_the_open_file_limit_does_not_lock_clients_out() {
+    let shared = Cores::Sharing(support::sharing().await);
+    let f = Fleet::start_wrapped(1, 1, "", shared, &["prlimit", "--nofile=512:512", "--"]).await;
+    let (edge, admin) = (f.edges[0].http, f.edges[0].admin);
+
+    // 2,000 connections that send nothing, all open at once from the attacker's side.
+    let connects = (0..2_000).map(|_| async move {
+        tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(edge))
+            .await
+            .ok()
+            .and_then(Result::ok)
+    });
+    let flood: Vec<TcpStream> = futures::future::join_all(connects)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    eprintln!("flood: {} of 2000 connections open", flood.len());
+    assert!(
+        flood.len() >= 1_000,
+        "the flood got {} connections",
+        flood.len()
+    );
+
+    let load = hits_during(edge, 2);
+    // New clients, each on a new connection, during the flood: fresh keys go through the
+    // node tier (QUIC) to the origin, so the edge still has descriptors for its links.
+    let mut took = Vec::new();
+    for i in 0..20 {
+        let t = Instant::now();
+        let path = format!("/flooded/{i}?size=64");
+        let got = tokio::time::timeout(
+            Duration::from_secs(3),
+            support::send(edge, http::Method::GET, &path, false, None),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} during the flood: no answer in 3 s"))
+        .unwrap_or_else(|e| panic!("GET {path} during the flood: {e}"));
+        took.push(t.elapsed());
+        assert_eq!(got.status, http::StatusCode::OK);
+        assert_eq!(&got.body[..], &support::expected(&path, 64)[..]);
+        assert!(
+            got.header("x-cache").contains("from node-0"),
+            "served through the node tier: {}",
+            got.header("x-cache")
+        );
+    }
+    took.sort();
+    eprintln!(
+        "new clients during the flood: median {:?}, max {:?}",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+    let health = tokio::time::timeout(
+        Duration::from_secs(3),
+        support::send(admin, http::Method::GET, "/healthz", false, None),
+    )
+    .await
+    .expect("the admin API answers during the flood")
+    .expect("admin GET");
+    assert!(health.status.is_success());
+    let report = load.await.unwrap();
+    print("node-tier GETs during the flood", &report);
+    assert_eq!(
+        report.errors, 0,
+        "clients with connections of their own were served"
+    );
+
+    drop(flood);
+    let log = std::fs::read_to_string(f.log("edge-0")).unwrap_or_default();
+    let emfile = log.matches("Too many open files").count();
+    assert_eq!(emfile, 0, "the edge ran out of descriptors:\n{log}");
+    let t = Instant::now();
+    let got = support::get(edge, "/after-the-flood?size=8").await;
+    assert_eq!(got.status, http::StatusCode::OK);
+    let after = t.elapsed();
+    eprintln!("first request after the flood: {after:?}");
+    assert!(
+        after < Duration::from_millis(500),
+        "served at once after the flood, not after {after:?}"
+    );
+}
