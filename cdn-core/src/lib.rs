@@ -10,6 +10,8 @@
 //!   [`compact`], our own engine with a smaller cost per entry.
 //! - [`fill`]: coalescing of concurrent misses into one upstream fetch, streamed to every
 //!   waiter while it fills (read-while-writer).
+//! - [`read_path`]: the one read path both tiers compose: store, freshness, coalesced fill,
+//!   then their sources in order (cache nodes, the origin).
 //! - [`origin`]: the HTTP client to the origin.
 //! - [`peers`]: pooled QUIC connections to cache nodes, `Hello`, member list, inbound streams.
 //! - [`range`]: byte-range answers (206/416, If-Range) from stored bodies.
@@ -32,6 +34,7 @@ pub mod purge;
 pub mod push;
 pub mod quic;
 pub mod range;
+pub mod read_path;
 pub mod store;
 pub mod tls;
 pub mod upstream;
