@@ -5,7 +5,8 @@
 //! - [`config`]: the typed config (TOML + flags) and its validation.
 //! - [`inbound`]: streams nodes open towards the edge (invalidations).
 //! - [`ops`]: push and prewarm, as accepted on the admin API.
-//! - [`server`]: the HTTP request handling (hit, coalesced miss, pass).
+//! - [`server`]: the HTTP request handling: read-path answers as HTTP (ranges, 304s,
+//!   `X-Cache`), pass-through of other methods, `PURGE`.
 //! - this file: [`Edge`] (shared state and counters), [`start`] and its [`EdgeHandle`].
 #![forbid(unsafe_code)]
 
