@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cdn_core::admin::{AdminState, Metric};
-use cdn_core::fill::{Coalescer, Head};
 use cdn_core::origin::Origin;
 use cdn_core::peers::{Me, PeerPool, PurgeReport, Timeouts};
+use cdn_core::read_path::{ReadEvent, ReadEvents, ReadPath, ReadSettings, Source, SourceKind};
 use cdn_core::store::Store;
 use cdn_core::tls::TlsMaterial;
 use cdn_proto::{Invalidation, Member, MemberState};
@@ -52,6 +52,17 @@ pub enum NodeError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// Faults a test can switch on in a running node. Only with the `fault-injection` feature,
+/// which the test crates enable: a release binary checks nothing of this on its requests.
+#[cfg(feature = "fault-injection")]
+#[derive(Default)]
+struct Faults {
+    // While set, requests are accepted and never answered (a hung node).
+    stalled: std::sync::atomic::AtomicBool,
+    // While set, responses break off right after their head.
+    breaking: std::sync::atomic::AtomicBool,
 }
 
 /// Counters named after events; tests and `/status` read them.
@@ -98,24 +109,39 @@ impl Stats {
     }
 }
 
+/// The read path's events, under the node's counter names.
+impl ReadEvents for Stats {
+    fn event(&self, e: ReadEvent) {
+        match e {
+            ReadEvent::Hit => Stats::inc(&self.hits),
+            ReadEvent::Stale => Stats::inc(&self.stale),
+            ReadEvent::Miss => Stats::inc(&self.misses),
+            ReadEvent::Coalesced => Stats::inc(&self.coalesced),
+            ReadEvent::Fetch(SourceKind::Owners) => Stats::inc(&self.parent_fetches),
+            ReadEvent::Fetch(SourceKind::Origin) => Stats::inc(&self.origin_fetches),
+            // Parent owners that failed before a head are logged, not counted.
+            ReadEvent::SourceFailures(..) => {}
+        }
+    }
+}
+
 /// A node's shared state.
 pub struct Node {
     config: Config,
-    store: Store,
-    fills: Coalescer<Head>,
-    origin: Origin,
-    stats: Stats,
+    // The store, the fills in progress, and the sources a miss is filled from (the parent
+    // region's owners when `parent_region` is set, then the origin).
+    reads: Arc<ReadPath>,
+    // Shared with `reads`, which counts its events here.
+    stats: Arc<Stats>,
     member: Member,
     links: Arc<links::Links>,
     peers: Arc<PeerPool>,
-    next_purge_id: AtomicU64,
-    // Fault injection: while set, requests are accepted and never answered (a hung node).
-    stalled: std::sync::atomic::AtomicBool,
-    // Fault injection: while set, responses break off right after their head.
-    breaking: std::sync::atomic::AtomicBool,
+    // Shared with `reads`, which numbers its requests to the parent region from it.
+    next_purge_id: Arc<AtomicU64>,
+    // Fault injection (tests only, behind the `fault-injection` feature).
+    #[cfg(feature = "fault-injection")]
+    faults: Faults,
     membership: Arc<cdn_core::membership::Membership>,
-    // The parent region's nodes, asked before the origin (when `parent_region` is set).
-    parent: Option<cdn_core::upstream::Upstream>,
     // Set once the node announced it leaves; the endpoint then closes with `LEAVING`.
     leaving: std::sync::atomic::AtomicBool,
     // Requests being served, for draining on shutdown.
@@ -143,7 +169,7 @@ impl Drop for InFlight<'_> {
 impl Node {
     /// The store.
     pub fn store(&self) -> &Store {
-        &self.store
+        self.reads.store()
     }
 
     /// Counters.
@@ -163,14 +189,33 @@ impl Node {
 
     /// Makes the node hang (accept requests, never answer) or recover: the in-process
     /// stand-in for SIGSTOP in fault tests.
+    #[cfg(feature = "fault-injection")]
     pub fn set_stalled(&self, stalled: bool) {
-        self.stalled.store(stalled, Ordering::SeqCst);
+        self.faults.stalled.store(stalled, Ordering::SeqCst);
     }
 
     /// Makes the node break every response off after its head, or stop doing so: a node
     /// dying mid-response, for fault tests.
+    #[cfg(feature = "fault-injection")]
     pub fn set_breaking(&self, breaking: bool) {
-        self.breaking.store(breaking, Ordering::SeqCst);
+        self.faults.breaking.store(breaking, Ordering::SeqCst);
+    }
+
+    /// Whether requests are to hang (fault injection; always false in a release build).
+    pub(crate) fn is_stalled(&self) -> bool {
+        #[cfg(feature = "fault-injection")]
+        return self.faults.stalled.load(Ordering::SeqCst);
+        #[cfg(not(feature = "fault-injection"))]
+        false
+    }
+
+    /// Whether responses are to break off after their head (fault injection; always false
+    /// in a release build).
+    pub(crate) fn is_breaking(&self) -> bool {
+        #[cfg(feature = "fault-injection")]
+        return self.faults.breaking.load(Ordering::SeqCst);
+        #[cfg(not(feature = "fault-injection"))]
+        false
     }
 
     /// Requests being served right now.
@@ -210,12 +255,12 @@ impl Node {
 
     /// Applies an invalidation to the store and detaches matching fills in progress.
     pub async fn apply_purge(&self, inv: &Invalidation) -> u64 {
-        self.fills.detach_if(|key, head| {
+        self.reads.fills().detach_if(|key, head| {
             let tags = head.map(|h| cdn_core::purge::surrogate_keys(&h.headers));
             cdn_core::purge::matches(inv, key, tags.as_deref().unwrap_or(&[]))
                 || (head.is_none() && !inv.tags.is_empty())
         });
-        let n = self.store.purge(inv).await;
+        let n = self.store().purge(inv).await;
         Stats::inc(&self.stats.purges);
         self.stats.purged.fetch_add(n, Ordering::Relaxed);
         self.recent_purges.record(inv, n);
@@ -332,9 +377,9 @@ impl AdminState for Node {
             "inflight": self.inflight(),
             "edges": self.links.connected_edges(),
             "purges": Stats::get(&s.purges),
-            "entries": self.store.entry_count(),
-            "bytes": self.store.weighted_size(),
-            "capacity": self.store.capacity(),
+            "entries": self.store().entry_count(),
+            "bytes": self.store().weighted_size(),
+            "capacity": self.store().capacity(),
             "requests": Stats::get(&s.requests),
             "hits": Stats::get(&s.hits),
             "misses": Stats::get(&s.misses),
@@ -391,26 +436,26 @@ impl AdminState for Node {
             Metric::gauge(
                 "cdn_node_store_entries",
                 "Entries stored.",
-                self.store.entry_count(),
+                self.store().entry_count(),
             )
             .label("member", id.clone()),
             Metric::gauge(
                 "cdn_node_store_bytes",
                 "Bytes stored (weighed).",
-                self.store.weighted_size(),
+                self.store().weighted_size(),
             )
             .label("member", id.clone()),
             Metric::gauge(
                 "cdn_node_store_capacity_bytes",
                 "Configured capacity.",
-                self.store.capacity(),
+                self.store().capacity(),
             )
             .label("member", id.clone()),
         ]
         .into_iter()
         .chain(cdn_core::admin::common_metrics(
             &id,
-            &self.store,
+            self.store(),
             &self.peers,
         ))
         .collect()
@@ -567,26 +612,64 @@ pub async fn start_on(
         config.gossip(),
         shutdown.clone(),
     );
-    let node = Arc::new(Node {
-        store: Store::with_engine(config.capacity.0, config.eviction, config.store_engine),
-        fills: Coalescer::default(),
-        origin,
-        stats: Stats::default(),
-        member,
-        links: Arc::default(),
-        peers: peers.clone(),
-        next_purge_id: AtomicU64::new(1),
-        stalled: std::sync::atomic::AtomicBool::new(false),
-        breaking: std::sync::atomic::AtomicBool::new(false),
-        membership,
-        parent: config.parent_region.as_ref().map(|p| {
-            cdn_core::upstream::Upstream::new(peers.clone(), config.replicas, None)
-                .in_region(p, false)
-        }),
-        leaving: std::sync::atomic::AtomicBool::new(false),
-        inflight: tokio::sync::watch::Sender::new(0),
-        recent_purges: cdn_core::purge::Recent::default(),
-        config,
+    let stats = Arc::new(Stats::default());
+    let next_purge_id = Arc::new(AtomicU64::new(1));
+    // A region with a parent asks the parent's owners first: they fill from the origin once
+    // for every child region (and coalesce concurrent misses from all of them).
+    let mut sources: Vec<Source> = config
+        .parent_region
+        .as_ref()
+        .map(|p| {
+            let parent = cdn_core::upstream::Upstream::new(peers.clone(), config.replicas, None)
+                .in_region(p, false);
+            Source::Owners(Arc::new(parent))
+        })
+        .into_iter()
+        .collect();
+    sources.push(Source::Origin(Arc::new(origin)));
+    let reads = ReadPath::new(
+        Store::with_engine(config.capacity.0, config.eviction, config.store_engine),
+        sources,
+        ReadSettings {
+            honour_client_no_cache: config.honour_client_no_cache,
+            max_object: config.max_object(),
+            rules: config.rules(),
+        },
+        stats.clone(),
+        next_purge_id.clone(),
+    );
+    let node = Arc::new_cyclic(|me: &std::sync::Weak<Node>| {
+        // After every fill, copy the new entry to the key's other owners. Weak: the node owns
+        // the read path, which owns this hook.
+        let me = me.clone();
+        let reads = reads.with_after_fill(Arc::new(
+            move |key: String,
+                  headers: http::HeaderMap,
+                  started: std::time::SystemTime|
+                  -> futures::future::BoxFuture<'static, ()> {
+                let me = me.clone();
+                Box::pin(async move {
+                    if let Some(node) = me.upgrade() {
+                        node.replicate(&key, &headers, started).await;
+                    }
+                })
+            },
+        ));
+        Node {
+            reads: Arc::new(reads),
+            stats,
+            member,
+            links: Arc::default(),
+            peers: peers.clone(),
+            next_purge_id,
+            #[cfg(feature = "fault-injection")]
+            faults: Faults::default(),
+            membership,
+            leaving: std::sync::atomic::AtomicBool::new(false),
+            inflight: tokio::sync::watch::Sender::new(0),
+            recent_purges: cdn_core::purge::Recent::default(),
+            config,
+        }
     });
     // Every change of the member list goes to the edges linked here.
     let (n, s) = (node.clone(), shutdown.clone());

@@ -172,8 +172,7 @@ async fn main() -> anyhow::Result<()> {
     cdn_core::raise_open_file_limit();
     let udp = std::net::UdpSocket::bind(config.listen)
         .map_err(|e| anyhow::anyhow!("binding QUIC {}: {e}", config.listen))?;
-    let admin = tokio::net::TcpListener::bind(config.admin)
-        .await
+    let admin = cdn_core::http::listen(config.admin)
         .map_err(|e| anyhow::anyhow!("binding admin {}: {e}", config.admin))?;
     let shutdown = CancellationToken::new();
     let handle = cache_node::start(config, &tls, udp, admin, shutdown.clone()).await?;

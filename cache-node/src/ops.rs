@@ -93,7 +93,7 @@ impl Node {
     /// that cannot take it now fills on its own later. Responses with `Vary` are not copied
     /// (a push carries no request to pick the variant by).
     pub async fn replicate(&self, key: &str, request: &http::HeaderMap, since: SystemTime) {
-        let Some(entry) = self.store.lookup(key, request).await else {
+        let Some(entry) = self.store().lookup(key, request).await else {
             return;
         };
         if entry.stored_at() < since || entry.fields().get("vary").is_some() {
@@ -131,7 +131,7 @@ impl Node {
     /// Stores a pushed object here.
     pub async fn store_pushed(&self, obj: &PushObject) -> Result<(), String> {
         let entry = obj.entry(SystemTime::now(), &self.config.rules())?;
-        self.store.insert_pushed(&obj.key, entry).await;
+        self.store().insert_pushed(&obj.key, entry).await;
         Ok(())
     }
 

@@ -4,13 +4,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use cdn_core::fill::{self, Coalescer, FillErrorKind, FlightReader, Head, Joined, Served};
+use cdn_core::fill::{FillErrorKind, FlightReader, Head};
 use cdn_core::policy;
 use cdn_core::quic::{
     codes, fields_from_headers, headers_from_fields, send_data, send_entry, send_frame,
     FrameReader, WireError,
 };
-use cdn_core::store::Freshness;
+use cdn_core::read_path::Lookup;
 use cdn_proto::{CacheStatus, ErrorCode, Frame, Role};
 use tokio_util::sync::CancellationToken;
 
@@ -113,7 +113,7 @@ async fn serve_stream(
                 )
                 .await;
             }
-            while node.stalled.load(std::sync::atomic::Ordering::SeqCst) {
+            while node.is_stalled() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let rid = headers
@@ -234,6 +234,7 @@ async fn refuse(
     answer(send, &[Frame::Error { code, message }]).await
 }
 
+/// A GET from an edge: the read path (store, then a coalesced fill), answered as frames.
 async fn serve_request(
     node: &Arc<Node>,
     key: &str,
@@ -241,61 +242,33 @@ async fn serve_request(
     send: &mut quinn::SendStream,
 ) -> Result<(), WireError> {
     let now = SystemTime::now();
-    let mut stale = None;
-    let refresh = node.config.honour_client_no_cache && policy::client_wants_fresh(headers);
-    if let Some(entry) = node.store.lookup(key, headers).await {
-        let freshness = if refresh {
-            Freshness::Stale {
-                while_revalidate: false,
-                on_error: entry.serve_on_error(now),
-            }
-        } else {
-            entry.freshness(now)
-        };
-        match freshness {
-            Freshness::Fresh => {
-                Stats::inc(&node.stats.hits);
-                return respond_entry(node, send, &entry, CacheStatus::Hit, headers, now).await;
-            }
-            Freshness::Stale {
-                while_revalidate: true,
-                ..
-            } => {
-                // Serve the stale copy now; one background request refreshes it.
-                Stats::inc(&node.stats.stale);
-                revalidate_in_background(node, key, headers, entry.clone()).await;
-                return respond_entry(node, send, &entry, CacheStatus::Stale, headers, now).await;
-            }
-            Freshness::Stale { .. } => stale = Some(entry),
+    let stale = match node.reads.lookup(key, headers, now).await {
+        Lookup::Stored { entry, outcome } => {
+            return respond_entry(node, send, &entry, outcome, headers, now).await
         }
-    }
-    if policy::only_if_cached(headers) {
-        // A hedge (or a client's only-if-cached): never start an origin fill for it.
-        return refuse(
-            send,
-            ErrorCode::NotCached,
-            format!("{key} is not stored here"),
-        )
-        .await;
-    }
-    Stats::inc(&node.stats.misses);
+        Lookup::NotCached => {
+            // A hedge (or a client's only-if-cached): never start an origin fill for it.
+            return refuse(
+                send,
+                ErrorCode::NotCached,
+                format!("{key} is not stored here"),
+            )
+            .await;
+        }
+        Lookup::Miss { stale } => stale,
+    };
     // Tell the edge we are alive and filling: a slow answer now is the origin's, not ours.
     send_frame(send, &Frame::Pending).await?;
-    let reader = join_fill(node, key, headers, stale).await;
-    let own = match reader.head().await {
-        // Someone else's private response, or another variant: fetch our own, unshared.
-        Err(e) if e.kind == FillErrorKind::NotShared => true,
-        Ok(h) => !reader.is_leader() && !fill::fits(&h, key, headers),
-        Err(_) => false,
-    };
-    if own {
-        // Let go of the other flight first: a reader holds back a pass-through writer.
-        drop(reader);
-        let (w, r) = Coalescer::solo();
-        spawn_origin_fetch(node.clone(), key.to_string(), headers.clone(), None, w);
-        stream_flight(node, r, headers, send).await
-    } else {
-        stream_flight(node, reader, headers, send).await
+    match node.reads.fill(key, headers, stale).await {
+        Ok((reader, head)) => stream_flight(node, reader, &head, headers, send).await,
+        Err(e) => {
+            let code = match e.kind {
+                FillErrorKind::Unreachable => ErrorCode::OriginUnreachable,
+                _ => ErrorCode::OriginBroken,
+            };
+            Stats::inc(&node.stats.errors);
+            refuse(send, code, e.message.to_string()).await
+        }
     }
 }
 
@@ -316,7 +289,7 @@ async fn respond_entry(
         );
         return send_not_modified(node, send, &headers, cache).await;
     }
-    if node.breaking.load(std::sync::atomic::Ordering::SeqCst) {
+    if node.is_breaking() {
         return break_mid_body(node, send, entry, cache).await;
     }
     let n = send_entry(send, entry, cache, &node.config.id, now).await?;
@@ -373,124 +346,15 @@ async fn break_mid_body(
     Ok(())
 }
 
-/// Starts a refresh of `key` unless one is already running (then it is that one).
-async fn revalidate_in_background(
-    node: &Arc<Node>,
-    key: &str,
-    headers: &http::HeaderMap,
-    stale: cdn_core::store::Entry,
-) {
-    if let Joined::Leader(w, _) = node.fills.join(&node.store.flight_key(key, headers).await) {
-        spawn_origin_fetch(
-            node.clone(),
-            key.to_string(),
-            headers.clone(),
-            Some(stale),
-            w,
-        );
-    }
-}
-
-/// Joins (or leads) the fill for `key`; a leader starts the origin fetch in its own task, so
-/// the fill completes for the other waiters even if this request goes away. `stale` is the
-/// expired entry to revalidate, if any.
-async fn join_fill(
-    node: &Arc<Node>,
-    key: &str,
-    headers: &http::HeaderMap,
-    stale: Option<cdn_core::store::Entry>,
-) -> FlightReader<Head> {
-    match node.fills.join(&node.store.flight_key(key, headers).await) {
-        Joined::Leader(w, r) => {
-            let now = SystemTime::now();
-            match node.store.lookup(key, headers).await {
-                // Not the entry this fill was started to refresh (a client's no-cache).
-                Some(e) if e.is_fresh(now) && !stale.as_ref().is_some_and(|s| s.same(&e)) => {
-                    fill::complete_from_entry(w, key, headers, &e, now, Served::Fetched)
-                }
-                _ => spawn_origin_fetch(node.clone(), key.to_string(), headers.clone(), stale, w),
-            }
-            r
-        }
-        Joined::Follower(r) => {
-            Stats::inc(&node.stats.coalesced);
-            r
-        }
-    }
-}
-
-fn spawn_origin_fetch(
-    node: Arc<Node>,
-    key: String,
-    headers: http::HeaderMap,
-    stale: Option<cdn_core::store::Entry>,
-    w: fill::FlightWriter<Head>,
-) {
-    tokio::spawn(async move {
-        let rules = node.config.rules();
-        let into = fill::Sink {
-            store: &node.store,
-            max_object: node.config.max_object(),
-            rules: &rules,
-        };
-        let started = SystemTime::now();
-        // A region with a parent asks the parent's owners first: they fill from the origin
-        // once for every child region (and coalesce concurrent misses from all of them).
-        let w = match &node.parent {
-            Some(parent) if !parent.owners(&key).is_empty() => {
-                let id = node
-                    .next_purge_id
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Stats::inc(&node.stats.parent_fetches);
-                match parent
-                    .fill(id, &key, &headers, &into, stale.as_ref(), w)
-                    .await
-                {
-                    Ok(Ok(())) => {
-                        node.replicate(&key, &headers, started).await;
-                        return;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(%key, error = %e, "parent fill failed after the head");
-                        return;
-                    }
-                    Err((w, failures)) => {
-                        for f in &failures {
-                            tracing::debug!(%key, error = %f, "parent region owner failed");
-                        }
-                        w
-                    }
-                }
-            }
-            _ => w,
-        };
-        Stats::inc(&node.stats.origin_fetches);
-        match fill::fetch_origin(&node.origin, &into, &key, &headers, stale, w).await {
-            Ok(()) => node.replicate(&key, &headers, started).await,
-            Err(e) => tracing::warn!(%key, error = %e, "origin fill failed"),
-        }
-    });
-}
-
 /// Streams a flight to the edge: head, each chunk as it arrives, `End`. A failure after the
 /// head sends `Error` and resets the stream, so the edge never takes a short body as whole.
 async fn stream_flight(
     node: &Arc<Node>,
     mut reader: FlightReader<Head>,
+    head: &Head,
     request: &http::HeaderMap,
     send: &mut quinn::SendStream,
 ) -> Result<(), WireError> {
-    let head = match reader.head().await {
-        Ok(h) => h,
-        Err(e) => {
-            let code = match e.kind {
-                FillErrorKind::Unreachable => ErrorCode::OriginUnreachable,
-                _ => ErrorCode::OriginBroken,
-            };
-            Stats::inc(&node.stats.errors);
-            return refuse(send, code, e.message.to_string()).await;
-        }
-    };
     let cache = head.outcome();
     if head.status == http::StatusCode::OK && policy::not_modified(request, &head.headers) {
         return send_not_modified(node, send, &head.headers, cache).await;
@@ -510,7 +374,7 @@ async fn stream_flight(
         },
     )
     .await?;
-    if node.breaking.load(std::sync::atomic::Ordering::SeqCst) {
+    if node.is_breaking() {
         // Fault injection: the head, then the end of the stream without a body or `End`.
         send.finish()?;
         return Ok(());

@@ -11,7 +11,6 @@ use anyhow::Context;
 use cache_node::NodeHandle;
 use cdn_core::tls::TlsMaterial;
 use edge::EdgeHandle;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// What to start.
@@ -108,9 +107,9 @@ impl Cluster {
         let (origin_url, stub) = match &cfg.origin {
             Some(url) => (url.clone(), None),
             None => {
-                let listener = TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .context("binding origin-stub")?;
+                let listener =
+                    cdn_core::http::listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+                        .context("binding origin-stub")?;
                 let addr = listener.local_addr()?;
                 let stub = origin_stub::OriginStub::new(cfg.origin_stub.clone());
                 let stats = stub.stats();
@@ -144,12 +143,16 @@ impl Cluster {
             if let Some(r) = cfg.edge_regions.get(i) {
                 c.region = r.clone();
             }
-            let http = TcpListener::bind(("127.0.0.1", port(cfg.edge_port, i)?))
-                .await
-                .with_context(|| format!("binding edge-{i} HTTP port"))?;
-            let admin = TcpListener::bind(("127.0.0.1", port(cfg.admin_port, i)?))
-                .await
-                .with_context(|| format!("binding edge-{i} admin port"))?;
+            let http = cdn_core::http::listen(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                port(cfg.edge_port, i)?,
+            )))
+            .with_context(|| format!("binding edge-{i} HTTP port"))?;
+            let admin = cdn_core::http::listen(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                port(cfg.admin_port, i)?,
+            )))
+            .with_context(|| format!("binding edge-{i} admin port"))?;
             c.listen = http.local_addr()?;
             c.admin = admin.local_addr()?;
             let h = edge::start(c, &tls, http, admin, shutdown.child_token())
@@ -297,9 +300,11 @@ async fn start_node(
         c.region = region.clone();
         c.parent_region = parent.clone();
     }
-    let admin = TcpListener::bind(("127.0.0.1", port(cfg.admin_port, 50 + j)?))
-        .await
-        .with_context(|| format!("binding node-{j} admin port"))?;
+    let admin = cdn_core::http::listen(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        port(cfg.admin_port, 50 + j)?,
+    )))
+    .with_context(|| format!("binding node-{j} admin port"))?;
     c.admin = admin.local_addr()?;
     cache_node::start(c, tls, udp, admin, shutdown.child_token())
         .await

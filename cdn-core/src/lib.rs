@@ -12,6 +12,8 @@
 //!   [`compact`], our own engine with a smaller cost per entry.
 //! - [`fill`]: coalescing of concurrent misses into one upstream fetch, streamed to every
 //!   waiter while it fills (read-while-writer).
+//! - [`read_path`]: the one read path both tiers compose: store, freshness, coalesced fill,
+//!   then their sources in order (cache nodes, the origin).
 //! - [`peers`]: pooled QUIC connections to cache nodes, `Hello`, member list, inbound streams.
 //! - [`quic`]: frame I/O over quinn streams.
 //! - [`tls`]: cluster CA, member certificates, mutual-TLS QUIC configurations.
@@ -28,6 +30,7 @@ pub mod peers;
 pub mod purge;
 pub mod push;
 pub mod quic;
+pub mod read_path;
 pub mod store;
 pub mod tls;
 pub mod upstream;

@@ -176,9 +176,11 @@ pub struct PeerPool {
     inbound: OnceLock<Arc<dyn Inbound>>,
     // Counts connections established, for whoever waits for a reconnect (tests, readiness).
     connects: watch::Sender<u64>,
-    // Fault injection: while set, no connection is made and existing ones are closed.
+    // Fault injection (tests only): while set, no connection is made and existing ones are
+    // closed; and single links: addresses not to connect to.
+    #[cfg(feature = "fault-injection")]
     severed: std::sync::atomic::AtomicBool,
-    // Fault injection for single links: addresses not to connect to.
+    #[cfg(feature = "fault-injection")]
     severed_peers: Mutex<std::collections::HashSet<SocketAddr>>,
     // Ourselves, for tasks that outlive a call (set by `PeerPool::new`).
     weak: OnceLock<std::sync::Weak<PeerPool>>,
@@ -198,7 +200,9 @@ impl PeerPool {
             timeouts,
             inbound: OnceLock::new(),
             connects: watch::Sender::new(0),
+            #[cfg(feature = "fault-injection")]
             severed: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(feature = "fault-injection")]
             severed_peers: Mutex::default(),
             weak: OnceLock::new(),
         });
@@ -207,6 +211,7 @@ impl PeerPool {
     }
 
     /// Cuts the link to the node at `addr` and refuses it until [`PeerPool::restore_peer`].
+    #[cfg(feature = "fault-injection")]
     pub async fn sever_peer(&self, addr: SocketAddr) {
         self.severed_peers
             .lock()
@@ -221,6 +226,7 @@ impl PeerPool {
     }
 
     /// Allows the link to `addr` again.
+    #[cfg(feature = "fault-injection")]
     pub fn restore_peer(&self, addr: SocketAddr) {
         self.severed_peers
             .lock()
@@ -234,7 +240,8 @@ impl PeerPool {
     }
 
     /// Cuts every link to the nodes and refuses new ones until [`PeerPool::restore`]: the
-    /// fault seam for partition tests, and a way for an operator to isolate a member.
+    /// fault seam for partition tests.
+    #[cfg(feature = "fault-injection")]
     pub async fn sever(&self) {
         self.severed
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -248,6 +255,7 @@ impl PeerPool {
     }
 
     /// Allows links again after [`PeerPool::sever`].
+    #[cfg(feature = "fault-injection")]
     pub fn restore(&self) {
         self.severed
             .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -447,6 +455,7 @@ impl PeerPool {
         name: &str,
         addr: SocketAddr,
     ) -> Result<quinn::Connection, PeerError> {
+        #[cfg(feature = "fault-injection")]
         if self.severed.load(std::sync::atomic::Ordering::SeqCst)
             || self
                 .severed_peers

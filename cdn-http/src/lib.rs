@@ -24,4 +24,4 @@ mod server;
 
 pub use body::{empty, full, strip_hop_by_hop, text, Body, BoxError, HOP_BY_HOP};
 pub use process::{init_tracing, raise_open_file_limit, shutdown_signal};
-pub use server::{serve, Listener, ServerLimits};
+pub use server::{listen, serve, Listener, ServerLimits, LISTEN_BACKLOG};

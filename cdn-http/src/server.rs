@@ -63,6 +63,24 @@ impl ServerLimits {
     }
 }
 
+/// Connections the kernel queues for a listener before it accepts them: 4,096 (capped by
+/// `net.core.somaxconn`) instead of the usual 1,024, so a burst of connects (a flood, or
+/// thousands of clients reconnecting at once) is queued rather than having SYNs dropped, each
+/// of which costs its client a one-second retransmission.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listener on `addr` with [`LISTEN_BACKLOG`].
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Where client connections come from: a TCP listener, or any other transport (simulation
 /// tests serve over a simulated network).
 pub trait Listener: Send + 'static {

@@ -73,7 +73,7 @@ impl Inbound for FromNodes {
                         let entry = obj
                             .entry(std::time::SystemTime::now(), &edge.config.rules())?
                             .with_source(from.clone());
-                        edge.l1.insert_pushed(&obj.key, entry).await;
+                        edge.l1().insert_pushed(&obj.key, entry).await;
                         Ok::<_, String>(())
                     }
                     .await;
@@ -132,7 +132,7 @@ impl Inbound for FromNodes {
         Box::pin(async move {
             let Some(edge) = edge.upgrade() else { return };
             if gap {
-                let n = edge.l1.purge_source(&node).await;
+                let n = edge.l1().purge_source(&node).await;
                 tracing::info!(%node, dropped = n, "invalidation log gap: dropped entries from this node");
             }
             for inv in &replay {

@@ -5,7 +5,8 @@
 //! - [`config`]: the typed config (TOML + flags) and its validation.
 //! - [`inbound`]: streams nodes open towards the edge (invalidations).
 //! - [`ops`]: push and prewarm, as accepted on the admin API.
-//! - [`server`]: the HTTP request handling (hit, coalesced miss, pass).
+//! - [`server`]: the HTTP request handling: read-path answers as HTTP (ranges, 304s,
+//!   `X-Cache`), pass-through of other methods, `PURGE`.
 //! - this file: [`Edge`] (shared state and counters), [`start`] and its [`EdgeHandle`].
 #![forbid(unsafe_code)]
 
@@ -20,9 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cdn_core::admin::{AdminState, Metric};
-use cdn_core::fill::{Coalescer, Head};
 use cdn_core::origin::Origin;
 use cdn_core::peers::{Me, PeerPool, PurgeReport, Timeouts};
+use cdn_core::read_path::{ReadEvent, ReadEvents, ReadPath, ReadSettings, Source, SourceKind};
 use cdn_core::store::Store;
 use cdn_core::tls::TlsMaterial;
 use cdn_core::upstream::Upstream;
@@ -97,18 +98,37 @@ impl Stats {
     }
 }
 
+/// The read path's events, under the edge's counter names.
+impl ReadEvents for Stats {
+    fn event(&self, e: ReadEvent) {
+        match e {
+            ReadEvent::Hit => Stats::inc(&self.hits),
+            ReadEvent::Stale => Stats::inc(&self.stale),
+            ReadEvent::Miss => Stats::inc(&self.misses),
+            ReadEvent::Coalesced => Stats::inc(&self.coalesced),
+            ReadEvent::Fetch(SourceKind::Owners) => Stats::inc(&self.node_fetches),
+            ReadEvent::Fetch(SourceKind::Origin) => Stats::inc(&self.origin_fetches),
+            ReadEvent::SourceFailures(SourceKind::Owners, n) => Stats::add(&self.node_failures, n),
+            ReadEvent::SourceFailures(SourceKind::Origin, _) => {}
+        }
+    }
+}
+
 /// How often purges some node has not acknowledged are sent to it again.
 const REDELIVER_EVERY: Duration = Duration::from_millis(500);
 
 /// An edge's shared state.
 pub struct Edge {
     config: Config,
-    l1: Store,
-    fills: Coalescer<Head>,
+    // L1, the fills in progress, and the sources a miss is filled from (nodes, origin).
+    reads: Arc<ReadPath>,
     upstream: Arc<Upstream>,
+    // For pass-through requests (other methods); fills reach the origin through `reads`.
     origin: Origin,
-    stats: Stats,
-    next_request_id: AtomicU64,
+    // Shared with `reads`, which counts its events here.
+    stats: Arc<Stats>,
+    // Shared with `reads`, which numbers its node requests from it.
+    next_request_id: Arc<AtomicU64>,
     // Purges accepted here that some node has not acknowledged yet: sent again until it does.
     undelivered: Arc<cdn_core::peers::Undelivered>,
     // The last invalidations applied here, for the status page.
@@ -123,7 +143,7 @@ impl Edge {
 
     /// The L1 store.
     pub fn l1(&self) -> &Store {
-        &self.l1
+        self.reads.store()
     }
 
     /// Counters.
@@ -149,18 +169,7 @@ impl Edge {
     /// Whether an L1 entry may be served. In strict mode an entry from a node whose link (and
     /// so its invalidation stream) is down is not: a purge might have been missed.
     pub fn may_serve(&self, entry: &cdn_core::store::Entry) -> bool {
-        if !self.is_strict() {
-            return true;
-        }
-        let Some(source) = entry.source() else {
-            return true;
-        };
-        self.upstream
-            .members()
-            .iter()
-            .find(|m| m.id == source)
-            .and_then(|m| m.addr.parse().ok())
-            .is_some_and(|addr| self.upstream.pool().is_connected(addr))
+        may_serve(self.is_strict(), &self.upstream, entry)
     }
 
     /// A purge accepted here (admin API or `PURGE`): apply to L1, send to every cache node
@@ -210,18 +219,34 @@ impl Edge {
     /// Applies an invalidation to L1 and detaches matching fills in progress, so no request
     /// arriving after this returns is served the purged body. Returns entries affected.
     pub async fn apply_purge(&self, inv: &cdn_proto::Invalidation) -> u64 {
-        self.fills.detach_if(|key, head| {
+        self.reads.fills().detach_if(|key, head| {
             let tags = head.map(|h| cdn_core::purge::surrogate_keys(&h.headers));
             // A fill whose head has not arrived yet might carry a purged tag: detach it.
             cdn_core::purge::matches(inv, key, tags.as_deref().unwrap_or(&[]))
                 || (head.is_none() && !inv.tags.is_empty())
         });
-        let n = self.l1.purge(inv).await;
+        let n = self.l1().purge(inv).await;
         Stats::add(&self.stats.purged, n);
         Stats::inc(&self.stats.purges);
         self.recent_purges.record(inv, n);
         n
     }
+}
+
+/// [`Edge::may_serve`], for the read path's filter (which cannot hold the `Edge` itself).
+fn may_serve(strict: bool, upstream: &Upstream, entry: &cdn_core::store::Entry) -> bool {
+    if !strict {
+        return true;
+    }
+    let Some(source) = entry.source() else {
+        return true;
+    };
+    upstream
+        .members()
+        .iter()
+        .find(|m| m.id == source)
+        .and_then(|m| m.addr.parse().ok())
+        .is_some_and(|addr| upstream.pool().is_connected(addr))
 }
 
 impl AdminState for Edge {
@@ -293,9 +318,9 @@ impl AdminState for Edge {
             "role": "edge",
             "region": self.config.region,
             "members": members,
-            "entries": self.l1.entry_count(),
-            "bytes": self.l1.weighted_size(),
-            "capacity": self.l1.capacity(),
+            "entries": self.l1().entry_count(),
+            "bytes": self.l1().weighted_size(),
+            "capacity": self.l1().capacity(),
             "requests": Stats::get(&s.requests),
             "hits": Stats::get(&s.hits),
             "misses": Stats::get(&s.misses),
@@ -367,20 +392,20 @@ impl AdminState for Edge {
             Metric::gauge(
                 "cdn_edge_l1_entries",
                 "Entries in L1.",
-                self.l1.entry_count(),
+                self.l1().entry_count(),
             )
             .label("member", id.clone()),
             Metric::gauge(
                 "cdn_edge_l1_bytes",
                 "Bytes in L1 (weighed).",
-                self.l1.weighted_size(),
+                self.l1().weighted_size(),
             )
             .label("member", id.clone()),
         ]
         .into_iter()
         .chain(cdn_core::admin::common_metrics(
             &id,
-            &self.l1,
+            self.l1(),
             self.upstream.pool(),
         ))
         .collect()
@@ -517,13 +542,34 @@ pub async fn start_on(
         Upstream::new(pool.clone(), config.replicas, hedge).in_region(&config.region, true),
     );
     let seeds = config.seeds.clone();
+    let stats = Arc::new(Stats::default());
+    let next_request_id = Arc::new(AtomicU64::new(1));
+    let strict = config.consistency == cdn_core::config::Consistency::Strict;
+    let filter_upstream = upstream.clone();
+    let reads = ReadPath::new(
+        Store::with_engine(config.capacity.0, config.eviction, config.store_engine),
+        // The node tier first (skipped while no node is known), then the origin.
+        vec![
+            Source::Owners(upstream.clone()),
+            Source::Origin(Arc::new(origin.clone())),
+        ],
+        ReadSettings {
+            honour_client_no_cache: config.honour_client_no_cache,
+            max_object: config.max_object(),
+            rules: config.rules(),
+        },
+        stats.clone(),
+        next_request_id.clone(),
+    )
+    .with_filter(Arc::new(move |e: &cdn_core::store::Entry| {
+        may_serve(strict, &filter_upstream, e)
+    }));
     let edge = Arc::new(Edge {
-        l1: Store::with_engine(config.capacity.0, config.eviction, config.store_engine),
-        fills: Coalescer::default(),
+        reads: Arc::new(reads),
         upstream: upstream.clone(),
         origin,
-        stats: Stats::default(),
-        next_request_id: AtomicU64::new(1),
+        stats,
+        next_request_id,
         undelivered: Arc::default(),
         recent_purges: cdn_core::purge::Recent::default(),
         config,

@@ -124,11 +124,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     cdn_core::raise_open_file_limit();
-    let http = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let http = cdn_core::http::listen(config.listen)
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
-    let admin = tokio::net::TcpListener::bind(config.admin)
-        .await
+    let admin = cdn_core::http::listen(config.admin)
         .map_err(|e| anyhow::anyhow!("binding admin {}: {e}", config.admin))?;
     let shutdown = CancellationToken::new();
     let handle = edge::start(config, &tls, http, admin, shutdown.clone()).await?;

@@ -54,7 +54,7 @@ impl Edge {
     ) {
         match obj.entry(SystemTime::now(), &self.config.rules()) {
             Ok(e) => {
-                self.l1.insert_pushed(&obj.key, e).await;
+                self.l1().insert_pushed(&obj.key, e).await;
                 report.edges.push(self.config.id.clone());
             }
             Err(e) => {
@@ -93,7 +93,7 @@ impl Edge {
     }
 
     async fn prewarm_one(self: Arc<Self>, url: String, edges: bool) -> PrewarmResult {
-        let mut reader = crate::server::join_fill(&self, &url, &http::HeaderMap::new(), None).await;
+        let mut reader = self.reads.join(&url, &http::HeaderMap::new(), None).await;
         let head = match reader.head().await {
             Ok(h) => h,
             Err(e) => return PrewarmResult::origin_error(url, None, e.to_string()),

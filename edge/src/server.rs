@@ -6,15 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use cdn_core::fill::{
-    self, Coalescer, FillErrorKind, FlightReader, FlightWriter, Head, Joined, Served, Via,
-};
+use cdn_core::fill::{FlightReader, Head, Via};
 use cdn_core::http::{
     empty, serve, strip_hop_by_hop, text, Body, BoxError, Listener, ServerLimits,
 };
 use cdn_core::policy;
 use cdn_core::range::{self, RangeAnswer};
-use cdn_core::store::{Chunks, Entry, Freshness};
+use cdn_core::read_path::Lookup;
+use cdn_core::store::{Chunks, Entry};
 use cdn_proto::CacheStatus;
 use futures::stream;
 use http::header::{self, HeaderValue};
@@ -78,7 +77,8 @@ fn request_id(edge: &Edge, req: &mut Request<Incoming>) -> HeaderValue {
     v
 }
 
-/// GET and HEAD: L1, then a coalesced fill. HEAD is answered from the full GET object.
+/// GET and HEAD: the read path (L1, then a coalesced fill), answered as HTTP: ranges,
+/// conditionals (304) and `X-Cache`. HEAD is answered from the full GET object.
 async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     let head_only = req.method() == Method::HEAD;
     let key = match req.uri().path_and_query() {
@@ -91,98 +91,26 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
         }
     };
     let now = SystemTime::now();
-    let mut stale = None;
-    if let Some(entry) = edge
-        .l1
-        .lookup(&key, req.headers())
-        .await
-        .filter(|e| edge.may_serve(e))
-    {
-        let refresh =
-            edge.config.honour_client_no_cache && policy::client_wants_fresh(req.headers());
-        let freshness = if refresh {
-            Freshness::Stale {
-                while_revalidate: false,
-                on_error: entry.serve_on_error(now),
-            }
-        } else {
-            entry.freshness(now)
-        };
-        let outcome = match freshness {
-            Freshness::Fresh => Some(CacheStatus::Hit),
-            Freshness::Stale {
-                while_revalidate: true,
-                ..
-            } => {
-                // Serve the stale copy at once; one background request refreshes it.
-                revalidate_in_background(edge, &key, req.headers(), entry.clone()).await;
-                Some(CacheStatus::Stale)
-            }
-            Freshness::Stale { .. } => None,
-        };
-        if let Some(outcome) = outcome {
-            Stats::inc(if outcome == CacheStatus::Hit {
-                &edge.stats.hits
-            } else {
-                &edge.stats.stale
-            });
-            let conditional = entry.status() == StatusCode::OK
-                && policy::not_modified(req.headers(), &entry.headers());
-            let answer = range_answer(
-                &req,
-                entry.status(),
-                &entry.headers(),
-                Some(entry.body_len()),
-                conditional,
-            );
-            let mut r = entry_response(
-                &entry,
-                now,
-                head_only || conditional || answer != RangeAnswer::Full,
-            );
-            if outcome != CacheStatus::Hit {
-                r.headers_mut()
-                    .insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
-            }
-            if let RangeAnswer::Partial { start, end } = answer {
-                *r.body_mut() = chunks_body(range::slice(&entry.body(), start, end));
-            }
-            return client_response(with_range(r, answer, entry.body_len()), conditional);
+    let stale = match edge.reads.lookup(&key, req.headers(), now).await {
+        Lookup::Stored { entry, outcome } => {
+            return stored_response(&req, &entry, outcome, now, head_only)
         }
-        stale = Some(entry);
-    }
-    if policy::only_if_cached(req.headers()) {
-        let mut r = text(
-            StatusCode::GATEWAY_TIMEOUT,
-            "not in this edge's cache (only-if-cached)",
-        );
-        r.headers_mut()
-            .insert(X_CACHE, HeaderValue::from_static("MISS"));
-        r.headers_mut()
-            .insert(header::AGE, HeaderValue::from_static("0"));
-        return r;
-    }
-    Stats::inc(&edge.stats.misses);
-    let headers = req.headers().clone();
-    let mut reader = join_fill(edge, &key, &headers, stale).await;
-    let first = match reader.head().await {
-        // Another variant than this request's: fetch our own.
-        Ok(h) if !reader.is_leader() && !fill::fits(&h, &key, &headers) => {
-            Err(fill::FillError::not_shared())
+        Lookup::NotCached => {
+            let mut r = text(
+                StatusCode::GATEWAY_TIMEOUT,
+                "not in this edge's cache (only-if-cached)",
+            );
+            r.headers_mut()
+                .insert(X_CACHE, HeaderValue::from_static("MISS"));
+            r.headers_mut()
+                .insert(header::AGE, HeaderValue::from_static("0"));
+            return r;
         }
-        other => other,
+        Lookup::Miss { stale } => stale,
     };
-    let head = match first {
-        Ok(h) => h,
-        Err(e) if e.kind == FillErrorKind::NotShared => {
-            let (w, r) = Coalescer::solo();
-            spawn_fill(edge.clone(), key.clone(), headers, None, w);
-            reader = r;
-            match reader.head().await {
-                Ok(h) => h,
-                Err(e) => return upstream_failed(edge, &e.to_string()),
-            }
-        }
+    let headers = req.headers().clone();
+    let (reader, head) = match edge.reads.fill(&key, &headers, stale).await {
+        Ok(filled) => filled,
         Err(e) => return upstream_failed(edge, &e.to_string()),
     };
     if !head.storable && head.via != Via::Local {
@@ -214,6 +142,39 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
         ),
         conditional,
     )
+}
+
+/// A stored entry the read path said to serve now (`outcome`: a hit, or stale while it is
+/// refreshed), with the request's range and conditionals applied.
+fn stored_response(
+    req: &Request<Incoming>,
+    entry: &Entry,
+    outcome: CacheStatus,
+    now: SystemTime,
+    head_only: bool,
+) -> Response<Body> {
+    let conditional =
+        entry.status() == StatusCode::OK && policy::not_modified(req.headers(), &entry.headers());
+    let answer = range_answer(
+        req,
+        entry.status(),
+        &entry.headers(),
+        Some(entry.body_len()),
+        conditional,
+    );
+    let mut r = entry_response(
+        entry,
+        now,
+        head_only || conditional || answer != RangeAnswer::Full,
+    );
+    if outcome != CacheStatus::Hit {
+        r.headers_mut()
+            .insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
+    }
+    if let RangeAnswer::Partial { start, end } = answer {
+        *r.body_mut() = chunks_body(range::slice(&entry.body(), start, end));
+    }
+    client_response(with_range(r, answer, entry.body_len()), conditional)
 }
 
 /// How to answer a GET's `Range` for a 200 of `len` bytes (the whole body when the length is
@@ -299,103 +260,6 @@ fn upstream_failed(edge: &Edge, reason: &str) -> Response<Body> {
     r.headers_mut()
         .insert(header::AGE, HeaderValue::from_static("0"));
     r
-}
-
-/// Starts a refresh of `key` unless one is already running.
-async fn revalidate_in_background(
-    edge: &Arc<Edge>,
-    key: &str,
-    headers: &http::HeaderMap,
-    stale: Entry,
-) {
-    if let Joined::Leader(w, _) = edge.fills.join(&edge.l1.flight_key(key, headers).await) {
-        spawn_fill(
-            edge.clone(),
-            key.to_string(),
-            headers.clone(),
-            Some(stale),
-            w,
-        );
-    }
-}
-
-pub(crate) async fn join_fill(
-    edge: &Arc<Edge>,
-    key: &str,
-    headers: &http::HeaderMap,
-    stale: Option<Entry>,
-) -> FlightReader<Head> {
-    match edge.fills.join(&edge.l1.flight_key(key, headers).await) {
-        Joined::Leader(w, r) => {
-            let now = SystemTime::now();
-            match edge.l1.lookup(key, headers).await {
-                // Not the entry this fill was started to refresh (a client's no-cache).
-                Some(e)
-                    if e.is_fresh(now)
-                        && edge.may_serve(&e)
-                        && !stale.as_ref().is_some_and(|s| s.same(&e)) =>
-                {
-                    fill::complete_from_entry(w, key, headers, &e, now, Served::Fetched)
-                }
-                _ => spawn_fill(edge.clone(), key.to_string(), headers.clone(), stale, w),
-            }
-            r
-        }
-        Joined::Follower(r) => {
-            Stats::inc(&edge.stats.coalesced);
-            r
-        }
-    }
-}
-
-/// Fills `key` in its own task (it completes for every waiter even if the leader's client
-/// goes away): owners first, then the origin when no owner produced a head.
-fn spawn_fill(
-    edge: Arc<Edge>,
-    key: String,
-    headers: http::HeaderMap,
-    stale: Option<Entry>,
-    w: FlightWriter<Head>,
-) {
-    tokio::spawn(async move {
-        let id = edge.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let max = edge.config.max_object();
-        let rules = edge.config.rules();
-        let l1 = fill::Sink {
-            store: &edge.l1,
-            max_object: max,
-            rules: &rules,
-        };
-        let w = if edge.upstream.members().is_empty() {
-            w
-        } else {
-            Stats::inc(&edge.stats.node_fetches);
-            match edge
-                .upstream
-                .fill(id, &key, &headers, &l1, stale.as_ref(), w)
-                .await
-            {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => {
-                    tracing::warn!(%key, error = %e, "node fill failed after the head");
-                    return;
-                }
-                Err((w, failures)) => {
-                    edge.stats
-                        .node_failures
-                        .fetch_add(failures.len() as u64, Ordering::Relaxed);
-                    for f in &failures {
-                        tracing::debug!(%key, error = %f, "owner failed");
-                    }
-                    w
-                }
-            }
-        };
-        Stats::inc(&edge.stats.origin_fetches);
-        if let Err(e) = fill::fetch_origin(&edge.origin, &l1, &key, &headers, stale, w).await {
-            tracing::warn!(%key, error = %e, "origin fill failed");
-        }
-    });
 }
 
 fn x_cache(head: &Head) -> HeaderValue {

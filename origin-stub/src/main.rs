@@ -50,8 +50,7 @@ async fn main() -> anyhow::Result<()> {
         config.latency_ms = v;
     }
     cdn_http::raise_open_file_limit();
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = cdn_http::listen(config.listen)
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
     println!("origin-stub listening on http://{}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
