@@ -25,7 +25,7 @@ use std::time::Duration;
 use cdn_core::admin::{AdminState, Metric};
 use cdn_core::origin::Origin;
 use cdn_core::peers::{Me, PeerPool, PurgeReport, Timeouts};
-use cdn_core::read_path::{ReadEvent, ReadEvents, ReadPath, ReadSettings, Source, SourceKind};
+use cdn_core::read_path::{ReadPath, ReadSettings, Source};
 use cdn_core::store::Store;
 use cdn_core::tls::TlsMaterial;
 use cdn_proto::{Invalidation, Member, MemberState};
@@ -65,65 +65,9 @@ struct Faults {
     breaking: std::sync::atomic::AtomicBool,
 }
 
-/// Counters named after events; tests and `/status` read them.
-#[derive(Default, Debug)]
-pub struct Stats {
-    /// Requests received on QUIC streams.
-    pub requests: AtomicU64,
-    /// Served fresh from the store.
-    pub hits: AtomicU64,
-    /// Not fresh in the store.
-    pub misses: AtomicU64,
-    /// Served stale while a background request refreshed the entry.
-    pub stale: AtomicU64,
-    /// Filled objects copied to the key's other owners.
-    pub replicated: AtomicU64,
-    /// Requests that waited on another request's fill.
-    pub coalesced: AtomicU64,
-    /// Requests sent to the origin.
-    pub origin_fetches: AtomicU64,
-    /// Misses filled from the parent region's nodes instead of the origin.
-    pub parent_fetches: AtomicU64,
-    /// Streams that ended in an error frame or reset.
-    pub errors: AtomicU64,
-    /// Body bytes sent to edges.
-    pub bytes_sent: AtomicU64,
-    /// Invalidations applied.
-    pub purges: AtomicU64,
-    /// Entries removed or marked stale by invalidations.
-    pub purged: AtomicU64,
-}
-
-impl Stats {
-    fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Reads a counter.
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-}
-
-/// The read path's events, under the node's counter names.
-impl ReadEvents for Stats {
-    fn event(&self, e: ReadEvent) {
-        match e {
-            ReadEvent::Hit => Stats::inc(&self.hits),
-            ReadEvent::Stale => Stats::inc(&self.stale),
-            ReadEvent::Miss => Stats::inc(&self.misses),
-            ReadEvent::Coalesced => Stats::inc(&self.coalesced),
-            ReadEvent::Fetch(SourceKind::Owners) => Stats::inc(&self.parent_fetches),
-            ReadEvent::Fetch(SourceKind::Origin) => Stats::inc(&self.origin_fetches),
-            // Parent owners that failed before a head are logged, not counted.
-            ReadEvent::SourceFailures(..) => {}
-        }
-    }
-}
+use cdn_core::counters::Tier;
+/// The node's counters: the one table every member counts into (`cdn_core::counters`).
+pub use cdn_core::counters::{Counter, Counters};
 
 /// A node's shared state.
 pub struct Node {
@@ -132,7 +76,7 @@ pub struct Node {
     // region's owners when `parent_region` is set, then the origin).
     reads: Arc<ReadPath>,
     // Shared with `reads`, which counts its events here.
-    stats: Arc<Stats>,
+    counters: Arc<Counters>,
     member: Member,
     links: Arc<links::Links>,
     peers: Arc<PeerPool>,
@@ -173,8 +117,8 @@ impl Node {
     }
 
     /// Counters.
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// This node as a member.
@@ -261,8 +205,8 @@ impl Node {
                 || (head.is_none() && !inv.tags.is_empty())
         });
         let n = self.store().purge(inv).await;
-        Stats::inc(&self.stats.purges);
-        self.stats.purged.fetch_add(n, Ordering::Relaxed);
+        self.counters.inc(Counter::Purges);
+        self.counters.add(Counter::Purged, n);
         self.recent_purges.record(inv, n);
         n
     }
@@ -352,8 +296,8 @@ impl AdminState for Node {
     }
 
     fn status(&self) -> serde_json::Value {
-        let s = &self.stats;
-        serde_json::json!({
+        let c = &self.counters;
+        let mut doc = serde_json::json!({
             "id": self.config.id,
             "role": "cache-node",
             "region": self.config.region,
@@ -369,96 +313,31 @@ impl AdminState for Node {
                 });
                 if m.id == self.config.id {
                     // This node's own answers, and how many came from its store.
-                    v["answers"] = Stats::get(&s.requests).into();
-                    v["hits"] = Stats::get(&s.hits).into();
+                    v["answers"] = c.get(Counter::Requests).into();
+                    v["hits"] = c.get(Counter::Hits).into();
                 }
                 v
             }).collect::<Vec<_>>(),
             "inflight": self.inflight(),
             "edges": self.links.connected_edges(),
-            "purges": Stats::get(&s.purges),
-            "entries": self.store().entry_count(),
-            "bytes": self.store().weighted_size(),
-            "capacity": self.store().capacity(),
-            "requests": Stats::get(&s.requests),
-            "hits": Stats::get(&s.hits),
-            "misses": Stats::get(&s.misses),
-            "bytes_sent": Stats::get(&s.bytes_sent),
             "recent_purges": self.recent_purges.to_json(),
             "now_ms": cdn_core::purge::unix_ms(),
-            "coalesced": Stats::get(&s.coalesced),
-            "origin_fetches": Stats::get(&s.origin_fetches),
-            "parent_fetches": Stats::get(&s.parent_fetches),
             "parent_region": self.config.parent_region,
-            "errors": Stats::get(&s.errors),
-        })
+        });
+        cdn_core::admin::store_status(&mut doc, self.store());
+        c.write_status(&mut doc);
+        doc
     }
 
     fn metrics(&self) -> Vec<Metric> {
-        let s = &self.stats;
-        let id = self.config.id.clone();
-        let req = |outcome: &'static str, v: &AtomicU64| {
-            Metric::counter(
-                "cdn_node_requests_total",
-                "Requests by outcome.",
-                Stats::get(v),
-            )
-            .label("member", id.clone())
-            .label("outcome", outcome)
-        };
-        vec![
-            req("hit", &s.hits),
-            req("miss", &s.misses),
-            Metric::counter(
-                "cdn_node_coalesced_total",
-                "Requests that waited on another's fill.",
-                Stats::get(&s.coalesced),
-            )
-            .label("member", id.clone()),
-            Metric::counter(
-                "cdn_node_origin_fetches_total",
-                "Requests sent to the origin.",
-                Stats::get(&s.origin_fetches),
-            )
-            .label("member", id.clone()),
-            Metric::counter(
-                "cdn_node_errors_total",
-                "Streams ended in error.",
-                Stats::get(&s.errors),
-            )
-            .label("member", id.clone()),
-            Metric::counter(
-                "cdn_node_bytes_sent_total",
-                "Body bytes sent.",
-                Stats::get(&s.bytes_sent),
-            )
-            .label("member", id.clone()),
-            Metric::gauge(
-                "cdn_node_store_entries",
-                "Entries stored.",
-                self.store().entry_count(),
-            )
-            .label("member", id.clone()),
-            Metric::gauge(
-                "cdn_node_store_bytes",
-                "Bytes stored (weighed).",
-                self.store().weighted_size(),
-            )
-            .label("member", id.clone()),
-            Metric::gauge(
-                "cdn_node_store_capacity_bytes",
-                "Configured capacity.",
-                self.store().capacity(),
-            )
-            .label("member", id.clone()),
-        ]
-        .into_iter()
-        .chain(cdn_core::admin::common_metrics(
-            &id,
+        let mut out = self.counters.metrics();
+        out.extend(cdn_core::admin::common_metrics(
+            self.counters.tier(),
+            &self.config.id,
             self.store(),
             &self.peers,
-        ))
-        .collect()
+        ));
+        out
     }
 }
 
@@ -612,7 +491,7 @@ pub async fn start_on(
         config.gossip(),
         shutdown.clone(),
     );
-    let stats = Arc::new(Stats::default());
+    let counters = Arc::new(Counters::new(Tier::Node, config.id.clone()));
     let next_purge_id = Arc::new(AtomicU64::new(1));
     // A region with a parent asks the parent's owners first: they fill from the origin once
     // for every child region (and coalesce concurrent misses from all of them).
@@ -635,7 +514,7 @@ pub async fn start_on(
             max_object: config.max_object(),
             rules: config.rules(),
         },
-        stats.clone(),
+        counters.clone(),
         next_purge_id.clone(),
     );
     let node = Arc::new_cyclic(|me: &std::sync::Weak<Node>| {
@@ -657,7 +536,7 @@ pub async fn start_on(
         ));
         Node {
             reads: Arc::new(reads),
-            stats,
+            counters,
             member,
             links: Arc::default(),
             peers: peers.clone(),

@@ -9,7 +9,7 @@ use cdn_core::push::{push_to, PushObject, PushReport};
 use cdn_proto::{CacheStatus, Member};
 use std::sync::atomic::Ordering;
 
-use crate::{Node, Stats};
+use crate::{Counter, Node};
 
 impl Node {
     /// The owners of `key` in this node's region, best first.
@@ -122,7 +122,7 @@ impl Node {
         let id = self.next_purge_id.fetch_add(1, Ordering::Relaxed);
         for m in &others {
             match push_to(&self.peers, m, &obj, id, false, self.op_deadline()).await {
-                Ok(_) => Stats::add(&self.stats.replicated, 1),
+                Ok(_) => self.counters.add(Counter::Replicated, 1),
                 Err(e) => tracing::debug!(%key, node = %m.id, error = %e, "replica not stored"),
             }
         }

@@ -14,7 +14,7 @@ use cdn_core::read_path::Lookup;
 use cdn_proto::{CacheStatus, ErrorCode, Frame, Role};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Node, Stats};
+use crate::{Counter, Node};
 
 /// Time an edge has to send its request frame after opening a stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,7 +74,7 @@ async fn serve_connection(node: Arc<Node>, conn: quinn::Connection, shutdown: Ca
         let conn = conn.clone();
         tokio::spawn(async move {
             if let Err(e) = serve_stream(&node, &conn, send, recv).await {
-                Stats::inc(&node.stats.errors);
+                node.counters.inc(Counter::Errors);
                 tracing::debug!(%peer, error = %e, "stream failed");
             }
         });
@@ -99,7 +99,7 @@ async fn serve_stream(
         Ok(Some(Frame::Request {
             id, path, headers, ..
         })) => {
-            Stats::inc(&node.stats.requests);
+            node.counters.inc(Counter::Requests);
             let _inflight = crate::InFlight::enter(node);
             let headers = match headers_from_fields(headers) {
                 Ok(h) => h,
@@ -266,7 +266,7 @@ async fn serve_request(
                 FillErrorKind::Unreachable => ErrorCode::OriginUnreachable,
                 _ => ErrorCode::OriginBroken,
             };
-            Stats::inc(&node.stats.errors);
+            node.counters.inc(Counter::Errors);
             refuse(send, code, e.message.to_string()).await
         }
     }
@@ -293,9 +293,7 @@ async fn respond_entry(
         return break_mid_body(node, send, entry, cache).await;
     }
     let n = send_entry(send, entry, cache, &node.config.id, now).await?;
-    node.stats
-        .bytes_sent
-        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    node.counters.add(Counter::BytesSent, n);
     Ok(())
 }
 
@@ -387,7 +385,7 @@ async fn stream_flight(
                 send_data(send, c).await?;
             }
             Err(e) => {
-                Stats::inc(&node.stats.errors);
+                node.counters.inc(Counter::Errors);
                 let _ = send_frame(
                     send,
                     &Frame::Error {
@@ -403,8 +401,6 @@ async fn stream_flight(
     }
     send_frame(send, &Frame::End { len: sent }).await?;
     send.finish()?;
-    node.stats
-        .bytes_sent
-        .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+    node.counters.add(Counter::BytesSent, sent);
     Ok(())
 }

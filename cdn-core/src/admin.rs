@@ -320,15 +320,42 @@ pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     })
 }
 
-/// What every member reports besides its own counters: entries removed from its store by
-/// cause, the cache nodes it knows by state, and each QUIC link's round-trip time and lost
+/// The store's size under the `/status` keys every member uses.
+pub fn store_status(doc: &mut serde_json::Value, store: &crate::store::Store) {
+    doc["entries"] = store.entry_count().into();
+    doc["bytes"] = store.weighted_size().into();
+    doc["capacity"] = store.capacity().into();
+}
+
+/// What every member reports besides its counters: its store's entries, bytes and capacity,
+/// entries removed from its store by cause, the cache nodes it knows by state, and each QUIC link's round-trip time and lost
 /// packets.
 pub fn common_metrics(
+    tier: crate::counters::Tier,
     member: &str,
     store: &crate::store::Store,
     pool: &crate::peers::PeerPool,
 ) -> Vec<Metric> {
     let mut out = Vec::new();
+    for (name, help, v) in [
+        ("cdn_store_entries", "Entries stored.", store.entry_count()),
+        (
+            "cdn_store_bytes",
+            "Bytes stored (weighed).",
+            store.weighted_size(),
+        ),
+        (
+            "cdn_store_capacity_bytes",
+            "Configured capacity.",
+            store.capacity(),
+        ),
+    ] {
+        out.push(
+            Metric::gauge(name, help, v)
+                .label("tier", tier.as_str())
+                .label("member", member),
+        );
+    }
     let (size, expiry, purge) = store.evictions();
     for (cause, n) in [("size", size), ("expiry", expiry), ("purge", purge)] {
         out.push(

@@ -6,6 +6,7 @@
 //!
 //! Layout:
 //! - [`config`]: the loading helpers (from `cdn-http`) and the consistency switch.
+//! - [`counters`]: the one table of counted events; it feeds `/status` and `/metrics` alike.
 //! - [`purge`]: what an invalidation matches, and the log that closes the purge/fill race.
 //! - [`push`]: pushed objects: admin input, wire transfer, freshness check.
 //! - [`store`]: the byte-bounded store of complete responses ([`store::Entry`]), on moka or on
@@ -23,6 +24,7 @@
 pub mod admin;
 pub mod compact;
 pub mod config;
+pub mod counters;
 pub mod entry;
 pub mod fill;
 pub mod membership;

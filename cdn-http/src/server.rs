@@ -151,7 +151,9 @@ pub async fn serve<L, F, Fut>(
             },
         };
         backoff.succeeded();
-        let Some(conn_state) = table.admit() else {
+        // Past the cap with evictions still closing, wait a moment for them (the listener's
+        // backlog holds the connections behind this one meanwhile).
+        let Some(conn_state) = table.admit_within(Duration::from_millis(50)).await else {
             // Full of busy connections: say so at once rather than leave the client hanging,
             // and close here, not in a task: under a flood, sockets waiting for a task to
             // close them would use up the descriptors the budget keeps free. A fresh socket's

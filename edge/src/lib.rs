@@ -23,7 +23,7 @@ use std::time::Duration;
 use cdn_core::admin::{AdminState, Metric};
 use cdn_core::origin::Origin;
 use cdn_core::peers::{Me, PeerPool, PurgeReport, Timeouts};
-use cdn_core::read_path::{ReadEvent, ReadEvents, ReadPath, ReadSettings, Source, SourceKind};
+use cdn_core::read_path::{ReadPath, ReadSettings, Source};
 use cdn_core::store::Store;
 use cdn_core::tls::TlsMaterial;
 use cdn_core::upstream::Upstream;
@@ -52,67 +52,9 @@ pub enum EdgeError {
     },
 }
 
-/// Counters named after events.
-#[derive(Default, Debug)]
-pub struct Stats {
-    /// Client requests.
-    pub requests: AtomicU64,
-    /// Served fresh from L1.
-    pub hits: AtomicU64,
-    /// Filled from upstream.
-    pub misses: AtomicU64,
-    /// Served stale while a background request refreshed the entry.
-    pub stale: AtomicU64,
-    /// Not cacheable (other methods, or uncacheable responses).
-    pub passes: AtomicU64,
-    /// Requests that waited on another request's fill.
-    pub coalesced: AtomicU64,
-    /// Fills sent to a cache node.
-    pub node_fetches: AtomicU64,
-    /// Requests sent to the origin directly (no node answered, or pass).
-    pub origin_fetches: AtomicU64,
-    /// Node requests that failed before a head (each tried the next owner).
-    pub node_failures: AtomicU64,
-    /// Responses that could not be completed (the client saw an error).
-    pub errors: AtomicU64,
-    /// Invalidations applied.
-    pub purges: AtomicU64,
-    /// Entries removed or marked stale by invalidations.
-    pub purged: AtomicU64,
-    /// Response body bytes sent to clients (bodies of known length).
-    pub bytes_sent: AtomicU64,
-}
-
-impl Stats {
-    pub(crate) fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Reads a counter.
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-}
-
-/// The read path's events, under the edge's counter names.
-impl ReadEvents for Stats {
-    fn event(&self, e: ReadEvent) {
-        match e {
-            ReadEvent::Hit => Stats::inc(&self.hits),
-            ReadEvent::Stale => Stats::inc(&self.stale),
-            ReadEvent::Miss => Stats::inc(&self.misses),
-            ReadEvent::Coalesced => Stats::inc(&self.coalesced),
-            ReadEvent::Fetch(SourceKind::Owners) => Stats::inc(&self.node_fetches),
-            ReadEvent::Fetch(SourceKind::Origin) => Stats::inc(&self.origin_fetches),
-            ReadEvent::SourceFailures(SourceKind::Owners, n) => Stats::add(&self.node_failures, n),
-            ReadEvent::SourceFailures(SourceKind::Origin, _) => {}
-        }
-    }
-}
+use cdn_core::counters::Tier;
+/// The edge's counters: the one table every member counts into (`cdn_core::counters`).
+pub use cdn_core::counters::{Counter, Counters};
 
 /// How often purges some node has not acknowledged are sent to it again.
 const REDELIVER_EVERY: Duration = Duration::from_millis(500);
@@ -126,7 +68,8 @@ pub struct Edge {
     // For pass-through requests (other methods); fills reach the origin through `reads`.
     origin: Origin,
     // Shared with `reads`, which counts its events here.
-    stats: Arc<Stats>,
+    // Shared with `reads`, which counts its events here.
+    counters: Arc<Counters>,
     // Shared with `reads`, which numbers its node requests from it.
     next_request_id: Arc<AtomicU64>,
     // Purges accepted here that some node has not acknowledged yet: sent again until it does.
@@ -147,8 +90,8 @@ impl Edge {
     }
 
     /// Counters.
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// The node tier.
@@ -226,8 +169,8 @@ impl Edge {
                 || (head.is_none() && !inv.tags.is_empty())
         });
         let n = self.l1().purge(inv).await;
-        Stats::add(&self.stats.purged, n);
-        Stats::inc(&self.stats.purges);
+        self.counters.add(Counter::Purged, n);
+        self.counters.inc(Counter::Purges);
         self.recent_purges.record(inv, n);
         n
     }
@@ -286,7 +229,6 @@ impl AdminState for Edge {
     }
 
     fn status(&self) -> serde_json::Value {
-        let s = &self.stats;
         let answers = self.upstream.answers();
         let members: Vec<_> = self
             .upstream
@@ -313,102 +255,37 @@ impl AdminState for Edge {
                 })
             })
             .collect();
-        serde_json::json!({
+        let mut doc = serde_json::json!({
             "id": self.config.id,
             "role": "edge",
             "region": self.config.region,
             "members": members,
-            "entries": self.l1().entry_count(),
-            "bytes": self.l1().weighted_size(),
-            "capacity": self.l1().capacity(),
-            "requests": Stats::get(&s.requests),
-            "hits": Stats::get(&s.hits),
-            "misses": Stats::get(&s.misses),
-            "bytes_sent": Stats::get(&s.bytes_sent),
             "recent_purges": self.recent_purges.to_json(),
             "now_ms": cdn_core::purge::unix_ms(),
             "undelivered_purges": self.undelivered.len(),
-            "passes": Stats::get(&s.passes),
-            "coalesced": Stats::get(&s.coalesced),
-            "node_fetches": Stats::get(&s.node_fetches),
-            "origin_fetches": Stats::get(&s.origin_fetches),
-            "node_failures": Stats::get(&s.node_failures),
-            "errors": Stats::get(&s.errors),
-        })
+        });
+        cdn_core::admin::store_status(&mut doc, self.l1());
+        self.counters.write_status(&mut doc);
+        doc
     }
 
     fn metrics(&self) -> Vec<Metric> {
-        let s = &self.stats;
-        let id = self.config.id.clone();
-        let req = |outcome: &'static str, v: &AtomicU64| {
-            Metric::counter(
-                "cdn_edge_requests_total",
-                "Client requests by outcome.",
-                Stats::get(v),
-            )
-            .label("member", id.clone())
-            .label("outcome", outcome)
-        };
-        vec![
-            req("hit", &s.hits),
-            req("miss", &s.misses),
-            req("pass", &s.passes),
-            Metric::counter(
-                "cdn_edge_coalesced_total",
-                "Requests that waited on another's fill.",
-                Stats::get(&s.coalesced),
-            )
-            .label("member", id.clone()),
-            Metric::counter(
-                "cdn_edge_node_fetches_total",
-                "Fills sent to cache nodes.",
-                Stats::get(&s.node_fetches),
-            )
-            .label("member", id.clone()),
-            Metric::counter(
-                "cdn_edge_origin_fetches_total",
-                "Requests sent to the origin directly.",
-                Stats::get(&s.origin_fetches),
-            )
-            .label("member", id.clone()),
-            Metric::counter(
-                "cdn_edge_node_failures_total",
-                "Node requests that failed before a head.",
-                Stats::get(&s.node_failures),
-            )
-            .label("member", id.clone()),
-            Metric::counter(
-                "cdn_edge_errors_total",
-                "Responses that could not be completed.",
-                Stats::get(&s.errors),
-            )
-            .label("member", id.clone()),
+        let mut out = self.counters.metrics();
+        out.push(
             Metric::gauge(
                 "cdn_edge_members",
                 "Cache nodes known.",
                 self.upstream.members().len() as u64,
             )
-            .label("member", id.clone()),
-            Metric::gauge(
-                "cdn_edge_l1_entries",
-                "Entries in L1.",
-                self.l1().entry_count(),
-            )
-            .label("member", id.clone()),
-            Metric::gauge(
-                "cdn_edge_l1_bytes",
-                "Bytes in L1 (weighed).",
-                self.l1().weighted_size(),
-            )
-            .label("member", id.clone()),
-        ]
-        .into_iter()
-        .chain(cdn_core::admin::common_metrics(
-            &id,
+            .label("member", self.config.id.clone()),
+        );
+        out.extend(cdn_core::admin::common_metrics(
+            self.counters.tier(),
+            &self.config.id,
             self.l1(),
             self.upstream.pool(),
-        ))
-        .collect()
+        ));
+        out
     }
 }
 
@@ -542,7 +419,7 @@ pub async fn start_on(
         Upstream::new(pool.clone(), config.replicas, hedge).in_region(&config.region, true),
     );
     let seeds = config.seeds.clone();
-    let stats = Arc::new(Stats::default());
+    let counters = Arc::new(Counters::new(Tier::Edge, config.id.clone()));
     let next_request_id = Arc::new(AtomicU64::new(1));
     let strict = config.consistency == cdn_core::config::Consistency::Strict;
     let filter_upstream = upstream.clone();
@@ -558,7 +435,7 @@ pub async fn start_on(
             max_object: config.max_object(),
             rules: config.rules(),
         },
-        stats.clone(),
+        counters.clone(),
         next_request_id.clone(),
     )
     .with_filter(Arc::new(move |e: &cdn_core::store::Entry| {
@@ -568,7 +445,7 @@ pub async fn start_on(
         reads: Arc::new(reads),
         upstream: upstream.clone(),
         origin,
-        stats,
+        counters,
         next_request_id,
         undelivered: Arc::default(),
         recent_purges: cdn_core::purge::Recent::default(),

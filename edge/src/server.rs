@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Edge, Stats};
+use crate::{Counter, Edge};
 
 const X_CACHE: &str = "x-cache";
 
@@ -45,7 +45,7 @@ pub async fn run(edge: Arc<Edge>, listener: impl Listener, shutdown: Cancellatio
 }
 
 async fn handle(edge: Arc<Edge>, mut req: Request<Incoming>) -> Response<Body> {
-    Stats::inc(&edge.stats.requests);
+    edge.counters.inc(Counter::Requests);
     let rid = request_id(&edge, &mut req);
     let mut resp = match *req.method() {
         Method::GET | Method::HEAD => cached(&edge, req).await,
@@ -54,7 +54,7 @@ async fn handle(edge: Arc<Edge>, mut req: Request<Incoming>) -> Response<Body> {
     };
     resp.headers_mut().insert(X_REQUEST_ID, rid);
     if let Some(n) = http_body::Body::size_hint(resp.body()).exact() {
-        Stats::add(&edge.stats.bytes_sent, n);
+        edge.counters.add(Counter::BytesSent, n);
     }
     resp
 }
@@ -114,7 +114,7 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
         Err(e) => return upstream_failed(edge, &e.to_string()),
     };
     if !head.storable && head.via != Via::Local {
-        Stats::inc(&edge.stats.passes);
+        edge.counters.inc(Counter::Passes);
     }
     let conditional =
         head.status == StatusCode::OK && policy::not_modified(req.headers(), &head.headers);
@@ -250,7 +250,7 @@ fn client_response(mut r: Response<Body>, not_modified: bool) -> Response<Body> 
 }
 
 fn upstream_failed(edge: &Edge, reason: &str) -> Response<Body> {
-    Stats::inc(&edge.stats.errors);
+    edge.counters.inc(Counter::Errors);
     let mut r = text(
         StatusCode::BAD_GATEWAY,
         format!("upstream failed: {reason}"),
@@ -414,8 +414,8 @@ async fn purge(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
 
 /// Every other method goes to the origin, uncached, body streamed both ways.
 async fn pass(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
-    Stats::inc(&edge.stats.passes);
-    Stats::inc(&edge.stats.origin_fetches);
+    edge.counters.inc(Counter::Passes);
+    edge.counters.inc(Counter::OriginFetches);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let unsafe_method = !matches!(parts.method, Method::OPTIONS | Method::TRACE);
@@ -465,7 +465,7 @@ async fn pass(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
             Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
         }
         Err(e) => {
-            Stats::inc(&edge.stats.errors);
+            edge.counters.inc(Counter::Errors);
             let mut r = text(StatusCode::BAD_GATEWAY, e.to_string());
             r.headers_mut()
                 .insert(X_CACHE, HeaderValue::from_static("PASS"));

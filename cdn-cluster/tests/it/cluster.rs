@@ -401,7 +401,7 @@ async fn a_cold_object_reaches_the_origin_once_across_a_region_and_its_parent() 
         .nodes
         .iter()
         .flatten()
-        .map(|n| cdn_cluster_stat(n, |s| &s.parent_fetches))
+        .map(|n| n.node.counters().get(cache_node::Counter::ParentFetches))
         .sum();
     assert_eq!(
         parent_fetches, 1,
@@ -428,11 +428,4 @@ async fn a_cold_object_reaches_the_origin_once_across_a_region_and_its_parent() 
     assert_eq!(got.edge_cache(), "MISS");
     assert_eq!(c.origin_count("/regional/a?size=3000"), 2);
     c.stop().await;
-}
-
-fn cdn_cluster_stat(
-    n: &cache_node::NodeHandle,
-    field: impl Fn(&cache_node::Stats) -> &std::sync::atomic::AtomicU64,
-) -> u64 {
-    cache_node::Stats::get(field(n.node.stats()))
 }

@@ -145,11 +145,11 @@ async fn metrics_are_exported_in_prometheus_format_through_the_metrics_crate() {
     let got = crate::support::get(c.edges[0].admin_addr, "/metrics").await;
     assert_eq!(got.header("content-type"), "text/plain; version=0.0.4");
     let text = String::from_utf8_lossy(&got.body).into_owned();
-    // Counters by outcome and tier.
+    // Counters by outcome and tier, from the same table as /status.
     assert!(
         sample(
             &text,
-            "cdn_edge_requests_total{member=\"edge-0\",outcome=\"hit\"}"
+            "cdn_requests_total{tier=\"edge\",member=\"edge-0\",outcome=\"hit\"}"
         )
         .is_some_and(|v| v >= 1.0),
         "{text}"
@@ -183,6 +183,43 @@ async fn metrics_are_exported_in_prometheus_format_through_the_metrics_crate() {
         text.contains("cdn_purge_fanout_seconds_bucket{member=\"edge-0\",le=\"0.5\"}"),
         "{text}"
     );
+    // /status reads the same counters: nothing ran between the two scrapes, so each count
+    // is the same number in both.
+    let status = crate::support::get(c.edges[0].admin_addr, "/status").await;
+    let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    for (key, series) in [
+        (
+            "hits",
+            "cdn_requests_total{tier=\"edge\",member=\"edge-0\",outcome=\"hit\"}",
+        ),
+        (
+            "misses",
+            "cdn_requests_total{tier=\"edge\",member=\"edge-0\",outcome=\"miss\"}",
+        ),
+        (
+            "node_fetches",
+            "cdn_fetches_total{tier=\"edge\",member=\"edge-0\",source=\"nodes\"}",
+        ),
+        (
+            "purges",
+            "cdn_purges_total{tier=\"edge\",member=\"edge-0\"}",
+        ),
+        (
+            "entries",
+            "cdn_store_entries{tier=\"edge\",member=\"edge-0\"}",
+        ),
+    ] {
+        let json = status[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("/status has {key}"));
+        assert_eq!(
+            sample(&text, series),
+            Some(json as f64),
+            "{key} vs {series}: {text}"
+        );
+    }
+    assert_eq!(status["misses"], 1, "the first GET missed");
+    assert_eq!(status["hits"], 1, "the second hit");
     // A node exports the same families.
     let node = crate::support::get(c.nodes[0].as_ref().unwrap().admin_addr, "/metrics").await;
     let text = String::from_utf8_lossy(&node.body).into_owned();

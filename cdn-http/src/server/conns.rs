@@ -37,6 +37,8 @@ struct Inner {
     conns: Mutex<HashMap<u64, Arc<ConnState>>>,
     next_id: AtomicU64,
     emptied: Notify,
+    // Signalled whenever a connection ends, for an accept waiting on a closing one.
+    closed: Notify,
 }
 
 /// One connection's activity, shared by its task and its requests.
@@ -70,13 +72,17 @@ impl Table {
                 conns: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
                 emptied: Notify::new(),
+                closed: Notify::new(),
             }),
         }
     }
 
-    /// A slot for a new connection. At the cap, the connection idle the longest is told to
-    /// close and the new one is admitted (the table may run over by the evictions still
-    /// closing, at most an eighth); with no idle connection, `None`: refuse the new one.
+    /// A slot for a new connection. At the cap, an idle connection is told to close and the
+    /// new one is admitted (the table may run over by the evictions still closing, at most an
+    /// eighth). The victim is the oldest of the connections that never sent a request (what a
+    /// flood is made of), else the keep-alive connection idle the longest: a client that has
+    /// been served keeps its connection while there are silent ones to close. With no idle
+    /// connection, `None`: refuse the new one.
     pub(super) fn admit(&self) -> Option<Admitted> {
         let now = Instant::now();
         let mut conns = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
@@ -85,7 +91,7 @@ impl Table {
             let victim = conns
                 .values()
                 .filter(|c| c.in_flight.load(Ordering::Acquire) == 0 && !c.evict.is_cancelled())
-                .min_by_key(|c| c.idle_since());
+                .min_by_key(|c| (c.started.load(Ordering::Acquire) > 0, c.idle_since()));
             match victim {
                 Some(v) if conns.len() < self.inner.cap + slack => v.evict.cancel(),
                 _ => {
@@ -111,6 +117,33 @@ impl Table {
             state,
             table: self.inner.clone(),
         })
+    }
+
+    /// [`Table::admit`], but when the table is full only because connections told to close
+    /// have not closed yet (a burst of connects outruns their tasks), waits up to `patience`
+    /// for them: the new client is queued briefly instead of refused.
+    pub(super) async fn admit_within(&self, patience: Duration) -> Option<Admitted> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let closed = self.inner.closed.notified();
+            if let Some(a) = self.admit() {
+                return Some(a);
+            }
+            if !self.closing() || Instant::now() >= deadline {
+                return None;
+            }
+            let _ = tokio::time::timeout_at(deadline, closed).await;
+        }
+    }
+
+    /// Whether some connection was told to close and has not yet.
+    fn closing(&self) -> bool {
+        self.inner
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|c| c.evict.is_cancelled())
     }
 
     /// Resolves once every admitted connection has ended.
@@ -190,6 +223,8 @@ impl Drop for Admitted {
         if conns.is_empty() {
             self.table.emptied.notify_waiters();
         }
+        drop(conns);
+        self.table.closed.notify_waiters();
     }
 }
 
@@ -371,6 +406,51 @@ mod tests {
         assert!(table.admit().is_none(), "a and d busy");
         drop(_busy_d);
         assert!(table.admit().is_some(), "d idle again: it makes room");
+    }
+
+    #[test]
+    fn silent_connections_are_evicted_before_served_keep_alive_ones() {
+        let table = Table::new(2);
+        let served = table.admit().unwrap();
+        drop(served.shared().request_started());
+        // Admitted later, so idle for less time, but it never sent a request.
+        let silent = table.admit().unwrap();
+        let _new = table.admit().unwrap();
+        assert!(
+            silent.state.evict.is_cancelled(),
+            "the silent one makes room"
+        );
+        assert!(!served.state.evict.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_waits_briefly_for_evicted_connections_to_close() {
+        let table = Arc::new(Table::new(1));
+        let first = table.admit().unwrap();
+        let _second = table.admit().unwrap(); // evicts `first`; slack used up
+        assert!(table.admit().is_none());
+        let t = tokio::spawn({
+            let table = table.clone();
+            async move {
+                table
+                    .admit_within(Duration::from_millis(50))
+                    .await
+                    .is_some()
+            }
+        });
+        tokio::task::yield_now().await;
+        drop(first); // the evicted connection closes
+        assert!(t.await.unwrap(), "admitted once the evicted one closed");
+        // Every connection busy and none closing: refused at once, no wait.
+        let busy_table = Table::new(1);
+        let busy = busy_table.admit().unwrap();
+        let _guard = busy.shared().request_started();
+        let t0 = Instant::now();
+        assert!(busy_table
+            .admit_within(Duration::from_millis(50))
+            .await
+            .is_none());
+        assert_eq!(t0.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
