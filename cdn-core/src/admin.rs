@@ -325,7 +325,7 @@ pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
 /// packets.
 pub fn common_metrics(
     member: &str,
-    store: &crate::store::Store,
+    store: &cdn_store::Store,
     pool: &crate::peers::PeerPool,
 ) -> Vec<Metric> {
     let mut out = Vec::new();

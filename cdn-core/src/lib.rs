@@ -2,16 +2,15 @@
 //!
 //! HTTP itself (the body type, hop-by-hop fields, the accept loop, cache policy, ranges, the
 //! origin client, config loading) lives in `cdn-http`, re-exported here as [`http`],
-//! [`policy`], [`range`] and [`origin`] while the tiers move to it.
+//! [`policy`], [`range`] and [`origin`] while the tiers move to it; the store, purge matching
+//! and the coalescer live in `cdn-store`, re-exported as [`store`] and [`purge`] (and the
+//! coalescer through [`fill`]).
 //!
 //! Layout:
 //! - [`config`]: the loading helpers (from `cdn-http`) and the consistency switch.
-//! - [`purge`]: what an invalidation matches, and the log that closes the purge/fill race.
 //! - [`push`]: pushed objects: admin input, wire transfer, freshness check.
-//! - [`store`]: the byte-bounded store of complete responses ([`store::Entry`]), on moka or on
-//!   [`compact`], our own engine with a smaller cost per entry.
-//! - [`fill`]: coalescing of concurrent misses into one upstream fetch, streamed to every
-//!   waiter while it fills (read-while-writer).
+//! - [`fill`]: what a coalesced fill's head says, the origin fetch into a flight, completing
+//!   one from a stored entry.
 //! - [`read_path`]: the one read path both tiers compose: store, freshness, coalesced fill,
 //!   then their sources in order (cache nodes, the origin).
 //! - [`peers`]: pooled QUIC connections to cache nodes, `Hello`, member list, inbound streams.
@@ -21,22 +20,27 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod compact;
 pub mod config;
-pub mod entry;
 pub mod fill;
 pub mod membership;
 pub mod peers;
-pub mod purge;
 pub mod push;
 pub mod quic;
 pub mod read_path;
-pub mod store;
 pub mod tls;
 pub mod upstream;
 
 pub use cdn_http as http;
 pub use cdn_http::{origin, policy, range};
+pub use cdn_store::purge;
+
+/// The store (from `cdn-store`), under its old path while the tiers move to `cdn_store`.
+pub mod store {
+    pub use cdn_http::policy::{variant_key, vary_names};
+    pub use cdn_store::{
+        primary, Chunks, Engine, Entry, Eviction, Fields, Freshness, NewEntry, Store, MAX_VARIANTS,
+    };
+}
 
 /// Installs the ring crypto provider as rustls' process default. Configs built here pass the
 /// provider explicitly; this guards any library that asks rustls for the default.

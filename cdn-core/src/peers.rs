@@ -853,6 +853,9 @@ pub async fn fan_out_purge(
     }
 }
 
+/// Most purges an edge keeps sending again to nodes that have not acknowledged them.
+pub const MAX_UNDELIVERED: usize = 10_000;
+
 /// How long a purge is sent again to the nodes that have not acknowledged it.
 pub const REDELIVER_FOR: Duration = Duration::from_secs(3_600);
 
@@ -879,7 +882,7 @@ impl Undelivered {
             return;
         }
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
-        if list.len() >= crate::purge::MAX_UNDELIVERED {
+        if list.len() >= MAX_UNDELIVERED {
             tracing::warn!("too many undelivered purges: dropping the oldest");
             list.remove(0);
         }

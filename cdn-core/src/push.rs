@@ -9,7 +9,7 @@ use http::{HeaderMap, StatusCode};
 
 use crate::peers::{PeerError, PeerPool};
 use crate::quic::{fields_from_headers, send_data, send_frame, FrameReader};
-use crate::store::NewEntry;
+use cdn_store::NewEntry;
 
 /// Request fields of a push that become the stored response's fields; everything else the
 /// admin request carries (its token above all) is dropped.

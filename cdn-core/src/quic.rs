@@ -137,7 +137,7 @@ pub fn headers_from_fields(
 /// Sends a stored entry on a stream: head (with `Age` at `now`), body, `End`, finish.
 pub async fn send_entry(
     send: &mut quinn::SendStream,
-    entry: &crate::store::Entry,
+    entry: &cdn_store::Entry,
     cache: cdn_proto::CacheStatus,
     node: &str,
     now: std::time::SystemTime,

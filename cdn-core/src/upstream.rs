@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use crate::fill::{FillError, FillErrorKind, FlightWriter, Head, Served, Sink, Via};
 use crate::peers::{PeerError, PeerPool};
 use crate::quic::{codes, fields_from_headers, headers_from_fields, FrameReader, WireError};
-use crate::store::{Entry, NewEntry, Store};
 use cdn_proto::{Frame, Member, Method};
+use cdn_store::{Entry, NewEntry, Store};
 use tokio::sync::watch;
 
 /// Response-head latencies kept for the hedge delay.
