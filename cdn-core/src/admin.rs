@@ -12,8 +12,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use crate::peers::PurgeReport;
 use crate::push::{PushObject, PushReport};
+use cdn_net::peers::PurgeReport;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -326,7 +326,7 @@ pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
 pub fn common_metrics(
     member: &str,
     store: &cdn_store::Store,
-    pool: &crate::peers::PeerPool,
+    pool: &cdn_net::peers::PeerPool,
 ) -> Vec<Metric> {
     let mut out = Vec::new();
     let (size, expiry, purge) = store.evictions();

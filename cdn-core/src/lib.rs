@@ -1,10 +1,14 @@
-//! Runtime pieces shared by edges and cache nodes.
+//! The runtime both tiers compose: the read path, fills from the origin and from a node tier,
+//! pushes, the admin API.
 //!
-//! HTTP itself (the body type, hop-by-hop fields, the accept loop, cache policy, ranges, the
+//! What it is built on lives in crates of their own, re-exported here under their old paths
+//! while the tiers move to them. HTTP itself (the body type, hop-by-hop fields, the accept loop, cache policy, ranges, the
 //! origin client, config loading) lives in `cdn-http`, re-exported here as [`http`],
 //! [`policy`], [`range`] and [`origin`] while the tiers move to it; the store, purge matching
 //! and the coalescer live in `cdn-store`, re-exported as [`store`] and [`purge`] (and the
-//! coalescer through [`fill`]).
+//! coalescer through [`fill`]); TLS, QUIC frame I/O, the peer pool and membership live in
+//! `cdn-net`, re-exported as [`tls`], [`peers`], [`membership`] and (with `send_entry`)
+//! [`quic`].
 //!
 //! Layout:
 //! - [`config`]: the loading helpers (from `cdn-http`) and the consistency switch.
@@ -13,21 +17,17 @@
 //!   one from a stored entry.
 //! - [`read_path`]: the one read path both tiers compose: store, freshness, coalesced fill,
 //!   then their sources in order (cache nodes, the origin).
-//! - [`peers`]: pooled QUIC connections to cache nodes, `Hello`, member list, inbound streams.
-//! - [`quic`]: frame I/O over quinn streams.
-//! - [`tls`]: cluster CA, member certificates, mutual-TLS QUIC configurations.
+//! - [`upstream`]: a cache tier seen from in front of it: owners, hedges, the fill from a node.
+//! - [`quic`]: `cdn-net`'s frame I/O plus sending a stored entry.
 //! - [`admin`]: the admin HTTP API every member serves (`/healthz`, `/status`, `/metrics`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
 pub mod fill;
-pub mod membership;
-pub mod peers;
 pub mod push;
 pub mod quic;
 pub mod read_path;
-pub mod tls;
 pub mod upstream;
 
 pub use cdn_http as http;
@@ -42,10 +42,7 @@ pub mod store {
     };
 }
 
-/// Installs the ring crypto provider as rustls' process default. Configs built here pass the
-/// provider explicitly; this guards any library that asks rustls for the default.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use cdn_net::tls::install_crypto_provider;
+pub use cdn_net::{membership, peers, tls};
 
 pub use cdn_http::{init_tracing, raise_open_file_limit, shutdown_signal};
