@@ -2,13 +2,11 @@
 //! pushes, the admin API.
 //!
 //! What it is built on lives in crates of their own, re-exported here under their old paths
-//! while the tiers move to them. HTTP itself (the body type, hop-by-hop fields, the accept loop, cache policy, ranges, the
-//! origin client, config loading) lives in `cdn-http`, re-exported here as [`http`],
-//! [`policy`], [`range`] and [`origin`] while the tiers move to it; the store, purge matching
-//! and the coalescer live in `cdn-store`, re-exported as [`store`] and [`purge`] (and the
-//! coalescer through [`fill`]); TLS, QUIC frame I/O, the peer pool and membership live in
-//! `cdn-net`, re-exported as [`tls`], [`peers`], [`membership`] and (with `send_entry`)
-//! [`quic`].
+//! while the tiers move to them: HTTP (body, accept loop, cache policy, ranges, the origin
+//! client, config loading) in `cdn-http`, as [`http`], [`policy`], [`range`], [`origin`]; the
+//! store, purge matching and the coalescer in `cdn-store`, as [`store`], [`purge`] and through
+//! [`fill`]; TLS, QUIC frame I/O, the peer pool and membership in `cdn-net`, as [`tls`],
+//! [`peers`], [`membership`] and (with `send_entry` added) [`quic`].
 //!
 //! Layout:
 //! - [`config`]: the loading helpers (from `cdn-http`) and the consistency switch.

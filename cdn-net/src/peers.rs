@@ -155,9 +155,9 @@ pub struct Me {
 /// A node's own view comes from its gossip membership, which hands it over with
 /// [`PeerPool::set_view`]. An edge hears every node's view (in answer to `Hello`, and pushed
 /// on every change) and combines them: views that came over a link now down are ignored
-/// while any link is up, and each member's state is what most views say (see [`vote`]): a node killed with its link still open is
-/// down as soon as the others say so, and a node cut off from the others cannot talk the
-/// edge out of routing to them.
+/// while any link is up, and each member's state is what most views say (see [`vote`]): a
+/// node killed with its link still open is down as soon as the others say so, and a node cut
+/// off from the others cannot talk the edge out of routing to them.
 /// A member whose connection closed with [`close::LEAVING`] is `Left` until it reconnects.
 pub struct PeerPool {
     endpoint: quinn::Endpoint,

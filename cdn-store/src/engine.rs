@@ -34,8 +34,8 @@ pub enum Engine {
     /// moka: TinyLFU or LRU; about 350 bytes of bookkeeping per entry.
     #[default]
     Moka,
-    /// the compact engine (`compact.rs`): CLOCK with TinyLFU admission (or CLOCK alone for `lru`); about 30
-    /// bytes per entry.
+    /// Our compact engine (`compact.rs`): CLOCK with TinyLFU admission (or CLOCK alone for
+    /// `lru`); about 30 bytes per entry.
     Compact,
 }
 
@@ -49,7 +49,7 @@ impl Engine {
     }
 
     /// Fixed cost charged per entry on top of its body, key and own packed header bytes
-    /// ([`Entry::weight`]): the entry's fixed part, the engine's bookkeeping, allocator
+    /// ([`crate::Entry::weight`]): the entry's fixed part, the engine's bookkeeping, allocator
     /// slack. Measured with `examples/store_memory.rs` (1,000,000 × 1 KiB objects, RSS
     /// growth per object beyond the entries' weight: about 470 on moka, 155 on compact).
     pub fn entry_overhead(self) -> u32 {
