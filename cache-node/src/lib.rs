@@ -332,7 +332,7 @@ impl AdminState for Node {
     fn metrics(&self) -> Vec<Metric> {
         let mut out = self.counters.metrics();
         out.extend(cdn_core::admin::common_metrics(
-            self.counters.tier(),
+            self.counters.tier().as_str(),
             &self.config.id,
             self.store(),
             &self.peers,

@@ -12,8 +12,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use crate::peers::PurgeReport;
 use crate::push::{PushObject, PushReport};
+use cdn_net::peers::PurgeReport;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -331,10 +331,10 @@ pub fn store_status(doc: &mut serde_json::Value, store: &crate::store::Store) {
 /// entries removed from its store by cause, the cache nodes it knows by state, and each QUIC link's round-trip time and lost
 /// packets.
 pub fn common_metrics(
-    tier: crate::counters::Tier,
+    tier: &'static str,
     member: &str,
-    store: &crate::store::Store,
-    pool: &crate::peers::PeerPool,
+    store: &cdn_store::Store,
+    pool: &cdn_net::peers::PeerPool,
 ) -> Vec<Metric> {
     let mut out = Vec::new();
     for (name, help, v) in [
@@ -352,7 +352,7 @@ pub fn common_metrics(
     ] {
         out.push(
             Metric::gauge(name, help, v)
-                .label("tier", tier.as_str())
+                .label("tier", tier)
                 .label("member", member),
         );
     }

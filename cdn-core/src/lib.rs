@@ -1,49 +1,48 @@
-//! Runtime pieces shared by edges and cache nodes.
+//! The runtime both tiers compose: the read path, fills from the origin and from a node tier,
+//! pushes, the admin API.
 //!
-//! HTTP itself (the body type, hop-by-hop fields, the accept loop, cache policy, ranges, the
-//! origin client, config loading) lives in `cdn-http`, re-exported here as [`http`],
-//! [`policy`], [`range`] and [`origin`] while the tiers move to it.
+//! What it is built on lives in crates of their own, re-exported here under their old paths
+//! while the tiers move to them: HTTP (body, accept loop, cache policy, ranges, the origin
+//! client, config loading) in `cdn-http`, as [`http`], [`policy`], [`range`], [`origin`]; the
+//! store, purge matching and the coalescer in `cdn-store`, as [`store`], [`purge`] and through
+//! [`fill`]; TLS, QUIC frame I/O, the peer pool and membership in `cdn-net`, as [`tls`],
+//! [`peers`], [`membership`] and (with `send_entry` added) [`quic`].
 //!
 //! Layout:
 //! - [`config`]: the loading helpers (from `cdn-http`) and the consistency switch.
 //! - [`counters`]: the one table of counted events; it feeds `/status` and `/metrics` alike.
-//! - [`purge`]: what an invalidation matches, and the log that closes the purge/fill race.
 //! - [`push`]: pushed objects: admin input, wire transfer, freshness check.
-//! - [`store`]: the byte-bounded store of complete responses ([`store::Entry`]), on moka or on
-//!   [`compact`], our own engine with a smaller cost per entry.
-//! - [`fill`]: coalescing of concurrent misses into one upstream fetch, streamed to every
-//!   waiter while it fills (read-while-writer).
+//! - [`fill`]: what a coalesced fill's head says, the origin fetch into a flight, completing
+//!   one from a stored entry.
 //! - [`read_path`]: the one read path both tiers compose: store, freshness, coalesced fill,
 //!   then their sources in order (cache nodes, the origin).
-//! - [`peers`]: pooled QUIC connections to cache nodes, `Hello`, member list, inbound streams.
-//! - [`quic`]: frame I/O over quinn streams.
-//! - [`tls`]: cluster CA, member certificates, mutual-TLS QUIC configurations.
+//! - [`upstream`]: a cache tier seen from in front of it: owners, hedges, the fill from a node.
+//! - [`quic`]: `cdn-net`'s frame I/O plus sending a stored entry.
 //! - [`admin`]: the admin HTTP API every member serves (`/healthz`, `/status`, `/metrics`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod compact;
 pub mod config;
 pub mod counters;
-pub mod entry;
 pub mod fill;
-pub mod membership;
-pub mod peers;
-pub mod purge;
 pub mod push;
 pub mod quic;
 pub mod read_path;
-pub mod store;
-pub mod tls;
 pub mod upstream;
 
 pub use cdn_http as http;
 pub use cdn_http::{origin, policy, range};
+pub use cdn_store::purge;
 
-/// Installs the ring crypto provider as rustls' process default. Configs built here pass the
-/// provider explicitly; this guards any library that asks rustls for the default.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// The store (from `cdn-store`), under its old path while the tiers move to `cdn_store`.
+pub mod store {
+    pub use cdn_http::policy::{variant_key, vary_names};
+    pub use cdn_store::{
+        primary, Chunks, Engine, Entry, Eviction, Fields, Freshness, NewEntry, Store, MAX_VARIANTS,
+    };
 }
+
+pub use cdn_net::tls::install_crypto_provider;
+pub use cdn_net::{membership, peers, tls};
 
 pub use cdn_http::{init_tracing, raise_open_file_limit, shutdown_signal};

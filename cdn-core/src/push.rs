@@ -7,9 +7,12 @@ use bytes::Bytes;
 use cdn_proto::{Frame, Member};
 use http::{HeaderMap, StatusCode};
 
-use crate::peers::{PeerError, PeerPool};
-use crate::quic::{fields_from_headers, send_data, send_frame, FrameReader};
-use crate::store::NewEntry;
+use cdn_net::peers::{PeerError, PeerPool};
+use cdn_net::quic::{fields_from_headers, send_data, send_frame, FrameReader};
+
+/// Reading a pushed body is frame I/O (`cdn-net`), kept here under its old path.
+pub use cdn_net::quic::read_body;
+use cdn_store::NewEntry;
 
 /// Request fields of a push that become the stored response's fields; everything else the
 /// admin request carries (its token above all) is dropped.
@@ -119,7 +122,7 @@ impl PushObject {
         Ok(Self {
             key,
             status: StatusCode::from_u16(status).map_err(|e| e.to_string())?,
-            headers: crate::quic::headers_from_fields(headers).map_err(|e| e.to_string())?,
+            headers: cdn_net::quic::headers_from_fields(headers).map_err(|e| e.to_string())?,
             body,
         })
     }
@@ -144,27 +147,6 @@ pub async fn write_push(
         .await
         .map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())
-}
-
-/// Reads a pushed body (the `Data` frames up to `End`), at most `max` bytes.
-pub async fn read_body(reader: &mut FrameReader, max: u64) -> Result<Vec<Bytes>, String> {
-    let mut body = Vec::new();
-    let mut got = 0u64;
-    loop {
-        match reader.next().await.map_err(|e| e.to_string())? {
-            Some(Frame::Data(d)) => {
-                got += d.len() as u64;
-                if got > max {
-                    return Err(format!("pushed body over {max} bytes"));
-                }
-                body.push(d);
-            }
-            Some(Frame::End { len }) if len == got => return Ok(body),
-            Some(Frame::End { len }) => return Err(format!("End says {len} bytes, {got} arrived")),
-            Some(other) => return Err(format!("unexpected frame {}", other.name())),
-            None => return Err("stream ended before End".into()),
-        }
-    }
 }
 
 /// Pushes `obj` to `member` and waits up to `deadline` for its `Ack`.

@@ -34,9 +34,9 @@ use crate::fill::{
 };
 use crate::origin::Origin;
 use crate::policy::{self, Rules};
-use crate::store::{Entry, Freshness, Store};
 use crate::upstream::Upstream;
 use cdn_proto::CacheStatus;
+use cdn_store::{Entry, Freshness, Store};
 
 /// Where a miss can be filled from.
 pub enum Source {

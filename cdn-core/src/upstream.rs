@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::fill::{FillError, FillErrorKind, FlightWriter, Head, Served, Sink, Via};
-use crate::peers::{PeerError, PeerPool};
-use crate::quic::{codes, fields_from_headers, headers_from_fields, FrameReader, WireError};
-use crate::store::{Entry, NewEntry, Store};
+use cdn_net::peers::{PeerError, PeerPool};
+use cdn_net::quic::{codes, fields_from_headers, headers_from_fields, FrameReader, WireError};
 use cdn_proto::{Frame, Member, Method};
+use cdn_store::{Entry, NewEntry, Store};
 use tokio::sync::watch;
 
 /// Response-head latencies kept for the hedge delay.
@@ -194,7 +194,7 @@ impl Upstream {
                     // sees a broken response for it.
                     let body = tokio::time::timeout_at(
                         deadline,
-                        crate::push::read_body(&mut reader, SMALL_BODY),
+                        cdn_net::quic::read_body(&mut reader, SMALL_BODY),
                     )
                     .await
                     .map_err(|_| refused("body not complete in time".into()))?

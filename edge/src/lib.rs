@@ -280,7 +280,7 @@ impl AdminState for Edge {
             .label("member", self.config.id.clone()),
         );
         out.extend(cdn_core::admin::common_metrics(
-            self.counters.tier(),
+            self.counters.tier().as_str(),
             &self.config.id,
             self.l1(),
             self.upstream.pool(),

@@ -16,6 +16,12 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+/// Installs the ring crypto provider as rustls' process default. Configs built here pass the
+/// provider explicitly; this guards any library that asks rustls for the default.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The name every member's certificate carries and every client asks for.
 pub const SERVER_NAME: &str = "cdn-member";
 

@@ -11,32 +11,13 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use moka::policy::EvictionPolicy;
-use serde::{Deserialize, Serialize};
 
-pub use crate::entry::{Chunks, Entry, Fields, Freshness, NewEntry};
+use cdn_http::policy::{variant_key, vary_names};
 
-/// Which entries the store keeps when full.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Eviction {
-    /// Window TinyLFU: admits a new key only if it is likely to be used more than the victim;
-    /// resists scans and one-hit wonders.
-    #[default]
-    TinyLfu,
-    /// Least recently used.
-    Lru,
-}
-
-impl std::str::FromStr for Eviction {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "tiny-lfu" | "tinylfu" => Ok(Eviction::TinyLfu),
-            "lru" => Ok(Eviction::Lru),
-            _ => Err(format!("`{s}` is not an eviction policy (tiny-lfu, lru)")),
-        }
-    }
-}
+use crate::compact::Compact;
+use crate::engine::{Engine, Eviction};
+use crate::entry::{Entry, NewEntry};
+use crate::purge::PurgeLog;
 
 struct ExpireAtTtl;
 
@@ -67,61 +48,17 @@ impl moka::Expiry<Arc<str>, Entry> for ExpireAtTtl {
 pub struct Store {
     cache: Cache,
     capacity: u64,
-    log: Arc<crate::purge::PurgeLog>,
+    log: Arc<PurgeLog>,
     // Which request fields each URL's responses vary on, learned from their `Vary`.
     vary: moka::future::Cache<Arc<str>, Arc<VaryMarker>>,
     // Entries removed, by cause: size, expiry, purge (explicit removal).
     evictions: Arc<[std::sync::atomic::AtomicU64; 3]>,
 }
 
-/// Which map holds the entries.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Engine {
-    /// moka: TinyLFU or LRU; about 350 bytes of bookkeeping per entry.
-    #[default]
-    Moka,
-    /// [`crate::compact`]: CLOCK with TinyLFU admission (or CLOCK alone for `lru`); about 30
-    /// bytes per entry.
-    Compact,
-}
-
-impl Engine {
-    /// Its name in config files and flags.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Engine::Moka => "moka",
-            Engine::Compact => "compact",
-        }
-    }
-
-    /// Fixed cost charged per entry on top of its body, key and own packed header bytes
-    /// ([`Entry::weight`]): the entry's fixed part, the engine's bookkeeping, allocator
-    /// slack. Measured with `examples/store_memory.rs` (1,000,000 × 1 KiB objects, RSS
-    /// growth per object beyond the entries' weight: about 470 on moka, 155 on compact).
-    pub fn entry_overhead(self) -> u32 {
-        match self {
-            Engine::Moka => 480,
-            Engine::Compact => 160,
-        }
-    }
-}
-
-impl std::str::FromStr for Engine {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "moka" => Ok(Engine::Moka),
-            "compact" => Ok(Engine::Compact),
-            other => Err(format!("unknown store engine `{other}` (moka, compact)")),
-        }
-    }
-}
-
 #[derive(Clone)]
 enum Cache {
     Moka(moka::future::Cache<Arc<str>, Entry>),
-    Compact(Arc<crate::compact::Compact>),
+    Compact(Arc<Compact>),
 }
 
 impl Cache {
@@ -199,8 +136,6 @@ struct VaryMarker {
     variants: std::sync::atomic::AtomicUsize,
 }
 
-pub use cdn_http::policy::{variant_key, vary_names};
-
 /// The URL part of a storage key.
 pub fn primary(storage_key: &str) -> &str {
     storage_key.split('\0').next().unwrap_or(storage_key)
@@ -222,7 +157,7 @@ impl Store {
         };
         if engine == Engine::Compact {
             let tiny_lfu = eviction == Eviction::TinyLfu;
-            let cache = crate::compact::Compact::new(capacity, tiny_lfu, evictions.clone());
+            let cache = Compact::new(capacity, tiny_lfu, evictions.clone());
             return Self::on(Cache::Compact(Arc::new(cache)), capacity, evictions);
         }
         let cache = moka::future::Cache::builder()
@@ -273,7 +208,7 @@ impl Store {
     }
 
     /// The key concurrent misses coalesce under: the variant's key when the URL is known to
-    /// vary, else the URL (the first response then decides; see `fill::fits`).
+    /// vary, else the URL (the first response then decides; see `cdn_core::fill::fits`).
     pub async fn flight_key(&self, key: &str, request: &HeaderMap) -> String {
         match self.vary.get(key).await {
             Some(m) => variant_key(key, &m.names, request),
@@ -462,6 +397,7 @@ impl Store {
 mod tests {
     use super::*;
 
+    use crate::entry::Freshness;
     use bytes::Bytes;
     use http::StatusCode;
     use std::time::SystemTime;

@@ -152,12 +152,12 @@ pub struct Me {
 
 /// The pool of connections to cache nodes, and the member list learned through them.
 ///
-/// A node's own view comes from its gossip membership ([`crate::membership`]). An edge hears
-/// every node's view (in answer to `Hello`, and pushed on every change) and combines them:
-/// views that came over a link now down are ignored while any link is up, and each member's
-/// state is what most views say (see [`vote`]): a node killed with its link still open is
-/// down as soon as the others say so, and a node cut off from the others cannot talk the
-/// edge out of routing to them.
+/// A node's own view comes from its gossip membership, which hands it over with
+/// [`PeerPool::set_view`]. An edge hears every node's view (in answer to `Hello`, and pushed
+/// on every change) and combines them: views that came over a link now down are ignored
+/// while any link is up, and each member's state is what most views say (see [`vote`]): a
+/// node killed with its link still open is down as soon as the others say so, and a node cut
+/// off from the others cannot talk the edge out of routing to them.
 /// A member whose connection closed with [`close::LEAVING`] is `Left` until it reconnects.
 pub struct PeerPool {
     endpoint: quinn::Endpoint,
@@ -853,6 +853,9 @@ pub async fn fan_out_purge(
     }
 }
 
+/// Most purges an edge keeps sending again to nodes that have not acknowledged them.
+pub const MAX_UNDELIVERED: usize = 10_000;
+
 /// How long a purge is sent again to the nodes that have not acknowledged it.
 pub const REDELIVER_FOR: Duration = Duration::from_secs(3_600);
 
@@ -879,7 +882,7 @@ impl Undelivered {
             return;
         }
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
-        if list.len() >= crate::purge::MAX_UNDELIVERED {
+        if list.len() >= MAX_UNDELIVERED {
             tracing::warn!("too many undelivered purges: dropping the oldest");
             list.remove(0);
         }
@@ -1007,7 +1010,7 @@ pub async fn fetch_whole(
             }
             other => return Err(refused(format!("unexpected answer {other:?}"))),
         };
-        let body = crate::push::read_body(&mut reader, max)
+        let body = crate::quic::read_body(&mut reader, max)
             .await
             .map_err(refused)?;
         Ok(Fetched {

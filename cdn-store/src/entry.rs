@@ -270,7 +270,7 @@ impl Entry {
     /// copy is still useful (served under grace, or revalidated instead of refetched).
     pub(crate) fn keep(&self) -> Duration {
         let revalidate = if self.validators() {
-            crate::policy::REVALIDATE_KEEP
+            cdn_http::policy::REVALIDATE_KEEP
         } else {
             Duration::ZERO
         };
@@ -288,7 +288,7 @@ impl Entry {
 
     /// Its body, key and own packed header bytes (shared fields are not charged to each
     /// entry); a store charges this plus its engine's
-    /// [`crate::store::Engine::entry_overhead`].
+    /// [`crate::Engine::entry_overhead`].
     pub fn weight(&self) -> u32 {
         let w = self.body_len().saturating_add(self.tail().len() as u64);
         u32::try_from(w).unwrap_or(u32::MAX)
@@ -332,7 +332,7 @@ impl NewEntry {
         status: StatusCode,
         headers: &HeaderMap,
         body: impl Into<Chunks>,
-        decision: crate::policy::Decision,
+        decision: cdn_http::policy::Decision,
         stored_at: SystemTime,
     ) -> Self {
         let since_epoch = stored_at
@@ -807,15 +807,15 @@ pub(crate) mod tests {
     use super::*;
 
     /// A response with `Cache-Control: cc` and the policy's decision on it at `now`.
-    pub(crate) fn decision(cc: &str, now: SystemTime) -> (HeaderMap, crate::policy::Decision) {
-        let req = crate::policy::policy_request(&http::Method::GET, "/", &HeaderMap::new());
+    pub(crate) fn decision(cc: &str, now: SystemTime) -> (HeaderMap, cdn_http::policy::Decision) {
+        let req = cdn_http::policy::policy_request(&http::Method::GET, "/", &HeaderMap::new());
         let resp = http::Response::builder()
             .header("cache-control", cc)
             .body(())
             .unwrap()
             .into_parts()
             .0;
-        let d = crate::policy::evaluate(&req, &resp, now);
+        let d = cdn_http::policy::evaluate(&req, &resp, now);
         (resp.headers, d)
     }
 

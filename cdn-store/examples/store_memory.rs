@@ -1,14 +1,14 @@
 //! Resident memory of a store holding N objects of a given size, as bytes per object over
 //! the payload. Objects look like real fills: a policy evaluated from typical origin headers.
 //!
-//! `cargo run --release -p cdn-core --example store_memory -- [N] [SIZE] [ENGINE]` (1,000,000
+//! `cargo run --release -p cdn-store --example store_memory -- [N] [SIZE] [ENGINE]` (1,000,000
 //! × 1 KiB on moka by default; ENGINE `moka` or `compact`).
 
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use cdn_core::policy::{evaluate, policy_request};
-use cdn_core::store::{Engine, Eviction, NewEntry, Store};
+use cdn_http::policy::{evaluate, policy_request};
+use cdn_store::{Engine, Eviction, NewEntry, Store};
 
 mod common;
 use common::rss_bytes;

@@ -2,7 +2,7 @@
 //! store's per-object overhead. One configuration per run (RSS growth is measured in a fresh
 //! process):
 //!
-//! `cargo run --release -p cdn-core --example moka_floor -- MODE [N]`, MODE one of
+//! `cargo run --release -p cdn-store --example moka_floor -- MODE [N]`, MODE one of
 //! - `plain`: `future::Cache<u64, u64>` with a count bound;
 //! - `store`: the store's configuration (byte weigher, per-entry expiry, eviction listener,
 //!   TinyLFU) with `u64` keys and `u64` values;

@@ -16,10 +16,12 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::store::Entry;
 use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
+
+use crate::engine::Engine;
+use crate::entry::Entry;
 
 /// Why an entry left (indexes of the store's eviction counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,7 +270,7 @@ pub struct Compact {
 fn weight_of(entry: &Entry) -> u32 {
     entry
         .weight()
-        .saturating_add(crate::store::Engine::Compact.entry_overhead())
+        .saturating_add(Engine::Compact.entry_overhead())
 }
 
 impl Compact {
@@ -521,9 +523,10 @@ mod tests {
             *r.headers_mut() = h.clone();
             r.into_parts().0
         };
-        let req = crate::policy::policy_request(&http::Method::GET, "/k", &http::HeaderMap::new());
-        let decision = crate::policy::evaluate(&req, &resp, SystemTime::now());
-        crate::store::NewEntry::new(
+        let req =
+            cdn_http::policy::policy_request(&http::Method::GET, "/k", &http::HeaderMap::new());
+        let decision = cdn_http::policy::evaluate(&req, &resp, SystemTime::now());
+        crate::entry::NewEntry::new(
             http::StatusCode::OK,
             &h,
             vec![bytes::Bytes::from(vec![7u8; size])],

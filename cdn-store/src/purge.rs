@@ -7,9 +7,6 @@
 //! start that match, and removes its own entry if one does. Whichever of "purge applies" and
 //! "fill checks" runs second sees the other's effect, so the purged body never stays stored.
 
-/// Most purges an edge keeps sending again to nodes that have not acknowledged them.
-pub const MAX_UNDELIVERED: usize = 10_000;
-
 use std::collections::VecDeque;
 use std::sync::Mutex;
 

@@ -1,0 +1,220 @@
+//! Frame I/O over quinn streams: the thin async shell around `cdn_proto::Frame`.
+
+use bytes::{Bytes, BytesMut};
+use cdn_proto::frame::{encode_data_header, HEADER_LEN, MAX_DATA};
+use cdn_proto::{DecodeError, Frame};
+
+/// A stream failed or carried something that is not a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// Reading failed (reset, connection lost).
+    #[error("read: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// Writing failed (stopped, connection lost).
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The stream was already finished.
+    #[error("stream closed")]
+    Closed(#[from] quinn::ClosedStream),
+    /// The peer sent bytes that are not a valid frame.
+    #[error("decode: {0}")]
+    Decode(#[from] DecodeError),
+    /// The stream ended inside a frame.
+    #[error("stream ended mid-frame")]
+    Truncated,
+    /// Nothing could be read or written for [`STREAM_IDLE`]: the peer hangs.
+    #[error("stream idle for {0:?}")]
+    Idle(std::time::Duration),
+}
+
+/// Longest a stream may go without a byte read or a write accepted before it counts as hung:
+/// above every legitimate wait (a node's origin response timeout is 30 s, and it says
+/// `Pending` before it starts waiting).
+pub const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reads frames from a receive stream.
+pub struct FrameReader {
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    idle: std::time::Duration,
+}
+
+impl FrameReader {
+    /// Wraps a receive stream.
+    pub fn new(recv: quinn::RecvStream) -> Self {
+        Self {
+            recv,
+            buf: BytesMut::with_capacity(16 * 1024),
+            idle: STREAM_IDLE,
+        }
+    }
+
+    /// Sets how long a read may wait for the next bytes before failing with `Idle`.
+    pub fn with_idle(mut self, idle: std::time::Duration) -> Self {
+        self.idle = idle;
+        self
+    }
+
+    /// The next frame; `Ok(None)` when the peer finished the stream cleanly between frames.
+    pub async fn next(&mut self) -> Result<Option<Frame>, WireError> {
+        loop {
+            if let Some(f) = Frame::decode(&mut self.buf)? {
+                return Ok(Some(f));
+            }
+            let chunk = tokio::time::timeout(self.idle, self.recv.read_chunk(256 * 1024, true))
+                .await
+                .map_err(|_| WireError::Idle(self.idle))??;
+            match chunk {
+                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+                None if self.buf.is_empty() => return Ok(None),
+                None => return Err(WireError::Truncated),
+            }
+        }
+    }
+
+    /// Tells the peer to stop sending (e.g. the request was abandoned).
+    pub fn stop(&mut self, code: u32) {
+        let _ = self.recv.stop(code.into());
+    }
+}
+
+/// Writes one non-data frame.
+pub async fn send_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), WireError> {
+    tokio::time::timeout(STREAM_IDLE, send.write_chunk(frame.to_bytes()))
+        .await
+        .map_err(|_| WireError::Idle(STREAM_IDLE))??;
+    Ok(())
+}
+
+/// Writes `data` as `Data` frames without copying it.
+pub async fn send_data(send: &mut quinn::SendStream, mut data: Bytes) -> Result<(), WireError> {
+    while !data.is_empty() {
+        let piece = data.split_to(data.len().min(MAX_DATA));
+        let mut header = BytesMut::with_capacity(HEADER_LEN);
+        encode_data_header(piece.len(), &mut header);
+        let mut chunks = [header.freeze(), piece];
+        // A peer that stops granting flow-control credit must not hold the writer forever.
+        tokio::time::timeout(STREAM_IDLE, send.write_all_chunks(&mut chunks))
+            .await
+            .map_err(|_| WireError::Idle(STREAM_IDLE))??;
+    }
+    Ok(())
+}
+
+/// Stream error codes sent with RESET_STREAM / STOP_SENDING.
+pub mod codes {
+    /// The response could not be completed; whatever arrived must be discarded.
+    pub const ABORTED: u32 = 1;
+    /// The requester no longer wants the response.
+    pub const CANCELLED: u32 = 2;
+    /// The peer broke the protocol.
+    pub const PROTOCOL: u32 = 3;
+}
+
+/// Header fields as frame fields.
+pub fn fields_from_headers(h: &http::HeaderMap) -> Vec<cdn_proto::frame::Field> {
+    h.iter()
+        .filter(|(_, v)| v.len() <= u16::MAX as usize)
+        .map(|(k, v)| (k.as_str().to_string(), Bytes::copy_from_slice(v.as_bytes())))
+        .collect()
+}
+
+/// Frame fields as a header map; a field that is not valid HTTP is a protocol error.
+pub fn headers_from_fields(
+    fields: Vec<cdn_proto::frame::Field>,
+) -> Result<http::HeaderMap, DecodeError> {
+    let mut h = http::HeaderMap::with_capacity(fields.len());
+    for (k, v) in fields {
+        let name = http::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| DecodeError::Malformed("invalid header name"))?;
+        let value = http::HeaderValue::from_maybe_shared(v)
+            .map_err(|_| DecodeError::Malformed("invalid header value"))?;
+        h.append(name, value);
+    }
+    Ok(h)
+}
+
+/// Sends a whole response on a stream: `head` (a `ResponseHead`), `body` as `Data` frames,
+/// `End`, finish. Returns the body bytes sent. What the head and chunks are made of (a stored
+/// entry, say) is the caller's business: this layer knows frames, not the store.
+pub async fn send_whole(
+    send: &mut quinn::SendStream,
+    head: &Frame,
+    body: &[Bytes],
+) -> Result<u64, WireError> {
+    send_frame(send, head).await?;
+    let mut len = 0;
+    for chunk in body {
+        len += chunk.len() as u64;
+        send_data(send, chunk.clone()).await?;
+    }
+    send_frame(send, &Frame::End { len }).await?;
+    send.finish()?;
+    Ok(len)
+}
+
+/// Reads a body (the `Data` frames up to `End`), at most `max` bytes: a pushed object, or a
+/// whole response fetched from a node.
+pub async fn read_body(reader: &mut FrameReader, max: u64) -> Result<Vec<Bytes>, String> {
+    let mut body = Vec::new();
+    let mut got = 0u64;
+    loop {
+        match reader.next().await.map_err(|e| e.to_string())? {
+            Some(Frame::Data(d)) => {
+                got += d.len() as u64;
+                if got > max {
+                    return Err(format!("pushed body over {max} bytes"));
+                }
+                body.push(d);
+            }
+            Some(Frame::End { len }) if len == got => return Ok(body),
+            Some(Frame::End { len }) => return Err(format!("End says {len} bytes, {got} arrived")),
+            Some(other) => return Err(format!("unexpected frame {}", other.name())),
+            None => return Err("stream ended before End".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_stream_that_stalls_mid_frame_fails_as_idle() {
+        crate::tls::install_crypto_provider();
+        let tls = crate::tls::TlsMaterial::generate().unwrap();
+        let t = crate::tls::transport(8, Duration::from_secs(5));
+        let server = quinn::Endpoint::server(
+            tls.quic_server(t.clone()).unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(tls.quic_client(t).unwrap());
+        let addr = server.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let (_send, recv) = conn.accept_bi().await.unwrap();
+            let got = FrameReader::new(recv)
+                .with_idle(Duration::from_millis(100))
+                .next()
+                .await;
+            (got, server)
+        });
+        let conn = client
+            .connect(addr, crate::tls::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        // The first bytes of a frame, then nothing (the stream stays open).
+        let frame = Frame::MembersRequest.to_bytes();
+        send.write_all(&frame[..1]).await.unwrap();
+        let (got, _server) = accept.await.unwrap();
+        assert!(
+            matches!(got, Err(WireError::Idle(d)) if d == Duration::from_millis(100)),
+            "{got:?}"
+        );
+    }
+}
