@@ -90,8 +90,7 @@ fn config_from(cli: Cli) -> Result<Config, ConfigError> {
         None => Config::default(),
     };
     // File, then environment (`CDN_<KEY>`), then flags.
-    let mut c =
-        cdn_core::config::apply_env(c, &["advertise", "admin_token", "tls_dir", "parent_region"])?;
+    let mut c = cdn_core::config::apply_env(c)?;
     if let Some(v) = cli.id {
         c.id = v;
     }

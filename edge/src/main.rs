@@ -65,7 +65,7 @@ fn config_from(cli: Cli) -> Result<Config, ConfigError> {
         None => Config::default(),
     };
     // File, then environment (`CDN_<KEY>`), then flags.
-    let mut c = cdn_core::config::apply_env(c, &["admin_token", "tls_dir"])?;
+    let mut c = cdn_core::config::apply_env(c)?;
     if let Some(v) = cli.id {
         c.id = v;
     }
