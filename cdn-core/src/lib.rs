@@ -5,7 +5,8 @@
 //! [`policy`], [`range`] and [`origin`] while the tiers move to it.
 //!
 //! Layout:
-//! - [`config`]: the loading helpers (from `cdn-http`) and the consistency switch.
+//! - [`config`]: the loading helpers (from `cdn-http`), the section and flags both tiers share,
+//!   and the consistency switch.
 //! - [`purge`]: what an invalidation matches, and the log that closes the purge/fill race.
 //! - [`push`]: pushed objects: admin input, wire transfer, freshness check.
 //! - [`store`]: the byte-bounded store of complete responses ([`store::Entry`]), on moka or on
