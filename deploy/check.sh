@@ -47,7 +47,7 @@ import yaml
 bin_dir, tls = sys.argv[1], sys.argv[2]
 # What the downward API and the Secrets give a pod.
 env = {"POD_NAME": "cdn-node-0", "POD_IP": "10.0.0.7", "NAMESPACE": "default"}
-drain_ms = 10_000  # cache-node's drain_timeout_ms default (cache-node/src/config.rs)
+drain_ms = 10_000  # cache-node's drain_timeout default, 10 s (cache-node/src/config.rs)
 checked = 0
 for path in sys.argv[3:]:
     for doc in yaml.safe_load_all(open(path)):

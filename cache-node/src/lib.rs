@@ -217,7 +217,7 @@ impl Node {
         let started = Instant::now();
         self.apply_purge(inv).await;
         let mut report = PurgeReport {
-            acked: vec![self.config.id.clone()],
+            acked: vec![self.config.member.id.clone()],
             ..PurgeReport::default()
         };
         if forward {
@@ -240,7 +240,7 @@ impl Node {
             .peers
             .roster()
             .iter()
-            .filter(|m| m.id != self.config.id && m.state != MemberState::Left)
+            .filter(|m| m.id != self.config.member.id && m.state != MemberState::Left)
             .cloned()
             .collect();
         let deadline = self.purge_deadline();
@@ -249,27 +249,27 @@ impl Node {
         cdn_core::peers::fan_out_purge(&self.peers, &others, id, inv, deadline, &mut remote).await;
         local.merge(remote.acked, remote.missing);
         local.settle(started);
-        metrics::histogram!("cdn_purge_fanout_seconds", "member" => self.config.id.clone())
+        metrics::histogram!("cdn_purge_fanout_seconds", "member" => self.config.member.id.clone())
             .record(started.elapsed().as_secs_f64());
         local
     }
 
     fn purge_deadline(&self) -> Duration {
-        Duration::from_millis(self.config.purge_timeout_ms)
+        self.config.member.purge_timeout
     }
 }
 
 impl AdminState for Node {
     fn token(&self) -> Option<&str> {
-        self.config.admin_token.as_deref()
+        self.config.member.admin_token.as_deref()
     }
 
     fn strict(&self) -> bool {
-        self.config.consistency == cdn_core::config::Consistency::Strict
+        self.config.member.consistency == cdn_core::config::Consistency::Strict
     }
 
     fn max_push(&self) -> u64 {
-        self.config.max_object()
+        self.config.member.max_object()
     }
 
     fn push(
@@ -298,11 +298,11 @@ impl AdminState for Node {
     fn status(&self) -> serde_json::Value {
         let c = &self.counters;
         let mut doc = serde_json::json!({
-            "id": self.config.id,
+            "id": self.config.member.id,
             "role": "cache-node",
-            "region": self.config.region,
+            "region": self.config.member.region,
             "members": self.peers.roster().iter().map(|m| {
-                let up = m.id == self.config.id
+                let up = m.id == self.config.member.id
                     || m.addr.parse().is_ok_and(|a| self.peers.is_connected(a));
                 let mut v = serde_json::json!({
                     "id": m.id,
@@ -311,7 +311,7 @@ impl AdminState for Node {
                     "state": m.state.as_str(),
                     "link": if up { "up" } else { "down" },
                 });
-                if m.id == self.config.id {
+                if m.id == self.config.member.id {
                     // This node's own answers, and how many came from its store.
                     v["answers"] = c.get(Counter::Requests).into();
                     v["hits"] = c.get(Counter::Hits).into();
@@ -333,7 +333,7 @@ impl AdminState for Node {
         let mut out = self.counters.metrics();
         out.extend(cdn_core::admin::common_metrics(
             self.counters.tier().as_str(),
-            &self.config.id,
+            &self.config.member.id,
             self.store(),
             &self.peers,
         ));
@@ -355,9 +355,9 @@ pub struct NodeHandle {
 
 impl NodeHandle {
     /// Stops the node gracefully (SIGTERM): leaves the cluster, drains requests in flight
-    /// (up to `drain_timeout_ms`), then closes its connections with `LEAVING`.
+    /// (up to `drain_timeout`), then closes its connections with `LEAVING`.
     pub async fn stop(self) {
-        let drain = Duration::from_millis(self.node.config.drain_timeout_ms);
+        let drain = self.node.config.drain_timeout;
         self.node.leave(drain).await;
         self.shutdown.cancel();
         let _ = self.task.await;
@@ -372,7 +372,7 @@ impl NodeHandle {
 
     /// The node's id.
     pub fn id(&self) -> &str {
-        &self.node.config.id
+        &self.node.config.member.id
     }
 }
 
@@ -408,7 +408,7 @@ pub struct Net {
     pub socket: Arc<dyn quinn::AsyncUdpSocket>,
     /// quinn's runtime (timers, spawning, the clock).
     pub runtime: Arc<dyn quinn::Runtime>,
-    /// Opens origin connections (`None`: TCP with `origin_connect_timeout_ms`).
+    /// Opens origin connections (`None`: TCP with `origin_connect_timeout`).
     pub origin: Option<cdn_core::origin::Dialer>,
 }
 
@@ -436,10 +436,7 @@ pub async fn start_on(
         Some(a) => a.local_addr().map_err(io("reading admin address"))?,
         None => SocketAddr::from(([0, 0, 0, 0], 0)),
     };
-    let transport = cdn_core::tls::transport(
-        config.max_streams,
-        Duration::from_millis(config.idle_timeout_ms),
-    );
+    let transport = cdn_core::tls::transport(config.max_streams, config.member.idle_timeout);
     let server_cfg = tls.quic_server(transport.clone())?;
     let client_cfg = tls.quic_client(transport)?;
     let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
@@ -451,47 +448,50 @@ pub async fn start_on(
     .map_err(io("starting QUIC endpoint"))?;
     // The same socket dials other nodes, so they see this node's listen address.
     endpoint.set_default_client_config(client_cfg);
-    let dialer = origin.unwrap_or_else(|| {
-        cdn_core::origin::Dialer::tcp(Duration::from_millis(config.origin_connect_timeout_ms))
-    });
+    let dialer = origin
+        .unwrap_or_else(|| cdn_core::origin::Dialer::tcp(config.member.origin_connect_timeout));
     let origin = Origin::with_dialer(
-        &config.origin,
+        &config.member.origin,
         dialer,
-        Duration::from_millis(config.origin_response_timeout_ms),
+        config.member.origin_response_timeout,
     )
     .map_err(|e| cdn_core::config::ConfigError::new("origin", e))?;
     // The address others reach us at: `advertise`, or the bound address when it is specific.
     let reachable = config.advertise.unwrap_or(quic_addr);
     let member = Member::alive(
-        config.id.clone(),
+        config.member.id.clone(),
         reachable.to_string(),
-        config.region.clone(),
+        config.member.region.clone(),
     );
     let peers = PeerPool::new(
         endpoint.clone(),
         Me {
-            id: config.id.clone(),
+            id: config.member.id.clone(),
             role: cdn_proto::Role::Node,
-            region: config.region.clone(),
+            region: config.member.region.clone(),
             addr: reachable.to_string(),
         },
         Timeouts {
             connect: Duration::from_millis(1_000),
-            response: Duration::from_millis(config.origin_response_timeout_ms + 5_000),
+            response: config.member.origin_response_timeout + Duration::from_secs(5),
             first_byte: Duration::from_millis(2_000),
             retry: Duration::from_millis(1_000),
         },
     );
     peers.set_view(reachable, vec![member.clone()]);
-    let seeds = config.seeds.clone();
+    let seeds = config.member.seeds.clone();
     let membership = cdn_core::membership::Membership::start(
-        cdn_core::membership::NodeIdentity::new(&config.id, reachable, &config.region),
+        cdn_core::membership::NodeIdentity::new(
+            &config.member.id,
+            reachable,
+            &config.member.region,
+        ),
         peers.clone(),
         seeds.clone(),
         config.gossip(),
         shutdown.clone(),
     );
-    let counters = Arc::new(Counters::new(Tier::Node, config.id.clone()));
+    let counters = Arc::new(Counters::new(Tier::Node, config.member.id.clone()));
     let next_purge_id = Arc::new(AtomicU64::new(1));
     // A region with a parent asks the parent's owners first: they fill from the origin once
     // for every child region (and coalesce concurrent misses from all of them).
@@ -499,20 +499,25 @@ pub async fn start_on(
         .parent_region
         .as_ref()
         .map(|p| {
-            let parent = cdn_core::upstream::Upstream::new(peers.clone(), config.replicas, None)
-                .in_region(p, false);
+            let parent =
+                cdn_core::upstream::Upstream::new(peers.clone(), config.member.replicas, None)
+                    .in_region(p, false);
             Source::Owners(Arc::new(parent))
         })
         .into_iter()
         .collect();
     sources.push(Source::Origin(Arc::new(origin)));
     let reads = ReadPath::new(
-        Store::with_engine(config.capacity.0, config.eviction, config.store_engine),
+        Store::with_engine(
+            config.member.capacity.0,
+            config.member.eviction,
+            config.member.store_engine,
+        ),
         sources,
         ReadSettings {
-            honour_client_no_cache: config.honour_client_no_cache,
-            max_object: config.max_object(),
-            rules: config.rules(),
+            honour_client_no_cache: config.member.honour_client_no_cache,
+            max_object: config.member.max_object(),
+            rules: config.member.rules(),
         },
         counters.clone(),
         next_purge_id.clone(),
@@ -581,7 +586,7 @@ pub async fn start_on(
         }
         let _ = maintain.await;
     });
-    tracing::info!(id = %node.config.id, %quic_addr, %admin_addr, "cache node started");
+    tracing::info!(id = %node.config.member.id, %quic_addr, %admin_addr, "cache node started");
     Ok(NodeHandle {
         node,
         quic_addr,

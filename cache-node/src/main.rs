@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use cache_node::Config;
-use cdn_core::config::{load_toml, parse_args, ByteSize, ConfigError};
+use cdn_core::config::{load_toml, parse_args, ConfigError, MemberArgs};
 use cdn_core::store::{Engine, Eviction};
 use cdn_core::tls::TlsMaterial;
 use clap::{Parser, Subcommand};
@@ -18,6 +18,12 @@ use tokio_util::sync::CancellationToken;
 /// A cache node of the CDN cluster.
 #[derive(Parser)]
 #[command(version)]
+// The shared flags' help, said for a node.
+#[command(mut_arg("id", |a| a.help("Node identity (placement input; keep it stable)")))]
+#[command(mut_arg("listen", |a| a.help("QUIC (UDP) address")))]
+#[command(mut_arg("seeds", |a| a.help("Another node's QUIC address (repeatable)")))]
+#[command(mut_arg("capacity", |a| a.help("Store capacity (e.g. 256MiB)")))]
+#[command(mut_arg("replicas", |a| a.help("Owners per key (pushes are stored on this many nodes)")))]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -27,51 +33,21 @@ struct Cli {
     /// Validate the config and exit.
     #[arg(long)]
     check_config: bool,
-    /// Node identity (placement input; keep it stable).
-    #[arg(long)]
-    id: Option<String>,
-    /// QUIC (UDP) address.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
+    /// The flags every member takes (identity, addresses, seeds, origin, store, TLS...).
+    #[command(flatten)]
+    member: MemberArgs,
     /// QUIC address to advertise when --listen is a wildcard (e.g. the pod IP).
     #[arg(long, env = "CDN_ADVERTISE")]
     advertise: Option<SocketAddr>,
-    /// Admin HTTP address.
-    #[arg(long)]
-    admin: Option<SocketAddr>,
-    /// Another node's QUIC address (repeatable).
-    #[arg(long = "seed")]
-    seeds: Vec<String>,
-    /// Origin base URL.
-    #[arg(long)]
-    origin: Option<String>,
-    /// Store capacity (e.g. 256MiB).
-    #[arg(long)]
-    capacity: Option<ByteSize>,
-    /// Owners per key (pushes are stored on this many nodes).
-    #[arg(long)]
-    replicas: Option<usize>,
     /// Eviction policy: tiny-lfu or lru.
     #[arg(long)]
     eviction: Option<Eviction>,
     /// Store engine: moka or compact.
     #[arg(long)]
     store_engine: Option<Engine>,
-    /// Admin API bearer token.
-    #[arg(long, env = "CDN_ADMIN_TOKEN")]
-    admin_token: Option<String>,
-    /// Directory with the cluster certificates (see `init-tls`).
-    #[arg(long)]
-    tls_dir: Option<PathBuf>,
-    /// Region name.
-    #[arg(long)]
-    region: Option<String>,
     /// Region whose nodes to ask before the origin (tiered cache).
     #[arg(long)]
     parent_region: Option<String>,
-    /// available (default) or strict: see README, "Consistency".
-    #[arg(long)]
-    consistency: Option<cdn_core::config::Consistency>,
 }
 
 #[derive(Subcommand)]
@@ -90,55 +66,22 @@ fn config_from(cli: Cli) -> Result<Config, ConfigError> {
         None => Config::default(),
     };
     // File, then environment (`CDN_<KEY>`), then flags.
-    let mut c =
-        cdn_core::config::apply_env(c, &["advertise", "admin_token", "tls_dir", "parent_region"])?;
-    if let Some(v) = cli.id {
-        c.id = v;
-    }
-    if let Some(v) = cli.listen {
-        c.listen = v;
-    }
-    if let Some(v) = cli.admin {
-        c.admin = v;
-    }
+    let mut c = cdn_core::config::apply_env(c)?;
+    cli.member.apply(&mut c.member);
     if let Some(v) = cli.advertise {
         c.advertise = Some(v);
     }
-    if !cli.seeds.is_empty() {
-        c.seeds = cli.seeds;
-    }
-    if let Some(v) = cli.origin {
-        c.origin = v;
-    }
-    if let Some(v) = cli.capacity {
-        c.capacity = v;
-    }
     if let Some(v) = cli.eviction {
-        c.eviction = v;
+        c.member.eviction = v;
     }
     if let Some(v) = cli.store_engine {
-        c.store_engine = v;
-    }
-    if let Some(v) = cli.replicas {
-        c.replicas = v;
-    }
-    if let Some(v) = cli.admin_token {
-        c.admin_token = Some(v);
-    }
-    if let Some(v) = cli.tls_dir {
-        c.tls_dir = Some(v);
-    }
-    if let Some(v) = cli.region {
-        c.region = v;
+        c.member.store_engine = v;
     }
     if let Some(v) = cli.parent_region {
         c.parent_region = Some(v);
     }
-    if let Some(v) = cli.consistency {
-        c.consistency = v;
-    }
     c.validate()?;
-    if c.tls_dir.is_none() {
+    if c.member.tls_dir.is_none() {
         return Err(ConfigError::new(
             "tls_dir",
             "required: create one with `cache-node init-tls --dir DIR`",
@@ -162,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let check_only = cli.check_config;
     let config = config_from(cli).unwrap_or_else(|e| e.exit());
-    let tls_dir = config.tls_dir.clone().unwrap_or_default();
+    let tls_dir = config.member.tls_dir.clone().unwrap_or_default();
     let tls = TlsMaterial::load(&tls_dir)
         .unwrap_or_else(|e| ConfigError::new("tls_dir", e.to_string()).exit());
     if check_only {
@@ -170,10 +113,10 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     cdn_core::raise_open_file_limit();
-    let udp = std::net::UdpSocket::bind(config.listen)
-        .map_err(|e| anyhow::anyhow!("binding QUIC {}: {e}", config.listen))?;
-    let admin = cdn_core::http::listen(config.admin)
-        .map_err(|e| anyhow::anyhow!("binding admin {}: {e}", config.admin))?;
+    let udp = std::net::UdpSocket::bind(config.member.listen)
+        .map_err(|e| anyhow::anyhow!("binding QUIC {}: {e}", config.member.listen))?;
+    let admin = cdn_core::http::listen(config.member.admin)
+        .map_err(|e| anyhow::anyhow!("binding admin {}: {e}", config.member.admin))?;
     let shutdown = CancellationToken::new();
     let handle = cache_node::start(config, &tls, udp, admin, shutdown.clone()).await?;
     println!(

@@ -14,16 +14,18 @@ use crate::{Counter, Node};
 impl Node {
     /// The owners of `key` in this node's region, best first.
     fn owners(&self, key: &str) -> Vec<Member> {
-        self.owners_in(key, &self.config.region)
+        self.owners_in(key, &self.config.member.region)
     }
 
     fn owners_in(&self, key: &str, region: &str) -> Vec<Member> {
         let all = self.peers.members();
         let members: Vec<&Member> = all.iter().filter(|m| m.region == region).collect();
-        cdn_proto::owners(key.as_bytes(), &members, self.config.replicas, |m| &m.id)
-            .into_iter()
-            .map(|i| members[i].clone())
-            .collect()
+        cdn_proto::owners(key.as_bytes(), &members, self.config.member.replicas, |m| {
+            &m.id
+        })
+        .into_iter()
+        .map(|i| members[i].clone())
+        .collect()
     }
 
     /// The owners of `key` in every region (a push is stored in all of them).
@@ -43,7 +45,7 @@ impl Node {
     }
 
     fn op_deadline(&self) -> Duration {
-        Duration::from_millis(self.config.purge_timeout_ms)
+        self.config.member.purge_timeout
     }
 
     /// Stores `obj` on its owners (this node included when it is one) and, with `edges`,
@@ -57,7 +59,7 @@ impl Node {
         let calls = owners.iter().map(|m| {
             let obj = &obj;
             async move {
-                if m.id == self.config.id {
+                if m.id == self.config.member.id {
                     match self.store_pushed(obj).await {
                         Ok(()) => Ok((vec![m.id.clone()], vec![])),
                         Err(e) => Err(e),
@@ -102,7 +104,7 @@ impl Node {
         let others: Vec<Member> = self
             .owners(key)
             .into_iter()
-            .filter(|m| m.id != self.config.id)
+            .filter(|m| m.id != self.config.member.id)
             .collect();
         if others.is_empty() {
             return;
@@ -130,7 +132,7 @@ impl Node {
 
     /// Stores a pushed object here.
     pub async fn store_pushed(&self, obj: &PushObject) -> Result<(), String> {
-        let entry = obj.entry(SystemTime::now(), &self.config.rules())?;
+        let entry = obj.entry(SystemTime::now(), &self.config.member.rules())?;
         self.store().insert_pushed(&obj.key, entry).await;
         Ok(())
     }
@@ -146,8 +148,8 @@ impl Node {
     }
 
     async fn prewarm_one(self: Arc<Self>, url: String, edges: bool) -> PrewarmResult {
-        let max = self.config.max_object();
-        let deadline = Duration::from_millis(self.config.origin_response_timeout_ms + 5_000);
+        let max = self.config.member.max_object();
+        let deadline = self.config.member.origin_response_timeout + Duration::from_secs(5);
         let mut last_error = String::from("no cache node is reachable");
         let mut fetched = None;
         for owner in self.owners(&url) {

@@ -131,7 +131,8 @@ async fn serve_stream(
             headers,
             forward,
         })) => {
-            let body = match cdn_core::push::read_body(&mut reader, node.config.max_object()).await
+            let body = match cdn_core::push::read_body(&mut reader, node.config.member.max_object())
+                .await
             {
                 Ok(b) => b,
                 Err(e) => return refuse(&mut send, ErrorCode::BadRequest, e).await,
@@ -144,11 +145,11 @@ async fn serve_stream(
                 return refuse(&mut send, ErrorCode::BadRequest, e).await;
             }
             let mut report = cdn_core::peers::PurgeReport {
-                acked: vec![node.config.id.clone()],
+                acked: vec![node.config.member.id.clone()],
                 ..Default::default()
             };
             if forward {
-                let deadline = Duration::from_millis(node.config.purge_timeout_ms);
+                let deadline = node.config.member.purge_timeout;
                 node.links
                     .push_to_edges(&obj, id, deadline, &mut report)
                     .await;
@@ -292,7 +293,7 @@ async fn respond_entry(
     if node.is_breaking() {
         return break_mid_body(node, send, entry, cache).await;
     }
-    let n = send_entry(send, entry, cache, &node.config.id, now).await?;
+    let n = send_entry(send, entry, cache, &node.config.member.id, now).await?;
     node.counters.add(Counter::BytesSent, n);
     Ok(())
 }
@@ -306,7 +307,7 @@ async fn send_not_modified(
     let head = Frame::ResponseHead {
         status: 304,
         cache,
-        node: node.config.id.clone(),
+        node: node.config.member.id.clone(),
         content_length: Some(0),
         headers: fields_from_headers(headers),
     };
@@ -326,7 +327,7 @@ async fn break_mid_body(
         &Frame::ResponseHead {
             status: entry.status().as_u16(),
             cache,
-            node: node.config.id.clone(),
+            node: node.config.member.id.clone(),
             content_length: Some(entry.body_len()),
             headers: entry.fields().wire(),
         },
@@ -366,7 +367,7 @@ async fn stream_flight(
         &Frame::ResponseHead {
             status: head.status.as_u16(),
             cache,
-            node: node.config.id.clone(),
+            node: node.config.member.id.clone(),
             content_length: head.content_length,
             headers: fields,
         },

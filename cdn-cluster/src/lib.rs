@@ -135,13 +135,13 @@ impl Cluster {
         let mut edges = Vec::new();
         for i in 0..cfg.edges {
             let mut c = cfg.edge.clone();
-            c.id = format!("edge-{i}");
-            c.origin = origin_url.clone();
-            c.seeds = seeds.clone();
-            c.replicas = cfg.replicas;
-            c.admin_token = Some(cfg.admin_token.clone());
+            c.member.id = format!("edge-{i}");
+            c.member.origin = origin_url.clone();
+            c.member.seeds = seeds.clone();
+            c.member.replicas = cfg.replicas;
+            c.member.admin_token = Some(cfg.admin_token.clone());
             if let Some(r) = cfg.edge_regions.get(i) {
-                c.region = r.clone();
+                c.member.region = r.clone();
             }
             let http = cdn_core::http::listen(std::net::SocketAddr::from((
                 [127, 0, 0, 1],
@@ -153,8 +153,8 @@ impl Cluster {
                 port(cfg.admin_port, i)?,
             )))
             .with_context(|| format!("binding edge-{i} admin port"))?;
-            c.listen = http.local_addr()?;
-            c.admin = admin.local_addr()?;
+            c.member.listen = http.local_addr()?;
+            c.member.admin = admin.local_addr()?;
             let h = edge::start(c, &tls, http, admin, shutdown.child_token())
                 .await
                 .with_context(|| format!("starting edge-{i}"))?;
@@ -290,14 +290,14 @@ async fn start_node(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<NodeHandle> {
     let mut c = cfg.node.clone();
-    c.id = format!("node-{j}");
-    c.seeds = seeds.to_vec();
-    c.replicas = cfg.replicas;
-    c.origin = origin_url.to_string();
-    c.admin_token = Some(cfg.admin_token.clone());
-    c.listen = udp.local_addr()?;
+    c.member.id = format!("node-{j}");
+    c.member.seeds = seeds.to_vec();
+    c.member.replicas = cfg.replicas;
+    c.member.origin = origin_url.to_string();
+    c.member.admin_token = Some(cfg.admin_token.clone());
+    c.member.listen = udp.local_addr()?;
     if let Some((region, parent)) = cfg.node_regions.get(j) {
-        c.region = region.clone();
+        c.member.region = region.clone();
         c.parent_region = parent.clone();
     }
     let admin = cdn_core::http::listen(std::net::SocketAddr::from((
@@ -305,7 +305,7 @@ async fn start_node(
         port(cfg.admin_port, 50 + j)?,
     )))
     .with_context(|| format!("binding node-{j} admin port"))?;
-    c.admin = admin.local_addr()?;
+    c.member.admin = admin.local_addr()?;
     cache_node::start(c, tls, udp, admin, shutdown.child_token())
         .await
         .with_context(|| format!("starting node-{j}"))

@@ -74,8 +74,8 @@ async fn main() -> anyhow::Result<()> {
         admin_token: cli.admin_token.unwrap_or_else(random_token),
         ..ClusterConfig::default()
     };
-    cfg.node.capacity = cli.capacity;
-    cfg.edge.capacity = cli.edge_capacity;
+    cfg.node.member.capacity = cli.capacity;
+    cfg.edge.member.capacity = cli.edge_capacity;
     cdn_core::raise_open_file_limit();
     let cluster = Cluster::start(cfg).await?;
     println!("cdn-cluster is up");
@@ -98,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
     for e in &cluster.edges {
         println!(
             "  {}        http://{}  admin=http://{}",
-            e.edge.config().id,
+            e.edge.config().member.id,
             e.http_addr,
             e.admin_addr
         );

@@ -9,7 +9,8 @@
 //! [`peers`], [`membership`] and (with `send_entry` added) [`quic`].
 //!
 //! Layout:
-//! - [`config`]: the loading helpers (from `cdn-http`) and the consistency switch.
+//! - [`config`]: the loading helpers (from `cdn-http`), the section and flags both tiers share,
+//!   and the consistency switch.
 //! - [`counters`]: the one table of counted events; it feeds `/status` and `/metrics` alike.
 //! - [`push`]: pushed objects: admin input, wire transfer, freshness check.
 //! - [`fill`]: what a coalesced fill's head says, the origin fetch into a flight, completing

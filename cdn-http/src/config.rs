@@ -34,18 +34,64 @@ impl ConfigError {
     }
 }
 
-/// Reads and parses a TOML config file; errors name the offending key.
-pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+/// Reads and parses a TOML config file (see [`parse_toml`]); errors name the offending key.
+pub fn load_toml<T: Serialize + DeserializeOwned + Default>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new("--config", format!("{}: {e}", path.display())))?;
     parse_toml(&text)
 }
 
-/// Parses TOML text; errors name the offending key.
-pub fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
-    let de = toml::Deserializer::parse(text)
-        .map_err(|e| ConfigError::new("<file>", one_line(&e.to_string())))?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
+/// Parses TOML text over `T::default()`; errors name the offending key.
+///
+/// The text is read as a table first and merged over the defaults, so a key the file leaves
+/// out keeps `T::default()`'s value, also inside sections flattened into `T`
+/// (`#[serde(flatten)]`), whose defaults each binary chooses. A key `T` does not serialize to
+/// is refused here, because serde's `deny_unknown_fields` does nothing once a struct flattens
+/// another.
+pub fn parse_toml<T: Serialize + DeserializeOwned + Default>(text: &str) -> Result<T, ConfigError> {
+    let file: toml::Table =
+        toml::from_str(text).map_err(|e| ConfigError::new("<file>", one_line(&e.to_string())))?;
+    let defaults = T::default();
+    // JSON rather than TOML: it keeps unset `Option` keys (as null), TOML drops them.
+    let known = serde_json::to_value(&defaults)
+        .map_err(|e| ConfigError::new("<defaults>", e.to_string()))?;
+    check_keys(&file, &known, "")?;
+    let base = match toml::Value::try_from(&defaults) {
+        Ok(toml::Value::Table(t)) => t,
+        Ok(_) => toml::Table::new(),
+        Err(e) => return Err(ConfigError::new("<defaults>", e.to_string())),
+    };
+    over(base, file)
+}
+
+/// Deserializes `top`'s keys put over `base`'s (a complete, valid config).
+fn over<T: DeserializeOwned>(base: toml::Table, top: toml::Table) -> Result<T, ConfigError> {
+    let mut merged = base.clone();
+    merge(&mut merged, top.clone());
+    deserialize(merged).map_err(|e| {
+        if e.key != "<file>" {
+            return e;
+        }
+        // A value inside a flattened section: serde reports no path for it, so find the key
+        // by trying `top`'s keys one at a time over `base`.
+        top.iter()
+            .find_map(|(key, value)| {
+                let mut one = base.clone();
+                merge(
+                    &mut one,
+                    toml::Table::from_iter([(key.clone(), value.clone())]),
+                );
+                deserialize::<T>(one).err().map(|e| match e.key.as_str() {
+                    "<file>" => ConfigError::new(key.clone(), e.message),
+                    _ => e,
+                })
+            })
+            .unwrap_or(e)
+    })
+}
+
+fn deserialize<T: DeserializeOwned>(table: toml::Table) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(table).map_err(|e| {
         let key = e.path().to_string();
         let key = if key == "." {
             "<file>".to_string()
@@ -56,32 +102,78 @@ pub fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     })
 }
 
+/// Refuses the first key of `file` that `known` (the serialized defaults) lacks, naming its
+/// dotted path. Tables are followed only where the defaults have a table too: elsewhere serde's
+/// own checks apply.
+fn check_keys(
+    file: &toml::Table,
+    known: &serde_json::Value,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    let Some(known) = known.as_object() else {
+        return Ok(());
+    };
+    for (key, value) in file {
+        let path = format!("{prefix}{key}");
+        let Some(k) = known.get(key) else {
+            // Durations lost their unit suffix: point a config written for the old keys at
+            // the new one.
+            let renamed = ["_ms", "_secs"]
+                .iter()
+                .find_map(|s| key.strip_suffix(s))
+                .filter(|k| known.contains_key(*k));
+            return Err(ConfigError::new(
+                path,
+                match renamed {
+                    Some(k) => {
+                        format!("unknown key: now `{k}`, a duration such as \"500ms\" or \"2s\"")
+                    }
+                    None => "unknown key".to_string(),
+                },
+            ));
+        };
+        if let toml::Value::Table(t) = value {
+            check_keys(t, k, &format!("{path}."))?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts `top`'s values over `base`'s, table by table.
+fn merge(base: &mut toml::Table, top: toml::Table) {
+    for (key, value) in top {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 /// Overrides config keys from the environment: `CDN_<KEY>` (upper case) for every key of
-/// `config` and for the `optional` keys that are unset (they do not appear in it). Strings are
-/// taken as given, lists as comma-separated items, everything else as a TOML value. Order of
-/// precedence in the binaries: file, then environment, then flags. A bad value names the
-/// variable.
-pub fn apply_env<T: Serialize + DeserializeOwned>(
-    config: T,
-    optional: &[&str],
-) -> Result<T, ConfigError> {
-    apply_vars(config, optional, |name| std::env::var(name).ok())
+/// `config`, including unset optional ones. Strings are taken as given (durations too, e.g.
+/// `CDN_PURGE_TIMEOUT=2s`), lists as comma-separated items, everything else as a TOML value.
+/// Order of precedence in the binaries: file, then environment, then flags. A bad value names
+/// the variable.
+pub fn apply_env<T: Serialize + DeserializeOwned>(config: T) -> Result<T, ConfigError> {
+    apply_vars(config, |name| std::env::var(name).ok())
 }
 
 fn apply_vars<T: Serialize + DeserializeOwned>(
     config: T,
-    optional: &[&str],
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<T, ConfigError> {
-    let Ok(toml::Value::Table(mut table)) = toml::Value::try_from(&config) else {
+    let Ok(toml::Value::Table(table)) = toml::Value::try_from(&config) else {
         return Ok(config);
     };
-    let keys: Vec<String> = table
-        .keys()
-        .cloned()
-        .chain(optional.iter().map(|k| k.to_string()))
-        .collect();
-    let mut from_env = Vec::new();
+    // Every key, unset optional ones too (they serialize to JSON null, and not at all to TOML).
+    let keys: Vec<String> = match serde_json::to_value(&config) {
+        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+        _ => table.keys().cloned().collect(),
+    };
+    let mut from_env = toml::Table::new();
+    let mut names = Vec::new();
     for key in keys {
         let name = format!("CDN_{}", key.to_uppercase());
         let Some(raw) = var(&name) else { continue };
@@ -101,15 +193,13 @@ fn apply_vars<T: Serialize + DeserializeOwned>(
                 .and_then(|mut t| t.remove("v"))
                 .unwrap_or(toml::Value::String(raw)),
         };
-        table.insert(key.clone(), value);
-        from_env.push((key, name));
+        from_env.insert(key.clone(), value);
+        names.push((key, name));
     }
     if from_env.is_empty() {
         return Ok(config);
     }
-    let text =
-        toml::to_string(&table).map_err(|e| ConfigError::new("<environment>", e.to_string()))?;
-    parse_toml(&text).map_err(|e| match from_env.iter().find(|(k, _)| *k == e.key) {
+    over(table, from_env).map_err(|e| match names.iter().find(|(k, _)| *k == e.key) {
         Some((_, name)) => ConfigError::new(name.clone(), e.message),
         None => e,
     })
@@ -238,7 +328,6 @@ mod tests {
         };
         let got = apply_vars(
             EnvSample::default(),
-            &["token"],
             env(&[
                 ("CDN_NAME", "node 7"),
                 ("CDN_SIZE", "64MiB"),
@@ -261,31 +350,28 @@ mod tests {
                 token: Some("s3cret".into()),
             }
         );
-        let err = apply_vars(EnvSample::default(), &[], env(&[("CDN_COUNT", "many")])).unwrap_err();
+        let err = apply_vars(EnvSample::default(), env(&[("CDN_COUNT", "many")])).unwrap_err();
         assert_eq!(err.key, "CDN_COUNT");
-        let err = apply_vars(EnvSample::default(), &[], env(&[("CDN_SIZE", "lots")])).unwrap_err();
+        let err = apply_vars(EnvSample::default(), env(&[("CDN_SIZE", "lots")])).unwrap_err();
         assert_eq!(err.key, "CDN_SIZE");
         // Nothing set: the config comes back as it was.
         assert_eq!(
-            apply_vars(EnvSample::default(), &[], env(&[])).unwrap(),
+            apply_vars(EnvSample::default(), env(&[])).unwrap(),
             EnvSample::default()
         );
     }
 
     use super::*;
 
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)] // fields exist to be parsed
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
     struct Sample {
-        #[serde(default)]
         capacity: Option<ByteSize>,
-        #[serde(default)]
-        inner: Option<Inner>,
+        inner: Inner,
     }
 
-    #[derive(Debug, Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
     struct Inner {
         port: u16,
     }
@@ -308,7 +394,77 @@ mod tests {
         let e = parse_toml::<Sample>("bogus = 1\n").unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
         assert!(!e.to_string().contains('\n'));
+        let e = parse_toml::<Sample>("[inner]\nbogus = 1\n").unwrap_err();
+        assert_eq!(e.key, "inner.bogus");
+        let e = parse_toml::<Sample>("capacity = [\n").unwrap_err();
+        assert_eq!(e.key, "<file>");
+        assert!(!e.to_string().contains('\n'), "{e}");
         let ok = parse_toml::<Sample>("capacity = 2048\n").unwrap();
         assert_eq!(ok.capacity, Some(ByteSize(2048)));
+    }
+
+    /// A section two binaries share, whose defaults each of them chooses (so it has no
+    /// `Default` of its own).
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Shared {
+        id: String,
+        size: ByteSize,
+        token: Option<String>,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(default)]
+    struct Tier {
+        #[serde(flatten)]
+        shared: Shared,
+        count: u64,
+    }
+
+    impl Default for Tier {
+        fn default() -> Self {
+            Self {
+                shared: Shared {
+                    id: "tier-0".into(),
+                    size: ByteSize(64),
+                    token: None,
+                },
+                count: 3,
+            }
+        }
+    }
+
+    #[test]
+    fn flattened_sections_keep_the_binarys_defaults_refuse_unknown_keys_and_name_bad_ones() {
+        let t = parse_toml::<Tier>("count = 4\ntoken = \"t\"\n").unwrap();
+        assert_eq!(t.shared.id, "tier-0");
+        assert_eq!(t.shared.size, ByteSize(64));
+        assert_eq!(t.shared.token.as_deref(), Some("t"));
+        assert_eq!(t.count, 4);
+        assert_eq!(parse_toml::<Tier>("").unwrap(), Tier::default());
+        let e = parse_toml::<Tier>("no_such_key = 1\n").unwrap_err();
+        assert_eq!(e.key, "no_such_key");
+        assert!(!e.to_string().contains('\n'));
+        // A value inside the flattened section names its key, not the file.
+        let e = parse_toml::<Tier>("count = 1\nsize = \"lots\"\n").unwrap_err();
+        assert_eq!(e.key, "size", "{e}");
+        assert!(e.message.contains("lots"), "{e}");
+        // A key that lost its unit suffix says what it is called now.
+        let e = parse_toml::<Tier>("count_ms = 5\n").unwrap_err();
+        assert_eq!(e.key, "count_ms");
+        assert!(e.message.contains("`count`"), "{e}");
+        // The environment reaches the section's keys, unset optional ones included.
+        let env = |name: &str| match name {
+            "CDN_TOKEN" => Some("s3cret".to_string()),
+            "CDN_SIZE" => Some("1KiB".to_string()),
+            _ => None,
+        };
+        let t = apply_vars(Tier::default(), env).unwrap();
+        assert_eq!(t.shared.token.as_deref(), Some("s3cret"));
+        assert_eq!(t.shared.size, ByteSize(1024));
+        let e = apply_vars(Tier::default(), |n: &str| {
+            (n == "CDN_SIZE").then(|| "lots".to_string())
+        })
+        .unwrap_err();
+        assert_eq!(e.key, "CDN_SIZE");
     }
 }

@@ -52,7 +52,7 @@ impl Inbound for FromNodes {
                     positions.advance(addr, at);
                     tracing::debug!(purge = id, node = %from, entries = n, "purge applied");
                     let ack = Frame::Ack {
-                        acked: vec![edge.config.id.clone()],
+                        acked: vec![edge.config.member.id.clone()],
                         missing: vec![],
                     };
                     if send_frame(&mut send, &ack).await.is_ok() {
@@ -66,12 +66,13 @@ impl Inbound for FromNodes {
                     ..
                 })) => {
                     let stored = async {
-                        let body = cdn_core::push::read_body(&mut reader, edge.config.max_object())
-                            .await?;
+                        let body =
+                            cdn_core::push::read_body(&mut reader, edge.config.member.max_object())
+                                .await?;
                         let obj =
                             cdn_core::push::PushObject::from_frame(key, status, headers, body)?;
                         let entry = obj
-                            .entry(std::time::SystemTime::now(), &edge.config.rules())?
+                            .entry(std::time::SystemTime::now(), &edge.config.member.rules())?
                             .with_source(from.clone());
                         edge.l1().insert_pushed(&obj.key, entry).await;
                         Ok::<_, String>(())
@@ -79,7 +80,7 @@ impl Inbound for FromNodes {
                     .await;
                     let answer = match stored {
                         Ok(()) => Frame::Ack {
-                            acked: vec![edge.config.id.clone()],
+                            acked: vec![edge.config.member.id.clone()],
                             missing: vec![],
                         },
                         Err(message) => Frame::Error {
@@ -95,7 +96,7 @@ impl Inbound for FromNodes {
                     tracing::debug!(node = %from, members = members.len(), "member list");
                     edge.upstream.pool().set_view(addr, members);
                     let ack = Frame::Ack {
-                        acked: vec![edge.config.id.clone()],
+                        acked: vec![edge.config.member.id.clone()],
                         missing: vec![],
                     };
                     if send_frame(&mut send, &ack).await.is_ok() {

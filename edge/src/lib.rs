@@ -106,7 +106,7 @@ impl Edge {
 
     /// Strict consistency is configured.
     pub fn is_strict(&self) -> bool {
-        self.config.consistency == cdn_core::config::Consistency::Strict
+        self.config.member.consistency == cdn_core::config::Consistency::Strict
     }
 
     /// Whether an L1 entry may be served. In strict mode an entry from a node whose link (and
@@ -122,7 +122,7 @@ impl Edge {
         let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         self.apply_purge(inv).await;
         let mut report = PurgeReport {
-            acked: vec![self.config.id.clone()],
+            acked: vec![self.config.member.id.clone()],
             ..PurgeReport::default()
         };
         // Down nodes are asked too (and reported missing): only a node that left on purpose
@@ -135,7 +135,7 @@ impl Edge {
             .filter(|m| m.state != cdn_proto::MemberState::Left)
             .cloned()
             .collect();
-        let deadline = Duration::from_millis(self.config.purge_timeout_ms);
+        let deadline = self.config.member.purge_timeout;
         cdn_core::peers::fan_out_purge(
             self.upstream.pool(),
             &nodes,
@@ -154,7 +154,7 @@ impl Edge {
             .collect();
         self.undelivered.add(id, inv.clone(), owed);
         report.settle(started);
-        metrics::histogram!("cdn_purge_fanout_seconds", "member" => self.config.id.clone())
+        metrics::histogram!("cdn_purge_fanout_seconds", "member" => self.config.member.id.clone())
             .record(started.elapsed().as_secs_f64());
         report
     }
@@ -194,7 +194,7 @@ fn may_serve(strict: bool, upstream: &Upstream, entry: &cdn_core::store::Entry) 
 
 impl AdminState for Edge {
     fn token(&self) -> Option<&str> {
-        self.config.admin_token.as_deref()
+        self.config.member.admin_token.as_deref()
     }
 
     fn strict(&self) -> bool {
@@ -202,7 +202,7 @@ impl AdminState for Edge {
     }
 
     fn max_push(&self) -> u64 {
-        self.config.max_object()
+        self.config.member.max_object()
     }
 
     fn push(
@@ -256,9 +256,9 @@ impl AdminState for Edge {
             })
             .collect();
         let mut doc = serde_json::json!({
-            "id": self.config.id,
+            "id": self.config.member.id,
             "role": "edge",
-            "region": self.config.region,
+            "region": self.config.member.region,
             "members": members,
             "recent_purges": self.recent_purges.to_json(),
             "now_ms": cdn_core::purge::unix_ms(),
@@ -277,11 +277,11 @@ impl AdminState for Edge {
                 "Cache nodes known.",
                 self.upstream.members().len() as u64,
             )
-            .label("member", self.config.id.clone()),
+            .label("member", self.config.member.id.clone()),
         );
         out.extend(cdn_core::admin::common_metrics(
             self.counters.tier().as_str(),
-            &self.config.id,
+            &self.config.member.id,
             self.l1(),
             self.upstream.pool(),
         ));
@@ -355,7 +355,7 @@ pub struct Net {
     pub socket: Arc<dyn quinn::AsyncUdpSocket>,
     /// quinn's runtime (timers, spawning, the clock).
     pub runtime: Arc<dyn quinn::Runtime>,
-    /// Opens origin connections (`None`: TCP with `origin_connect_timeout_ms`).
+    /// Opens origin connections (`None`: TCP with `origin_connect_timeout`).
     pub origin: Option<cdn_core::origin::Dialer>,
 }
 
@@ -379,7 +379,7 @@ pub async fn start_on(
         Some(a) => a.local_addr().map_err(io("reading admin address"))?,
         None => SocketAddr::from(([0, 0, 0, 0], 0)),
     };
-    let transport = cdn_core::tls::transport(1024, Duration::from_millis(config.idle_timeout_ms));
+    let transport = cdn_core::tls::transport(1024, config.member.idle_timeout);
     let client_cfg = tls.quic_client(transport)?;
     let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
@@ -389,51 +389,56 @@ pub async fn start_on(
     )
     .map_err(io("starting the QUIC client endpoint"))?;
     endpoint.set_default_client_config(client_cfg);
-    let dialer = net.origin.unwrap_or_else(|| {
-        cdn_core::origin::Dialer::tcp(Duration::from_millis(config.origin_connect_timeout_ms))
-    });
+    let dialer = net
+        .origin
+        .unwrap_or_else(|| cdn_core::origin::Dialer::tcp(config.member.origin_connect_timeout));
     let origin = Origin::with_dialer(
-        &config.origin,
+        &config.member.origin,
         dialer,
-        Duration::from_millis(config.origin_response_timeout_ms),
+        config.member.origin_response_timeout,
     )
     .map_err(|e| cdn_core::config::ConfigError::new("origin", e))?;
     let pool = PeerPool::new(
         endpoint,
         Me {
-            id: config.id.clone(),
+            id: config.member.id.clone(),
             role: cdn_proto::Role::Edge,
-            region: config.region.clone(),
+            region: config.member.region.clone(),
             addr: String::new(),
         },
         Timeouts {
-            connect: Duration::from_millis(config.node_connect_timeout_ms),
-            response: Duration::from_millis(config.node_response_timeout_ms),
-            first_byte: Duration::from_millis(config.node_first_byte_timeout_ms),
-            retry: Duration::from_millis(config.node_retry_ms),
+            connect: config.node_connect_timeout,
+            response: config.node_response_timeout,
+            first_byte: config.node_first_byte_timeout,
+            retry: config.node_retry,
         },
     );
-    let hedge = (config.hedge_after_ms > 0).then(|| Duration::from_millis(config.hedge_after_ms));
+    let hedge = (!config.hedge_after.is_zero()).then_some(config.hedge_after);
     // Owners are chosen among the nodes of the edge's own region, when it has any.
     let upstream = Arc::new(
-        Upstream::new(pool.clone(), config.replicas, hedge).in_region(&config.region, true),
+        Upstream::new(pool.clone(), config.member.replicas, hedge)
+            .in_region(&config.member.region, true),
     );
-    let seeds = config.seeds.clone();
-    let counters = Arc::new(Counters::new(Tier::Edge, config.id.clone()));
+    let seeds = config.member.seeds.clone();
+    let counters = Arc::new(Counters::new(Tier::Edge, config.member.id.clone()));
     let next_request_id = Arc::new(AtomicU64::new(1));
-    let strict = config.consistency == cdn_core::config::Consistency::Strict;
+    let strict = config.member.consistency == cdn_core::config::Consistency::Strict;
     let filter_upstream = upstream.clone();
     let reads = ReadPath::new(
-        Store::with_engine(config.capacity.0, config.eviction, config.store_engine),
+        Store::with_engine(
+            config.member.capacity.0,
+            config.member.eviction,
+            config.member.store_engine,
+        ),
         // The node tier first (skipped while no node is known), then the origin.
         vec![
             Source::Owners(upstream.clone()),
             Source::Origin(Arc::new(origin.clone())),
         ],
         ReadSettings {
-            honour_client_no_cache: config.honour_client_no_cache,
-            max_object: config.max_object(),
-            rules: config.rules(),
+            honour_client_no_cache: config.member.honour_client_no_cache,
+            max_object: config.member.max_object(),
+            rules: config.member.rules(),
         },
         counters.clone(),
         next_request_id.clone(),
@@ -454,7 +459,7 @@ pub async fn start_on(
     tokio::spawn(edge.undelivered.clone().run(
         pool.clone(),
         REDELIVER_EVERY,
-        Duration::from_millis(edge.config.purge_timeout_ms),
+        edge.config.member.purge_timeout,
         shutdown.clone(),
     ));
     pool.set_inbound(Arc::new(inbound::FromNodes::new(Arc::downgrade(&edge))));
@@ -476,7 +481,7 @@ pub async fn start_on(
         }
         let _ = discover.await;
     });
-    tracing::info!(id = %edge.config.id, %http_addr, %admin_addr, "edge started");
+    tracing::info!(id = %edge.config.member.id, %http_addr, %admin_addr, "edge started");
     Ok(EdgeHandle {
         edge,
         http_addr,

@@ -1,9 +1,8 @@
 //! `edge`: one edge of the CDN.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use cdn_core::config::{load_toml, parse_args, ByteSize, ConfigError};
+use cdn_core::config::{load_toml, parse_args, ConfigError, MemberArgs};
 use cdn_core::tls::TlsMaterial;
 use clap::Parser;
 use edge::Config;
@@ -17,6 +16,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// An edge of the CDN: HTTP/1.1 and HTTP/2 to clients, QUIC to cache nodes.
 #[derive(Parser)]
 #[command(version)]
+// The shared flags' help, said for an edge.
+#[command(mut_arg("id", |a| a.help("Edge identity")))]
+#[command(mut_arg("listen", |a| a.help("HTTP address for clients")))]
+#[command(mut_arg("capacity", |a| a.help("L1 capacity (e.g. 64MiB)")))]
+#[command(mut_arg("replicas", |a| a.help("Owners tried per key")))]
 struct Cli {
     /// TOML config file; flags win over it.
     #[arg(long)]
@@ -24,39 +28,9 @@ struct Cli {
     /// Validate the config and exit.
     #[arg(long)]
     check_config: bool,
-    /// Edge identity.
-    #[arg(long)]
-    id: Option<String>,
-    /// HTTP address for clients.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// Admin HTTP address.
-    #[arg(long)]
-    admin: Option<SocketAddr>,
-    /// A cache node's QUIC address (repeatable).
-    #[arg(long = "seed")]
-    seeds: Vec<String>,
-    /// Origin base URL.
-    #[arg(long)]
-    origin: Option<String>,
-    /// L1 capacity (e.g. 64MiB).
-    #[arg(long)]
-    capacity: Option<ByteSize>,
-    /// Owners tried per key.
-    #[arg(long)]
-    replicas: Option<usize>,
-    /// Admin API bearer token.
-    #[arg(long, env = "CDN_ADMIN_TOKEN")]
-    admin_token: Option<String>,
-    /// Directory with the cluster certificates.
-    #[arg(long)]
-    tls_dir: Option<PathBuf>,
-    /// Region name.
-    #[arg(long)]
-    region: Option<String>,
-    /// available (default) or strict: see README, "Consistency".
-    #[arg(long)]
-    consistency: Option<cdn_core::config::Consistency>,
+    /// The flags every member takes (identity, addresses, seeds, origin, store, TLS...).
+    #[command(flatten)]
+    member: MemberArgs,
 }
 
 fn config_from(cli: Cli) -> Result<Config, ConfigError> {
@@ -65,42 +39,10 @@ fn config_from(cli: Cli) -> Result<Config, ConfigError> {
         None => Config::default(),
     };
     // File, then environment (`CDN_<KEY>`), then flags.
-    let mut c = cdn_core::config::apply_env(c, &["admin_token", "tls_dir"])?;
-    if let Some(v) = cli.id {
-        c.id = v;
-    }
-    if let Some(v) = cli.listen {
-        c.listen = v;
-    }
-    if let Some(v) = cli.admin {
-        c.admin = v;
-    }
-    if !cli.seeds.is_empty() {
-        c.seeds = cli.seeds;
-    }
-    if let Some(v) = cli.origin {
-        c.origin = v;
-    }
-    if let Some(v) = cli.capacity {
-        c.capacity = v;
-    }
-    if let Some(v) = cli.replicas {
-        c.replicas = v;
-    }
-    if let Some(v) = cli.admin_token {
-        c.admin_token = Some(v);
-    }
-    if let Some(v) = cli.tls_dir {
-        c.tls_dir = Some(v);
-    }
-    if let Some(v) = cli.region {
-        c.region = v;
-    }
-    if let Some(v) = cli.consistency {
-        c.consistency = v;
-    }
+    let mut c = cdn_core::config::apply_env(c)?;
+    cli.member.apply(&mut c.member);
     c.validate()?;
-    if c.tls_dir.is_none() {
+    if c.member.tls_dir.is_none() {
         return Err(ConfigError::new(
             "tls_dir",
             "required: create one with `cache-node init-tls --dir DIR`",
@@ -116,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     let cli: Cli = parse_args();
     let check_only = cli.check_config;
     let config = config_from(cli).unwrap_or_else(|e| e.exit());
-    let tls_dir = config.tls_dir.clone().unwrap_or_default();
+    let tls_dir = config.member.tls_dir.clone().unwrap_or_default();
     let tls = TlsMaterial::load(&tls_dir)
         .unwrap_or_else(|e| ConfigError::new("tls_dir", e.to_string()).exit());
     if check_only {
@@ -124,10 +66,10 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     cdn_core::raise_open_file_limit();
-    let http = cdn_core::http::listen(config.listen)
-        .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
-    let admin = cdn_core::http::listen(config.admin)
-        .map_err(|e| anyhow::anyhow!("binding admin {}: {e}", config.admin))?;
+    let http = cdn_core::http::listen(config.member.listen)
+        .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.member.listen))?;
+    let admin = cdn_core::http::listen(config.member.admin)
+        .map_err(|e| anyhow::anyhow!("binding admin {}: {e}", config.member.admin))?;
     let shutdown = CancellationToken::new();
     let handle = edge::start(config, &tls, http, admin, shutdown.clone()).await?;
     println!(

@@ -13,7 +13,7 @@ use crate::Edge;
 
 impl Edge {
     fn op_deadline(&self) -> Duration {
-        Duration::from_millis(self.config.purge_timeout_ms)
+        self.config.member.purge_timeout
     }
 
     /// Stores `obj` on its owners and, with `edges`, in this edge's L1 and (through one node)
@@ -52,10 +52,10 @@ impl Edge {
         members: &[Member],
         report: &mut PushReport,
     ) {
-        match obj.entry(SystemTime::now(), &self.config.rules()) {
+        match obj.entry(SystemTime::now(), &self.config.member.rules()) {
             Ok(e) => {
                 self.l1().insert_pushed(&obj.key, e).await;
-                report.edges.push(self.config.id.clone());
+                report.edges.push(self.config.member.id.clone());
             }
             Err(e) => {
                 report.error.get_or_insert(e);

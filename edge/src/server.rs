@@ -29,8 +29,8 @@ const X_CACHE: &str = "x-cache";
 /// Serves clients until `shutdown`, then drains in-flight requests for up to 10 s.
 pub async fn run(edge: Arc<Edge>, listener: impl Listener, shutdown: CancellationToken) {
     let limits = ServerLimits {
-        header_read_timeout: Duration::from_millis(edge.config.header_read_timeout_ms),
-        keepalive_timeout: Duration::from_millis(edge.config.keepalive_timeout_ms),
+        header_read_timeout: edge.config.header_read_timeout,
+        keepalive_timeout: edge.config.keepalive_timeout,
         max_connections: edge.config.max_connections,
         ..ServerLimits::default()
     };
@@ -71,7 +71,7 @@ fn request_id(edge: &Edge, req: &mut Request<Incoming>) -> HeaderValue {
         }
     }
     let n = edge.next_request_id.fetch_add(1, Ordering::Relaxed);
-    let v = HeaderValue::from_str(&format!("{}-{n}", edge.config.id))
+    let v = HeaderValue::from_str(&format!("{}-{n}", edge.config.member.id))
         .unwrap_or(HeaderValue::from_static("edge"));
     req.headers_mut().insert(X_REQUEST_ID, v.clone());
     v
@@ -385,7 +385,7 @@ fn same_origin_path(v: &HeaderValue, host: Option<&str>) -> Option<String> {
 /// `PURGE /path` with the admin token: a hard purge of that URL everywhere (`Soft-Purge: 1`
 /// makes it soft), answered with who acknowledged, as Varnish and Fastly users expect.
 async fn purge(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
-    if !cdn_core::admin::authorized(req.headers(), edge.config.admin_token.as_deref()) {
+    if !cdn_core::admin::authorized(req.headers(), edge.config.member.admin_token.as_deref()) {
         return cdn_core::admin::unauthorized();
     }
     let Some(key) = req

@@ -59,6 +59,13 @@ fn a_bad_config_file_value_exits_2_naming_the_key() {
     std::fs::write(&file, "listen = \"not an address\"\n").unwrap();
     let out = bin().arg("--config").arg(&file).output().unwrap();
     one_line_exit_2(out, "listen");
+    // Durations are written with a unit; a bad one, or a key of the old `_ms` form, is named.
+    std::fs::write(&file, "purge_timeout = \"soon\"\n").unwrap();
+    let out = bin().arg("--config").arg(&file).output().unwrap();
+    one_line_exit_2(out, "`purge_timeout`");
+    std::fs::write(&file, "probe_interval_ms = 500\n").unwrap();
+    let out = bin().arg("--config").arg(&file).output().unwrap();
+    one_line_exit_2(out, "probe_interval_ms");
     let out = bin()
         .args(["--check-config", "--tls-dir", "/nonexistent/tls"])
         .output()
@@ -199,9 +206,12 @@ fn the_environment_sets_config_keys_and_a_bad_one_exits_2_naming_it() {
             .output()
             .unwrap()
     };
-    one_line_exit_2(
-        check(&[], "CDN_PURGE_TIMEOUT_MS", "soon"),
-        "CDN_PURGE_TIMEOUT_MS",
+    one_line_exit_2(check(&[], "CDN_PURGE_TIMEOUT", "soon"), "CDN_PURGE_TIMEOUT");
+    let out = check(&[], "CDN_PURGE_TIMEOUT", "2s");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     // A valid value is taken; a flag still wins over it.
     one_line_exit_2(check(&[], "CDN_CAPACITY", "0"), "capacity");

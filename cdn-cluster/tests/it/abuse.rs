@@ -51,15 +51,16 @@ fn print(what: &str, r: &loadgen::Report) {
 }
 
 /// Slowloris and idle floods: a connection that sends nothing, or a request head a byte at a
-/// time, is closed `header_read_timeout_ms` after accept; one idle after a response is closed
-/// `keepalive_timeout_ms` after it. Before this, 200 silent connections were still open after
+/// time, is closed `header_read_timeout` after accept; one idle after a response is closed
+/// `keepalive_timeout` after it. Before this, 200 silent connections were still open after
 /// 95 s (hyper's header timer starts only with the first byte).
 #[tokio::test]
 async fn silent_slow_and_idle_connections_are_closed_on_time() {
     let (header_ms, keepalive_ms) = (1_000u64, 2_000u64);
     let shared = Cores::Sharing(support::sharing().await);
-    let toml =
-        format!("header_read_timeout_ms = {header_ms}\nkeepalive_timeout_ms = {keepalive_ms}\n");
+    let toml = format!(
+        "header_read_timeout = \"{header_ms}ms\"\nkeepalive_timeout = \"{keepalive_ms}ms\"\n"
+    );
     let f = Fleet::start(1, 1, &toml, shared).await;
     let edge = f.edges[0].http;
     // Bound for "on time": the timeout plus what a loaded 2-core CI machine may add.

@@ -52,7 +52,7 @@ async fn any_node_answers_a_key_it_does_not_own() {
 async fn a_hung_owner_is_hedged_around() {
     let c = cluster(3, 1, |cfg| {
         cfg.replicas = 2;
-        cfg.edge.hedge_after_ms = 100;
+        cfg.edge.hedge_after = Duration::from_millis(100);
     })
     .await;
     let edge = c.edges[0].http_addr;
@@ -100,7 +100,10 @@ async fn a_hung_owner_is_hedged_around() {
 
 #[tokio::test]
 async fn an_owner_that_keeps_losing_to_hedges_is_asked_last() {
-    let c = cluster(3, 1, |cfg| cfg.edge.hedge_after_ms = 100).await;
+    let c = cluster(3, 1, |cfg| {
+        cfg.edge.hedge_after = Duration::from_millis(100)
+    })
+    .await;
     let up = c.edges[0].edge.upstream();
     // Five objects with the same primary, pushed so both owners hold them.
     let primary_id = up.owners("/eject/0")[0].id.clone();
@@ -210,16 +213,14 @@ async fn an_owner_dying_mid_response_costs_a_small_object_no_error() {
 async fn seeds_may_be_dns_names() {
     let c = cluster(2, 1, |_| {}).await;
     let port = c.nodes[0].as_ref().unwrap().quic_addr.port();
-    let mut cfg = edge::Config {
-        id: "edge-dns".into(),
-        seeds: vec![format!("localhost:{port}")],
-        origin: c.origin_url.clone(),
-        ..edge::Config::default()
-    };
+    let mut cfg = edge::Config::default();
+    cfg.member.id = "edge-dns".into();
+    cfg.member.seeds = vec![format!("localhost:{port}")];
+    cfg.member.origin = c.origin_url.clone();
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    cfg.listen = http.local_addr().unwrap();
-    cfg.admin = admin.local_addr().unwrap();
+    cfg.member.listen = http.local_addr().unwrap();
+    cfg.member.admin = admin.local_addr().unwrap();
     let e = edge::start(
         cfg,
         &c.tls,
@@ -244,7 +245,10 @@ async fn seeds_may_be_dns_names() {
 
 #[tokio::test]
 async fn status_shows_each_member_and_its_link_state() {
-    let mut c = cluster(3, 1, |cfg| cfg.edge.node_connect_timeout_ms = 300).await;
+    let mut c = cluster(3, 1, |cfg| {
+        cfg.edge.node_connect_timeout = Duration::from_millis(300)
+    })
+    .await;
     let status = |addr: std::net::SocketAddr| async move {
         let g = crate::support::get(addr, "/status").await;
         serde_json::from_slice::<serde_json::Value>(&g.body).unwrap()

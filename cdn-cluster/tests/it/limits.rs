@@ -79,7 +79,10 @@ async fn malformed_requests_get_a_4xx_and_the_edge_keeps_serving() {
 
 #[tokio::test]
 async fn a_client_too_slow_to_send_its_headers_is_dropped() {
-    let c = cluster(1, 1, |cfg| cfg.edge.header_read_timeout_ms = 300).await;
+    let c = cluster(1, 1, |cfg| {
+        cfg.edge.header_read_timeout = Duration::from_millis(300)
+    })
+    .await;
     let mut s = TcpStream::connect(c.edges[0].http_addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     // Never finish the head: the edge must hang up on its own.

@@ -453,7 +453,7 @@ async fn kill_9_of_a_node_under_load_costs_no_failed_request() {
 async fn a_stopped_node_is_hedged_around_and_rejoins_when_continued() {
     let hedge_ms = 25;
     let alone = crate::support::Cores::Measuring(crate::support::measuring().await);
-    let f = Fleet::start(3, 2, &format!("hedge_after_ms = {hedge_ms}\n"), alone).await;
+    let f = Fleet::start(3, 2, &format!("hedge_after = \"{hedge_ms}ms\"\n"), alone).await;
     f.warm().await;
     // The cores are this test's alone: at 2,000 GETs/s, sharing them with another test's
     // cluster once swung the debug build's p99 past the bound on a 2-core CI machine.

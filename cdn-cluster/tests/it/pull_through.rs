@@ -81,8 +81,8 @@ async fn after_the_ttl_the_next_get_refetches_once() {
     // No grace and no validator: expiry means a plain refetch (revalidation and stale
     // serving are tested in `semantics`).
     let c = cluster(3, 2, |cfg| {
-        cfg.node.grace_secs = 0;
-        cfg.edge.grace_secs = 0;
+        cfg.node.member.grace = Duration::ZERO;
+        cfg.edge.member.grace = Duration::ZERO;
     })
     .await;
     let target = "/ttl?size=100&cc=max-age=2&etag=none";
@@ -172,9 +172,9 @@ async fn a_node_store_on_the_compact_engine_never_holds_more_than_its_capacity()
 async fn store_bound(engine: cdn_core::store::Engine) {
     let cap: u64 = 1 << 20;
     let c = cluster(1, 1, |cfg| {
-        cfg.node.capacity = cdn_core::config::ByteSize(cap);
-        cfg.node.max_object_size = cdn_core::config::ByteSize(cap);
-        cfg.node.store_engine = engine;
+        cfg.node.member.capacity = cdn_core::config::ByteSize(cap);
+        cfg.node.member.max_object_size = cdn_core::config::ByteSize(cap);
+        cfg.node.member.store_engine = engine;
     })
     .await;
     let node = c.nodes[0].as_ref().unwrap().node.clone();
@@ -208,7 +208,7 @@ async fn store_bound(engine: cdn_core::store::Engine) {
 #[tokio::test]
 async fn with_every_node_stopped_the_edge_serves_from_the_origin() {
     let mut c = cluster(3, 1, |cfg| {
-        cfg.edge.node_connect_timeout_ms = 300;
+        cfg.edge.node_connect_timeout = Duration::from_millis(300);
     })
     .await;
     for j in 0..3 {
@@ -309,8 +309,8 @@ async fn private_responses_are_not_shared_between_waiters() {
 #[tokio::test]
 async fn objects_over_the_size_limit_stream_through_both_tiers_unstored() {
     let c = cluster(3, 2, |cfg| {
-        cfg.node.max_object_size = cdn_core::config::ByteSize(1 << 20);
-        cfg.edge.max_object_size = cdn_core::config::ByteSize(1 << 20);
+        cfg.node.member.max_object_size = cdn_core::config::ByteSize(1 << 20);
+        cfg.edge.member.max_object_size = cdn_core::config::ByteSize(1 << 20);
     })
     .await;
     let target = "/big/pass?size=64MiB";

@@ -65,8 +65,8 @@ async fn purge_method_on_an_edge_needs_the_token_and_soft_purge_refetches() {
     // Without grace a soft-purged entry is refetched at once (with grace it is served stale
     // while one background request refreshes it: see `semantics`).
     let c = cluster(3, 2, |cfg| {
-        cfg.node.grace_secs = 0;
-        cfg.edge.grace_secs = 0;
+        cfg.node.member.grace = Duration::ZERO;
+        cfg.edge.member.grace = Duration::ZERO;
     })
     .await;
     let target = "/p/method?size=300&cc=max-age=600";
@@ -128,8 +128,8 @@ async fn purge_method_on_an_edge_needs_the_token_and_soft_purge_refetches() {
 /// A cluster whose nodes and edges all store on `engine`.
 async fn cluster_on(engine: cdn_core::store::Engine) -> crate::support::TestCluster {
     cluster(3, 2, |cfg| {
-        cfg.node.store_engine = engine;
-        cfg.edge.store_engine = engine;
+        cfg.node.member.store_engine = engine;
+        cfg.edge.member.store_engine = engine;
     })
     .await
 }
@@ -301,8 +301,8 @@ async fn mutating_admin_calls_need_the_token_and_bad_requests_say_why() {
 #[tokio::test]
 async fn a_purge_reports_a_crashed_node_as_missing_but_not_one_that_left() {
     let mut c = cluster(4, 2, |cfg| {
-        cfg.edge.purge_timeout_ms = 1_000;
-        cfg.node.purge_timeout_ms = 1_000;
+        cfg.edge.member.purge_timeout = Duration::from_secs(1);
+        cfg.node.member.purge_timeout = Duration::from_secs(1);
     })
     .await;
     // node-1 crashes: it still owes the cluster this purge (it replays it when it is back).
@@ -357,8 +357,8 @@ async fn restore_edge(c: &cdn_cluster::Cluster, i: usize) {
 #[tokio::test]
 async fn an_edge_cut_off_during_a_purge_replays_it_when_it_reconnects() {
     let c = cluster(3, 2, |cfg| {
-        cfg.edge.purge_timeout_ms = 1_000;
-        cfg.node.purge_timeout_ms = 1_000;
+        cfg.edge.member.purge_timeout = Duration::from_secs(1);
+        cfg.node.member.purge_timeout = Duration::from_secs(1);
     })
     .await;
     let target = "/p/cut?size=2000&cc=max-age=600";
@@ -388,11 +388,11 @@ async fn an_edge_cut_off_during_a_purge_replays_it_when_it_reconnects() {
 #[tokio::test]
 async fn in_strict_mode_an_edge_cut_off_from_its_nodes_stops_serving_their_entries() {
     let c = cluster(3, 2, |cfg| {
-        cfg.edge.consistency = cdn_core::config::Consistency::Strict;
-        cfg.node.consistency = cdn_core::config::Consistency::Strict;
-        cfg.edge.purge_timeout_ms = 1_000;
-        cfg.node.purge_timeout_ms = 1_000;
-        cfg.edge.node_connect_timeout_ms = 300;
+        cfg.edge.member.consistency = cdn_core::config::Consistency::Strict;
+        cfg.node.member.consistency = cdn_core::config::Consistency::Strict;
+        cfg.edge.member.purge_timeout = Duration::from_secs(1);
+        cfg.node.member.purge_timeout = Duration::from_secs(1);
+        cfg.edge.node_connect_timeout = Duration::from_millis(300);
     })
     .await;
     let target = "/p/strict?size=1500&cc=max-age=600";
@@ -416,8 +416,8 @@ async fn in_strict_mode_an_edge_cut_off_from_its_nodes_stops_serving_their_entri
 #[tokio::test]
 async fn a_node_partitioned_during_a_purge_replays_it_when_it_rejoins() {
     let c = cluster(3, 2, |cfg| {
-        cfg.edge.purge_timeout_ms = 1_000;
-        cfg.node.purge_timeout_ms = 1_000;
+        cfg.edge.member.purge_timeout = Duration::from_secs(1);
+        cfg.node.member.purge_timeout = Duration::from_secs(1);
     })
     .await;
     let target = "/p/node-cut?size=700&cc=max-age=600";

@@ -118,7 +118,7 @@ async fn edges_all_makes_the_first_get_at_every_edge_a_hit() {
 #[tokio::test]
 async fn a_push_needs_the_token_a_lifetime_and_a_bounded_body() {
     let c = cluster(3, 1, |cfg| {
-        cfg.node.max_object_size = cdn_core::config::ByteSize(1024);
+        cfg.node.member.max_object_size = cdn_core::config::ByteSize(1024);
     })
     .await;
     let admin = c.nodes[0].as_ref().unwrap().admin_addr;

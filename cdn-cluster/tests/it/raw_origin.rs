@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -123,8 +124,8 @@ async fn an_origin_that_stalls_mid_body_fails_after_its_timeout_and_nothing_is_s
     .await;
     let c = cluster(1, 1, |cfg| {
         cfg.origin = Some(format!("http://{origin}"));
-        cfg.node.origin_response_timeout_ms = 300;
-        cfg.edge.origin_response_timeout_ms = 300;
+        cfg.node.member.origin_response_timeout = Duration::from_millis(300);
+        cfg.edge.member.origin_response_timeout = Duration::from_millis(300);
     })
     .await;
     let edge = c.edges[0].http_addr;

@@ -1,5 +1,7 @@
 //! HTTP caching semantics through the real edge and node (RFC 9111 / 9110 / 9213).
 
+use std::time::Duration;
+
 use http::{Method, StatusCode};
 
 use crate::support::{cluster, get, origin_reaches, request};
@@ -175,8 +177,8 @@ async fn responses_setting_cookies_are_not_shared_unless_configured() {
     assert_eq!(c.origin_count(target), 2);
     c.stop().await;
     let c = cluster(3, 1, |cfg| {
-        cfg.node.cache_set_cookie = true;
-        cfg.edge.cache_set_cookie = true;
+        cfg.node.member.cache_set_cookie = true;
+        cfg.edge.member.cache_set_cookie = true;
     })
     .await;
     get(c.edges[0].http_addr, target).await;
@@ -192,8 +194,8 @@ fn stub(c: &cdn_cluster::Cluster) -> std::sync::Arc<origin_stub::Stats> {
 #[tokio::test]
 async fn an_expired_entry_with_a_validator_is_revalidated_not_refetched() {
     let c = cluster(3, 2, |cfg| {
-        cfg.node.grace_secs = 0;
-        cfg.edge.grace_secs = 0;
+        cfg.node.member.grace = Duration::ZERO;
+        cfg.edge.member.grace = Duration::ZERO;
     })
     .await;
     let target = "/sem/reval?size=5000&cc=max-age%3D1";
@@ -227,8 +229,8 @@ async fn an_expired_entry_with_a_validator_is_revalidated_not_refetched() {
 #[tokio::test]
 async fn a_changed_object_replaces_the_stale_copy() {
     let c = cluster(3, 1, |cfg| {
-        cfg.node.grace_secs = 0;
-        cfg.edge.grace_secs = 0;
+        cfg.node.member.grace = Duration::ZERO;
+        cfg.edge.member.grace = Duration::ZERO;
     })
     .await;
     let target = "/sem/changed?size=300&cc=max-age%3D1";
@@ -276,10 +278,10 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_with_one_request() 
 #[tokio::test]
 async fn stale_if_error_serves_the_stored_copy_when_the_origin_is_down() {
     let c = cluster(3, 1, |cfg| {
-        cfg.node.grace_secs = 0;
-        cfg.edge.grace_secs = 0;
-        cfg.node.origin_connect_timeout_ms = 300;
-        cfg.edge.origin_connect_timeout_ms = 300;
+        cfg.node.member.grace = Duration::ZERO;
+        cfg.edge.member.grace = Duration::ZERO;
+        cfg.node.member.origin_connect_timeout = Duration::from_millis(300);
+        cfg.edge.member.origin_connect_timeout = Duration::from_millis(300);
     })
     .await;
     let kept = "/sem/sie?size=600&cc=max-age%3D1%2C%20stale-if-error%3D600";
@@ -469,8 +471,8 @@ type Row = (
 #[tokio::test]
 async fn freshness_and_storability_follow_rfc_9111() {
     let c = cluster(3, 1, |cfg| {
-        cfg.node.grace_secs = 0;
-        cfg.edge.grace_secs = 0;
+        cfg.node.member.grace = Duration::ZERO;
+        cfg.edge.member.grace = Duration::ZERO;
     })
     .await;
     let edge = c.edges[0].http_addr;
@@ -600,8 +602,8 @@ async fn freshness_and_storability_follow_rfc_9111() {
 #[tokio::test]
 async fn s_maxage_wins_over_max_age_and_upstream_age_is_counted_through_the_node() {
     let c = cluster(3, 2, |cfg| {
-        cfg.node.grace_secs = 0;
-        cfg.edge.grace_secs = 0;
+        cfg.node.member.grace = Duration::ZERO;
+        cfg.edge.member.grace = Duration::ZERO;
     })
     .await;
     let target = format!(
@@ -691,8 +693,8 @@ async fn client_no_cache_is_ignored_by_default_and_honoured_when_configured() {
     assert_eq!(c.origin_count(target), 1);
     c.stop().await;
     let c = cluster(3, 1, |cfg| {
-        cfg.node.honour_client_no_cache = true;
-        cfg.edge.honour_client_no_cache = true;
+        cfg.node.member.honour_client_no_cache = true;
+        cfg.edge.member.honour_client_no_cache = true;
     })
     .await;
     get(c.edges[0].http_addr, target).await;

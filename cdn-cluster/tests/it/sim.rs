@@ -372,14 +372,13 @@ fn run_seed(seed: u64) {
             async move {
                 let socket = SimUdp::bind(&node_name(j), PORT).await?;
                 let addr = socket.addr;
-                let config = Config {
-                    id: node_name(j),
-                    listen: addr,
-                    seeds: seeds(),
-                    origin: "http://origin:80".into(),
-                    replicas: 2,
-                    ..Config::default()
-                };
+                let mut config = Config::default();
+                let m = &mut config.member;
+                m.id = node_name(j);
+                m.listen = addr;
+                m.seeds = seeds();
+                m.origin = "http://origin:80".into();
+                m.replicas = 2;
                 let shutdown = tokio_util::sync::CancellationToken::new();
                 let net = cache_node::Net {
                     socket,
@@ -406,15 +405,14 @@ fn run_seed(seed: u64) {
                 let listener =
                     SimListener(turmoil::net::TcpListener::bind(("0.0.0.0", EDGE_PORT)).await?);
                 let addr = SocketAddr::new(turmoil::lookup(edge_name(i)), EDGE_PORT);
-                let config = edge::Config {
-                    id: edge_name(i),
-                    listen: addr,
-                    seeds: seeds(),
-                    origin: "http://origin:80".into(),
-                    replicas: 2,
-                    admin_token: Some(TOKEN.into()),
-                    ..edge::Config::default()
-                };
+                let mut config = edge::Config::default();
+                let m = &mut config.member;
+                m.id = edge_name(i);
+                m.listen = addr;
+                m.seeds = seeds();
+                m.origin = "http://origin:80".into();
+                m.replicas = 2;
+                m.admin_token = Some(TOKEN.into());
                 let net = edge::Net {
                     socket,
                     runtime: Arc::new(SimRuntime),

@@ -77,8 +77,8 @@ pub async fn cluster(
         ..ClusterConfig::default()
     };
     if let Some(engine) = test_store_engine() {
-        cfg.node.store_engine = engine;
-        cfg.edge.store_engine = engine;
+        cfg.node.member.store_engine = engine;
+        cfg.edge.member.store_engine = engine;
     }
     tweak(&mut cfg);
     TestCluster {

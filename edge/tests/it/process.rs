@@ -32,9 +32,13 @@ fn bad_values_exit_2_naming_the_key() {
     std::fs::write(&file, "capacity = -5\n").unwrap();
     let out = bin().arg("--config").arg(&file).output().unwrap();
     one_line_exit_2(out, "capacity");
-    std::fs::write(&file, "node_connect_timeout_ms = 0\n").unwrap();
+    std::fs::write(&file, "node_connect_timeout = \"0s\"\n").unwrap();
     let out = bin().arg("--config").arg(&file).output().unwrap();
-    one_line_exit_2(out, "node_connect_timeout_ms");
+    one_line_exit_2(out, "`node_connect_timeout`");
+    // A shared key, flattened into the edge's config, is named too.
+    std::fs::write(&file, "purge_timeout = 5000\n").unwrap();
+    let out = bin().arg("--config").arg(&file).output().unwrap();
+    one_line_exit_2(out, "`purge_timeout`");
     std::fs::write(&file, "no_such_key = 1\n").unwrap();
     let out = bin().arg("--config").arg(&file).output().unwrap();
     one_line_exit_2(out, "no_such_key");
