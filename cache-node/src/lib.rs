@@ -324,7 +324,7 @@ impl AdminState for Node {
             "now_ms": cdn_core::purge::unix_ms(),
             "parent_region": self.config.parent_region,
         });
-        cdn_core::admin::store_status(&mut doc, self.store());
+        cdn_core::admin::store_status(&mut doc, &self.reads);
         c.write_status(&mut doc);
         doc
     }
@@ -334,7 +334,7 @@ impl AdminState for Node {
         out.extend(cdn_core::admin::common_metrics(
             self.counters.tier().as_str(),
             &self.config.member.id,
-            self.store(),
+            &self.reads,
             &self.peers,
         ));
         out
@@ -517,6 +517,7 @@ pub async fn start_on(
         ReadSettings {
             honour_client_no_cache: config.member.honour_client_no_cache,
             max_object: config.member.max_object(),
+            fill_memory: config.member.fill_memory(),
             rules: config.member.rules(),
         },
         counters.clone(),

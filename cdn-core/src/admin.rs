@@ -320,11 +320,15 @@ pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     })
 }
 
-/// The store's size under the `/status` keys every member uses.
-pub fn store_status(doc: &mut serde_json::Value, store: &crate::store::Store) {
+/// The store's size, and what fills in flight hold against their budget, under the
+/// `/status` keys every member uses.
+pub fn store_status(doc: &mut serde_json::Value, reads: &crate::read_path::ReadPath) {
+    let store = reads.store();
     doc["entries"] = store.entry_count().into();
     doc["bytes"] = store.weighted_size().into();
     doc["capacity"] = store.capacity().into();
+    doc["fill_bytes"] = reads.fills().budget().used().into();
+    doc["fill_budget"] = reads.fills().budget().limit().into();
 }
 
 /// What every member reports besides its counters: its store's entries, bytes and capacity,
@@ -333,11 +337,23 @@ pub fn store_status(doc: &mut serde_json::Value, store: &crate::store::Store) {
 pub fn common_metrics(
     tier: &'static str,
     member: &str,
-    store: &cdn_store::Store,
+    reads: &crate::read_path::ReadPath,
     pool: &cdn_net::peers::PeerPool,
 ) -> Vec<Metric> {
     let mut out = Vec::new();
+    let store = reads.store();
+    let budget = reads.fills().budget();
     for (name, help, v) in [
+        (
+            "cdn_fill_bytes",
+            "Bytes held by fills in flight (kept for the store or not yet read).",
+            budget.used(),
+        ),
+        (
+            "cdn_fill_budget_bytes",
+            "What fills in flight may hold (fill_memory).",
+            budget.limit(),
+        ),
         ("cdn_store_entries", "Entries stored.", store.entry_count()),
         (
             "cdn_store_bytes",

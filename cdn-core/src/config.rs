@@ -44,6 +44,12 @@ pub struct MemberConfig {
     /// Largest object stored; larger ones pass through. 0 (the default) means a quarter of
     /// the capacity, so one object cannot flush the whole store.
     pub max_object_size: ByteSize,
+    /// Bytes the fills in flight may hold at once: bodies being kept for the store, and what
+    /// slow clients have not read yet. Past it, a growing fill streams through unstored and
+    /// waits for its readers, so memory stays near capacity + this whatever clients do (100
+    /// slow readers of large objects cannot run a member out of memory). 0 (the default)
+    /// means a quarter of the capacity, and at least the largest object.
+    pub fill_memory: ByteSize,
     /// Eviction policy: `tiny-lfu` (default: a scan of one-off objects cannot push out the
     /// popular ones) or `lru`.
     pub eviction: Eviction,
@@ -106,6 +112,7 @@ impl MemberConfig {
             origin: "http://127.0.0.1:8080".into(),
             capacity,
             max_object_size: ByteSize(0),
+            fill_memory: ByteSize(0),
             eviction: Eviction::TinyLfu,
             store_engine: Engine::Moka,
             replicas: 2,
@@ -158,6 +165,15 @@ impl MemberConfig {
         crate::policy::Rules {
             store_set_cookie: self.cache_set_cookie,
             grace: self.grace,
+        }
+    }
+
+    /// What the fills in flight may hold at once.
+    pub fn fill_memory(&self) -> u64 {
+        if self.fill_memory.0 == 0 {
+            (self.capacity.0 / 4).max(self.max_object())
+        } else {
+            self.fill_memory.0
         }
     }
 

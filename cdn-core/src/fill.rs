@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 pub use cdn_store::{
-    Coalescer, FillError, FillErrorKind, FlightReader, FlightWriter, Joined, WINDOW,
+    Coalescer, FillBudget, FillError, FillErrorKind, FlightReader, FlightWriter, Joined,
+    TIGHT_WINDOW, WINDOW,
 };
 
 /// Where a filled response came from.

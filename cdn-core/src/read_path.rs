@@ -30,7 +30,8 @@ use futures::future::BoxFuture;
 use http::HeaderMap;
 
 use crate::fill::{
-    self, Coalescer, FillError, FillErrorKind, FlightReader, FlightWriter, Head, Joined, Served,
+    self, Coalescer, FillBudget, FillError, FillErrorKind, FlightReader, FlightWriter, Head,
+    Joined, Served,
 };
 use crate::origin::Origin;
 use crate::policy::{self, Rules};
@@ -116,6 +117,8 @@ pub struct ReadSettings {
     pub honour_client_no_cache: bool,
     /// Largest object stored.
     pub max_object: u64,
+    /// Bytes the fills in flight may hold at once (see `FillBudget`).
+    pub fill_memory: u64,
     /// Caching rules.
     pub rules: Rules,
 }
@@ -181,7 +184,7 @@ impl ReadPath {
     ) -> Self {
         Self {
             store,
-            fills: Coalescer::default(),
+            fills: Coalescer::with_budget(Arc::new(FillBudget::new(settings.fill_memory))),
             sources,
             settings,
             events,
@@ -276,7 +279,7 @@ impl ReadPath {
             Err(e) if e.kind == FillErrorKind::NotShared => {
                 // Let go of the other flight first: a reader holds back a pass-through writer.
                 drop(reader);
-                let (w, r) = Coalescer::solo();
+                let (w, r) = self.fills.alone();
                 self.spawn_fill(key, headers, None, w);
                 let h = r.head().await?;
                 Ok((r, h))

@@ -302,7 +302,14 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Bytes a peer may send on one stream ahead of what we have read of it.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+
 /// Transport settings for member-to-member QUIC connections.
+///
+/// Memory: a stream holds at most [`STREAM_WINDOW`] in quinn's buffers on each side, so a
+/// connection holds at most `max_streams` windows; neither window of the connection as a
+/// whole ever binds first (see the comments below).
 ///
 /// `max_streams`: concurrent requests a peer may have open on one connection (quinn's
 /// default of 100 would queue an edge's 101st concurrent miss). Keep-alive below the idle
@@ -319,9 +326,21 @@ pub fn transport(max_streams: u32, idle_timeout: Duration) -> Arc<quinn::Transpo
             .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000))),
     ));
     t.send_fairness(false);
-    t.stream_receive_window(quinn::VarInt::from_u32(4 << 20));
-    t.receive_window(quinn::VarInt::from_u32(64 << 20));
-    t.send_window(32 << 20);
+    // Flow control per stream, not per connection: a response a slow client is not reading
+    // holds at most one stream window here, and the connection window is large enough that
+    // such streams can never use it all up (every stream at its window), so they never stall
+    // the small responses sharing the connection. 1 MiB a stream still covers a data-centre
+    // round trip at several Gbit/s.
+    t.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
+    t.receive_window(
+        quinn::VarInt::from_u64(u64::from(max_streams) * u64::from(STREAM_WINDOW))
+            .unwrap_or(quinn::VarInt::MAX),
+    );
+    // The same on the sending side: quinn counts bytes written and not yet acknowledged
+    // against one connection-wide send window, and bytes of a stream the peer has no window
+    // for stay written and unsent; a window smaller than every stream's would let slow
+    // streams block every write on the connection.
+    t.send_window(u64::from(max_streams) * u64::from(STREAM_WINDOW));
     Arc::new(t)
 }
 

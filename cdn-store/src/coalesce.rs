@@ -19,7 +19,7 @@
 //!   miss both the store and the flight.
 
 use std::collections::HashMap;
-
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -64,6 +64,8 @@ impl FillError {
 }
 
 struct State<H> {
+    // Every byte in `chunks` is charged to it while held.
+    budget: Arc<FillBudget>,
     head: Option<(Arc<H>, bool)>,
     // Chunks from index `base` on; earlier ones were released (see `retain`).
     chunks: std::collections::VecDeque<Bytes>,
@@ -102,6 +104,7 @@ impl<H> State<H> {
             match self.chunks.pop_front() {
                 Some(c) => {
                     self.held -= c.len() as u64;
+                    self.budget.release(c.len() as u64);
                     self.base += 1;
                 }
                 None => break,
@@ -113,6 +116,62 @@ impl<H> State<H> {
 /// Bytes a pass-through flight may hold ahead of its slowest reader.
 pub const WINDOW: u64 = 4 << 20;
 
+/// Bytes a pass-through flight may hold ahead of its slowest reader while the fills in flight
+/// are over their [`FillBudget`]: enough to keep a reader busy, small enough that a hundred
+/// slow readers hold tens of megabytes, not gigabytes.
+pub const TIGHT_WINDOW: u64 = 256 << 10;
+
+/// The memory every fill of one [`Coalescer`] may hold at once: bytes received from upstream
+/// and not yet released (kept for the store, or waiting for a slow reader). Past it, a fill
+/// that grows stops keeping its body (it streams through unstored) and waits for its readers
+/// beyond [`TIGHT_WINDOW`], so what fills hold stays near the budget whatever the clients do:
+/// slow readers, many large objects, many distinct misses.
+#[derive(Debug)]
+pub struct FillBudget {
+    limit: u64,
+    // Relaxed is enough: the count is a bound checked after each chunk, not a lock; a fill
+    // that reads it a little stale goes over by at most one chunk.
+    used: AtomicU64,
+}
+
+impl FillBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// No limit (tests, tools).
+    pub fn unlimited() -> Self {
+        Self::new(u64::MAX)
+    }
+
+    /// Bytes fills hold now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Whether fills hold more than the limit.
+    pub fn is_over(&self) -> bool {
+        self.used() > self.limit
+    }
+
+    fn charge(&self, n: u64) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn release(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
 /// One fill in progress. See the module docs.
 pub struct Flight<H> {
     // A std mutex: every critical section is a few field reads or a push, never held across
@@ -121,10 +180,19 @@ pub struct Flight<H> {
     changed: Notify,
 }
 
+impl<H> Drop for Flight<H> {
+    fn drop(&mut self) {
+        // What no reader released (a stored body, a failed fill) goes back to the budget.
+        let s = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        s.budget.release(s.held);
+    }
+}
+
 impl<H> Flight<H> {
-    fn new() -> Self {
+    fn new(budget: Arc<FillBudget>) -> Self {
         Self {
             state: Mutex::new(State {
+                budget,
                 head: None,
                 chunks: std::collections::VecDeque::new(),
                 base: 0,
@@ -151,13 +219,12 @@ type FlightMap<H> = Mutex<HashMap<String, Arc<Flight<H>>>>;
 /// The map of fills in progress, by cache key.
 pub struct Coalescer<H> {
     inflight: Arc<FlightMap<H>>,
+    budget: Arc<FillBudget>,
 }
 
 impl<H> Default for Coalescer<H> {
     fn default() -> Self {
-        Self {
-            inflight: Arc::new(Mutex::new(HashMap::new())),
-        }
+        Self::with_budget(Arc::new(FillBudget::unlimited()))
     }
 }
 
@@ -170,13 +237,26 @@ pub enum Joined<H> {
 }
 
 impl<H> Coalescer<H> {
+    /// A coalescer whose fills share `budget`.
+    pub fn with_budget(budget: Arc<FillBudget>) -> Self {
+        Self {
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+            budget,
+        }
+    }
+
+    /// The memory budget its fills share.
+    pub fn budget(&self) -> &Arc<FillBudget> {
+        &self.budget
+    }
+
     /// Joins the fill for `key`, becoming its leader if none is in progress.
     pub fn join(&self, key: &str) -> Joined<H> {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get(key) {
             return Joined::Follower(FlightReader::new(f.clone(), false));
         }
-        let flight = Arc::new(Flight::new());
+        let flight = Arc::new(Flight::new(self.budget.clone()));
         map.insert(key.to_string(), flight.clone());
         drop(map);
         Joined::Leader(
@@ -189,9 +269,19 @@ impl<H> Coalescer<H> {
         )
     }
 
-    /// A flight no one else can join: for fetches that must not be shared.
+    /// A flight no one else can join, outside any budget: for tests and tools.
     pub fn solo() -> (FlightWriter<H>, FlightReader<H>) {
-        let flight = Arc::new(Flight::new());
+        Self::solo_in(Arc::new(FillBudget::unlimited()))
+    }
+
+    /// A flight no one else can join, under this coalescer's budget: for fetches that must
+    /// not be shared (private responses, another `Vary` variant).
+    pub fn alone(&self) -> (FlightWriter<H>, FlightReader<H>) {
+        Self::solo_in(self.budget.clone())
+    }
+
+    fn solo_in(budget: Arc<FillBudget>) -> (FlightWriter<H>, FlightReader<H>) {
+        let flight = Arc::new(Flight::new(budget));
         (
             FlightWriter {
                 flight: flight.clone(),
@@ -257,6 +347,7 @@ impl<H> FlightWriter<H> {
             let mut s = self.flight.lock();
             s.len += chunk.len() as u64;
             s.held += chunk.len() as u64;
+            s.budget.charge(chunk.len() as u64);
             s.chunks.push_back(chunk);
             s.release();
         }
@@ -266,15 +357,29 @@ impl<H> FlightWriter<H> {
     /// Appends a chunk, then, if the body is not being kept, waits while the slowest reader
     /// is more than [`WINDOW`] bytes behind: memory stays bounded by the window, not by the
     /// object, and the upstream read is paused meanwhile.
+    ///
+    /// When the fills in flight hold more than their [`FillBudget`], a body still being kept
+    /// stops being kept (it will not be stored, and no new request joins it), and the window
+    /// shrinks to [`TIGHT_WINDOW`]: the upstream read waits for the readers instead of memory
+    /// growing.
     pub async fn push_windowed(&mut self, chunk: Bytes) {
         self.push(chunk);
+        let over = self.flight.lock().budget.is_over();
+        if over && self.is_retaining() {
+            self.stop_retaining();
+        }
         loop {
             let notified = self.flight.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let s = self.flight.lock();
-                if s.retain || s.held <= WINDOW || s.readers.is_empty() {
+                let window = if s.budget.is_over() {
+                    TIGHT_WINDOW
+                } else {
+                    WINDOW
+                };
+                if s.retain || s.held <= window || s.readers.is_empty() {
                     return;
                 }
             }
@@ -595,5 +700,60 @@ mod tests {
             r.next_chunk().await.unwrap().unwrap_err().kind,
             FillErrorKind::Broken
         );
+    }
+
+    #[tokio::test]
+    async fn fills_over_their_budget_stop_keeping_bodies_and_hold_a_tight_window() {
+        let budget = Arc::new(FillBudget::new(1 << 20));
+        let c = Coalescer::<u16>::with_budget(budget.clone());
+        let chunk = Bytes::from(vec![1u8; 100 * 1024]);
+        // A fill keeps 800 KiB for the store: under the 1 MiB budget.
+        let Joined::Leader(mut a, a_reader) = c.join("/a") else {
+            panic!()
+        };
+        a.set_head(200, true);
+        for _ in 0..8 {
+            a.push_windowed(chunk.clone()).await;
+        }
+        assert!(a.is_retaining());
+        assert_eq!(budget.used(), 800 * 1024);
+        // A second fill passes the budget: it stops keeping its body, and with a reader that
+        // follows slowly it holds no more than the tight window ahead of it.
+        let Joined::Leader(mut b, mut b_reader) = c.join("/b") else {
+            panic!()
+        };
+        b.set_head(200, true);
+        let total = 40usize;
+        let writer = tokio::spawn(async move {
+            let mut peak = 0;
+            for _ in 0..total {
+                b.push_windowed(Bytes::from(vec![2u8; 100 * 1024])).await;
+                peak = peak.max(b.flight.lock().held);
+            }
+            let kept = b.is_retaining();
+            b.finish();
+            (peak, kept)
+        });
+        let mut got = 0;
+        while let Some(c) = b_reader.next_chunk().await {
+            got += c.unwrap().len();
+            tokio::task::yield_now().await;
+        }
+        let (peak, kept) = writer.await.unwrap();
+        assert_eq!(got, total * 100 * 1024, "the reader gets the whole body");
+        assert!(!kept, "over budget: the body is not kept for the store");
+        assert!(
+            peak <= TIGHT_WINDOW + 100 * 1024,
+            "held {peak} bytes ahead of a slow reader"
+        );
+        assert!(
+            a.is_retaining(),
+            "the fill already under way keeps its body"
+        );
+        // Everything goes back to the budget when the flights end.
+        drop(b_reader);
+        a.finish();
+        drop(a_reader);
+        assert_eq!(budget.used(), 0);
     }
 }

@@ -24,7 +24,8 @@ pub mod purge;
 mod store;
 
 pub use coalesce::{
-    Coalescer, FillError, FillErrorKind, FlightReader, FlightWriter, Joined, WINDOW,
+    Coalescer, FillBudget, FillError, FillErrorKind, FlightReader, FlightWriter, Joined,
+    TIGHT_WINDOW, WINDOW,
 };
 pub use engine::{Engine, Eviction};
 pub use entry::{Chunks, Entry, Fields, Freshness, NewEntry};

@@ -264,7 +264,7 @@ impl AdminState for Edge {
             "now_ms": cdn_core::purge::unix_ms(),
             "undelivered_purges": self.undelivered.len(),
         });
-        cdn_core::admin::store_status(&mut doc, self.l1());
+        cdn_core::admin::store_status(&mut doc, &self.reads);
         self.counters.write_status(&mut doc);
         doc
     }
@@ -282,7 +282,7 @@ impl AdminState for Edge {
         out.extend(cdn_core::admin::common_metrics(
             self.counters.tier().as_str(),
             &self.config.member.id,
-            self.l1(),
+            &self.reads,
             self.upstream.pool(),
         ));
         out
@@ -438,6 +438,7 @@ pub async fn start_on(
         ReadSettings {
             honour_client_no_cache: config.member.honour_client_no_cache,
             max_object: config.member.max_object(),
+            fill_memory: config.member.fill_memory(),
             rules: config.member.rules(),
         },
         counters.clone(),

@@ -304,6 +304,12 @@ impl Fleet {
         panic!("edge-{i} lost its ports three times");
     }
 
+    /// The process ids of node `j` and edge `i` (for reading their resident memory).
+    pub(crate) fn pids(&self, j: usize, i: usize) -> (u32, u32) {
+        let node = self.nodes[j].child.as_ref().expect("node running").id();
+        (node, self.edges[i].child.id())
+    }
+
     /// Waits for node `j`'s process to exit, off the runtime (the load keeps running).
     async fn reap(&mut self, j: usize) -> std::process::ExitStatus {
         let mut child = self.nodes[j].child.take().expect("node running");
