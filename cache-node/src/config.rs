@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cdn_core::config::{ByteSize, ConfigError, MemberConfig};
+use cdn_core::launch::TierConfig;
 use serde::{Deserialize, Serialize};
 
 /// Everything a cache node is configured with: the keys every member has, then the node's
@@ -66,9 +67,17 @@ impl Default for Config {
     }
 }
 
-impl Config {
+impl TierConfig for Config {
+    fn member(&self) -> &MemberConfig {
+        &self.member
+    }
+
+    fn member_mut(&mut self) -> &mut MemberConfig {
+        &mut self.member
+    }
+
     /// Checks values serde cannot: the first problem found, naming its key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.member.id.is_empty() || self.member.id.len() > 255 {
             return Err(ConfigError::new("id", "must be 1 to 255 bytes"));
         }
@@ -111,7 +120,9 @@ impl Config {
         }
         Ok(())
     }
+}
 
+impl Config {
     /// The failure detector's timing.
     pub fn gossip(&self) -> cdn_core::membership::GossipTiming {
         cdn_core::membership::GossipTiming {
@@ -130,22 +141,8 @@ mod tests {
     /// unset by default, shown commented out), except the two an example must fill in.
     #[test]
     fn the_example_file_shows_every_key_with_its_default() {
-        let text = include_str!("../../config/cache-node.toml");
-        let example = cdn_core::config::parse_toml::<Config>(text).unwrap();
-        let (example, default) = (
-            serde_json::to_value(example).unwrap(),
-            serde_json::to_value(Config::default()).unwrap(),
-        );
-        for (key, want) in default.as_object().unwrap() {
-            if key == "seeds" || key == "tls_dir" {
-                continue;
-            }
-            if want.is_null() {
-                assert!(text.contains(&format!("# {key} = ")), "`{key}` not shown");
-            } else {
-                assert!(text.contains(&format!("\n{key} = ")), "`{key}` not set");
-                assert_eq!(&example[key], want, "`{key}` is not its default");
-            }
-        }
+        cdn_core::testing::assert_example_shows_every_default::<Config>(include_str!(
+            "../../config/cache-node.toml"
+        ));
     }
 }

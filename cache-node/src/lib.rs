@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cdn_core::admin::{AdminState, Metric};
-use cdn_core::origin::Origin;
+use cdn_core::launch::TierConfig;
 use cdn_core::peers::{Me, PeerPool, PurgeReport, Timeouts};
-use cdn_core::read_path::{ReadPath, ReadSettings, Source};
+use cdn_core::read_path::{ReadPath, Source};
 use cdn_core::store::Store;
 use cdn_core::tls::TlsMaterial;
 use cdn_proto::{Invalidation, Member, MemberState};
@@ -36,23 +36,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Why a node could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    /// A bad config value.
-    #[error(transparent)]
-    Config(#[from] cdn_core::config::ConfigError),
-    /// TLS material could not be loaded or used.
-    #[error(transparent)]
-    Tls(#[from] cdn_core::tls::TlsError),
-    /// A socket could not be bound or set up.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-}
+pub use cdn_core::launch::StartError as NodeError;
 
 /// Faults a test can switch on in a running node. Only with the `fault-injection` feature,
 /// which the test crates enable: a release binary checks nothing of this on its requests.
@@ -199,16 +183,7 @@ impl Node {
 
     /// Applies an invalidation to the store and detaches matching fills in progress.
     pub async fn apply_purge(&self, inv: &Invalidation) -> u64 {
-        self.reads.fills().detach_if(|key, head| {
-            let tags = head.map(|h| cdn_core::purge::surrogate_keys(&h.headers));
-            cdn_core::purge::matches(inv, key, tags.as_deref().unwrap_or(&[]))
-                || (head.is_none() && !inv.tags.is_empty())
-        });
-        let n = self.store().purge(inv).await;
-        self.counters.inc(Counter::Purges);
-        self.counters.add(Counter::Purged, n);
-        self.recent_purges.record(inv, n);
-        n
+        cdn_core::purging::apply(&self.reads, &self.counters, &self.recent_purges, inv).await
     }
 
     /// A purge received from another member: apply it, and when `forward`, pass it to every
@@ -260,39 +235,20 @@ impl Node {
 }
 
 impl AdminState for Node {
-    fn token(&self) -> Option<&str> {
-        self.config.member.admin_token.as_deref()
+    fn member(&self) -> &cdn_core::config::MemberConfig {
+        &self.config.member
     }
 
-    fn strict(&self) -> bool {
-        self.config.member.consistency == cdn_core::config::Consistency::Strict
-    }
-
-    fn max_push(&self) -> u64 {
-        self.config.member.max_object()
-    }
-
-    fn push(
-        self: Arc<Self>,
+    async fn push(
+        &self,
         obj: cdn_core::push::PushObject,
         edges: bool,
-    ) -> futures::future::BoxFuture<'static, cdn_core::push::PushReport> {
-        Box::pin(async move { Node::push(&self, obj, edges).await })
+    ) -> cdn_core::push::PushReport {
+        Node::push(self, obj, edges).await
     }
 
-    fn prewarm(
-        self: Arc<Self>,
-        urls: Vec<String>,
-        edges: bool,
-    ) -> futures::future::BoxFuture<'static, Vec<cdn_core::admin::PrewarmResult>> {
-        Box::pin(async move { Node::prewarm(&self, urls, edges).await })
-    }
-
-    fn purge(
-        self: Arc<Self>,
-        inv: Invalidation,
-    ) -> futures::future::BoxFuture<'static, PurgeReport> {
-        Box::pin(async move { self.coordinate_purge(&inv).await })
+    async fn purge(&self, inv: Invalidation) -> PurgeReport {
+        self.coordinate_purge(&inv).await
     }
 
     fn status(&self) -> serde_json::Value {
@@ -385,32 +341,12 @@ pub async fn start(
     admin: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<NodeHandle, NodeError> {
-    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-    let socket = runtime
-        .wrap_udp_socket(udp)
-        .map_err(|source| NodeError::Io {
-            what: "setting up the QUIC socket".into(),
-            source,
-        })?;
-    let net = Net {
-        socket,
-        runtime,
-        origin: None,
-    };
+    let net = Net::tokio(udp)?;
     start_on(config, tls, net, Some(admin), shutdown).await
 }
 
-/// How a node reaches the network: its QUIC socket and the runtime quinn drives it with,
-/// and how it connects to the origin. Real sockets in the binary; a simulated network in
-/// simulation tests.
-pub struct Net {
-    /// The QUIC socket.
-    pub socket: Arc<dyn quinn::AsyncUdpSocket>,
-    /// quinn's runtime (timers, spawning, the clock).
-    pub runtime: Arc<dyn quinn::Runtime>,
-    /// Opens origin connections (`None`: TCP with `origin_connect_timeout`).
-    pub origin: Option<cdn_core::origin::Dialer>,
-}
+/// How a node reaches the network: its QUIC socket, and the origin.
+pub use cdn_core::launch::Net;
 
 /// Starts a node on `net`, with or without an admin listener (without one, `admin_addr` is
 /// unspecified).
@@ -427,13 +363,13 @@ pub async fn start_on(
         origin,
     } = net;
     config.validate()?;
-    let io = |what: &str| {
-        let what = what.to_string();
-        move |source| NodeError::Io { what, source }
-    };
-    let quic_addr = socket.local_addr().map_err(io("reading QUIC address"))?;
+    let quic_addr = socket
+        .local_addr()
+        .map_err(NodeError::io("reading QUIC address"))?;
     let admin_addr = match &admin {
-        Some(a) => a.local_addr().map_err(io("reading admin address"))?,
+        Some(a) => a
+            .local_addr()
+            .map_err(NodeError::io("reading admin address"))?,
         None => SocketAddr::from(([0, 0, 0, 0], 0)),
     };
     let transport = cdn_core::tls::transport(config.max_streams, config.member.idle_timeout);
@@ -445,17 +381,10 @@ pub async fn start_on(
         socket,
         runtime,
     )
-    .map_err(io("starting QUIC endpoint"))?;
+    .map_err(NodeError::io("starting QUIC endpoint"))?;
     // The same socket dials other nodes, so they see this node's listen address.
     endpoint.set_default_client_config(client_cfg);
-    let dialer = origin
-        .unwrap_or_else(|| cdn_core::origin::Dialer::tcp(config.member.origin_connect_timeout));
-    let origin = Origin::with_dialer(
-        &config.member.origin,
-        dialer,
-        config.member.origin_response_timeout,
-    )
-    .map_err(|e| cdn_core::config::ConfigError::new("origin", e))?;
+    let origin = cdn_core::launch::origin(&config.member, origin)?;
     // The address others reach us at: `advertise`, or the bound address when it is specific.
     let reachable = config.advertise.unwrap_or(quic_addr);
     let member = Member::alive(
@@ -508,18 +437,9 @@ pub async fn start_on(
         .collect();
     sources.push(Source::Origin(Arc::new(origin)));
     let reads = ReadPath::new(
-        Store::with_engine(
-            config.member.capacity.0,
-            config.member.eviction,
-            config.member.store_engine,
-        ),
+        cdn_core::launch::store(&config.member),
         sources,
-        ReadSettings {
-            honour_client_no_cache: config.member.honour_client_no_cache,
-            max_object: config.member.max_object(),
-            fill_memory: config.member.fill_memory(),
-            rules: config.member.rules(),
-        },
+        cdn_core::launch::read_settings(&config.member),
         counters.clone(),
         next_purge_id.clone(),
     );
@@ -574,7 +494,7 @@ pub async fn start_on(
     let admin_task = admin.map(|admin| {
         tokio::spawn(cdn_core::admin::serve_admin(
             admin,
-            node.clone() as Arc<dyn AdminState>,
+            node.clone(),
             shutdown.clone(),
         ))
     });

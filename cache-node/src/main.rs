@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use cache_node::Config;
-use cdn_core::config::{load_toml, parse_args, ConfigError, MemberArgs};
+use cdn_core::config::parse_args;
+use cdn_core::launch::{load_or_exit, ConfigArgs};
 use cdn_core::store::{Engine, Eviction};
-use cdn_core::tls::TlsMaterial;
 use clap::{Parser, Subcommand};
 
 // A cache churns through objects: glibc's allocator keeps much of what is freed, so a full
@@ -27,15 +27,9 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
-    /// TOML config file; flags win over it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Validate the config and exit.
-    #[arg(long)]
-    check_config: bool,
-    /// The flags every member takes (identity, addresses, seeds, origin, store, TLS...).
+    /// Where the config comes from (file, `--check-config`) and the flags every member takes.
     #[command(flatten)]
-    member: MemberArgs,
+    launch: ConfigArgs,
     /// QUIC address to advertise when --listen is a wildcard (e.g. the pod IP).
     #[arg(long, env = "CDN_ADVERTISE")]
     advertise: Option<SocketAddr>,
@@ -60,36 +54,6 @@ enum Cmd {
     },
 }
 
-fn config_from(cli: Cli) -> Result<Config, ConfigError> {
-    let c = match &cli.config {
-        Some(p) => load_toml::<Config>(p)?,
-        None => Config::default(),
-    };
-    // File, then environment (`CDN_<KEY>`), then flags.
-    let mut c = cdn_core::config::apply_env(c)?;
-    cli.member.apply(&mut c.member);
-    if let Some(v) = cli.advertise {
-        c.advertise = Some(v);
-    }
-    if let Some(v) = cli.eviction {
-        c.member.eviction = v;
-    }
-    if let Some(v) = cli.store_engine {
-        c.member.store_engine = v;
-    }
-    if let Some(v) = cli.parent_region {
-        c.parent_region = Some(v);
-    }
-    c.validate()?;
-    if c.member.tls_dir.is_none() {
-        return Err(ConfigError::new(
-            "tls_dir",
-            "required: create one with `cache-node init-tls --dir DIR`",
-        ));
-    }
-    Ok(c)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     cdn_core::init_tracing();
@@ -103,11 +67,23 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let check_only = cli.check_config;
-    let config = config_from(cli).unwrap_or_else(|e| e.exit());
-    let tls_dir = config.member.tls_dir.clone().unwrap_or_default();
-    let tls = TlsMaterial::load(&tls_dir)
-        .unwrap_or_else(|e| ConfigError::new("tls_dir", e.to_string()).exit());
+    let check_only = cli.launch.check_config;
+    // The node's own flags go over the file and the environment too.
+    let own = |c: &mut Config| {
+        if let Some(v) = cli.advertise {
+            c.advertise = Some(v);
+        }
+        if let Some(v) = cli.eviction {
+            c.member.eviction = v;
+        }
+        if let Some(v) = cli.store_engine {
+            c.member.store_engine = v;
+        }
+        if let Some(v) = cli.parent_region {
+            c.parent_region = Some(v);
+        }
+    };
+    let (config, tls) = load_or_exit(cli.launch, own);
     if check_only {
         println!("config ok");
         return Ok(());

@@ -1,10 +1,9 @@
 //! Operations accepted on a node's admin API: push and prewarm.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use cdn_core::admin::PrewarmResult;
 use cdn_core::peers::{fetch_whole, PurgeReport};
+use cdn_core::prewarm::{NotFetched, Prewarm, Prewarmed};
 use cdn_core::push::{push_to, PushObject, PushReport};
 use cdn_proto::{CacheStatus, Member};
 use std::sync::atomic::Ordering;
@@ -71,16 +70,8 @@ impl Node {
                 }
             }
         });
-        for (m, r) in owners.iter().zip(futures::future::join_all(calls).await) {
-            match r {
-                Ok((acked, missing)) => report.merge(acked, missing, &members),
-                Err(e) => {
-                    tracing::warn!(node = %m.id, error = %e, key = %obj.key, "push not stored");
-                    report.missing.push(m.id.clone());
-                    report.error.get_or_insert(e);
-                }
-            }
-        }
+        let answers = futures::future::join_all(calls).await;
+        report.owners_answered(&obj.key, &owners, answers, &members);
         if edges {
             let mut r = PurgeReport::default();
             self.links.push_to_edges(&obj, id, deadline, &mut r).await;
@@ -136,58 +127,42 @@ impl Node {
         self.store().insert_pushed(&obj.key, entry).await;
         Ok(())
     }
+}
 
-    /// Fetches each URL at its primary owner (coalesced with concurrent misses there) and,
-    /// with `edges`, pushes what is cacheable into every edge connected to this node.
-    pub async fn prewarm(self: &Arc<Self>, urls: Vec<String>, edges: bool) -> Vec<PrewarmResult> {
-        let calls = urls.into_iter().map(|url| {
-            let node = self.clone();
-            async move { node.prewarm_one(url, edges).await }
-        });
-        futures::future::join_all(calls).await
-    }
-
-    async fn prewarm_one(self: Arc<Self>, url: String, edges: bool) -> PrewarmResult {
+/// A prewarm at a node: each URL fetched at its primary owner (coalesced with concurrent misses
+/// there), then, with `edges`, pushed into every edge connected to this node.
+impl Prewarm for Node {
+    async fn fetch(&self, url: &str) -> Result<Prewarmed, NotFetched> {
         let max = self.config.member.max_object();
         let deadline = self.config.member.origin_response_timeout + Duration::from_secs(5);
         let mut last_error = String::from("no cache node is reachable");
-        let mut fetched = None;
-        for owner in self.owners(&url) {
+        for owner in self.owners(url) {
             // The owner may be this node: the QUIC request to ourselves takes the same path
             // (store, coalesced fill) as any other.
-            match fetch_whole(&self.peers, &owner, &url, max, deadline).await {
+            match fetch_whole(&self.peers, &owner, url, max, deadline).await {
                 Ok(f) => {
-                    fetched = Some(f);
-                    break;
+                    return Ok(Prewarmed {
+                        storable: f.cache != CacheStatus::Pass,
+                        status: f.status,
+                        headers: f.headers,
+                        body: f.body,
+                    })
                 }
                 Err(e) => last_error = e.to_string(),
             }
         }
-        let Some(f) = fetched else {
-            return PrewarmResult::origin_error(url, None, last_error);
-        };
-        let status = f.status.as_u16();
-        if f.cache == CacheStatus::Pass {
-            return PrewarmResult::not_cacheable(url, status);
-        }
-        let mut pushed = vec![];
-        if edges {
-            let mut headers = f.headers.clone();
-            headers.remove(http::header::AGE);
-            let obj = PushObject {
-                key: url.clone(),
-                status: f.status,
-                headers,
-                body: f.body,
-            };
-            let mut r = PurgeReport::default();
-            let id = self.next_purge_id.fetch_add(1, Ordering::Relaxed);
-            self.links
-                .push_to_edges(&obj, id, self.op_deadline(), &mut r)
-                .await;
-            pushed = r.acked;
-            pushed.sort();
-        }
-        PrewarmResult::stored(url, status, pushed)
+        Err(NotFetched {
+            status: None,
+            detail: last_error,
+        })
+    }
+
+    async fn push_to_edges(&self, obj: PushObject) -> Vec<String> {
+        let mut r = PurgeReport::default();
+        let id = self.next_purge_id.fetch_add(1, Ordering::Relaxed);
+        self.links
+            .push_to_edges(&obj, id, self.op_deadline(), &mut r)
+            .await;
+        r.acked
     }
 }

@@ -1,17 +1,20 @@
 //! The admin HTTP API every member serves: `/healthz`, `/status` (JSON), `/metrics`
 //! (Prometheus text). Components supply their state through [`AdminState`].
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cdn_proto::Invalidation;
-use futures::future::BoxFuture;
 use http::{header, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
+use crate::config::{Consistency, MemberConfig};
+use crate::prewarm::{prewarm, Prewarm};
+pub use crate::prewarm::{PrewarmRequest, PrewarmResult};
 use crate::push::{PushObject, PushReport};
 use cdn_net::peers::PurgeReport;
 use tokio::net::TcpListener;
@@ -19,92 +22,34 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http::{full, serve, text, Body, ServerLimits};
 
-/// What a component exposes on its admin port.
-pub trait AdminState: Send + Sync + 'static {
+/// What a member exposes on its admin port. The admin API is served generically over it
+/// ([`serve_admin`]), so a tier writes its operations as plain async methods; what follows from
+/// the shared config section (token, consistency, largest push) is answered here once.
+pub trait AdminState: Prewarm + Send + Sync + 'static {
+    /// The keys every member has.
+    fn member(&self) -> &MemberConfig;
     /// The `/status` document.
     fn status(&self) -> serde_json::Value;
     /// Metric samples for `/metrics`.
     fn metrics(&self) -> Vec<Metric>;
-    /// The bearer token mutating calls need; `None` refuses them all.
-    fn token(&self) -> Option<&str>;
-    /// Strict consistency: a purge some member did not acknowledge fails.
-    fn strict(&self) -> bool;
     /// Accepts a purge and fans it out; resolves when every member acknowledged or the
     /// deadline passed.
-    fn purge(self: Arc<Self>, inv: Invalidation) -> BoxFuture<'static, PurgeReport>;
-    /// Largest pushed body accepted.
-    fn max_push(&self) -> u64;
+    fn purge(&self, inv: Invalidation) -> impl Future<Output = PurgeReport> + Send;
     /// Stores a pushed object on its owners (and every edge when `edges`).
-    fn push(self: Arc<Self>, obj: PushObject, edges: bool) -> BoxFuture<'static, PushReport>;
-    /// Has the owners fetch each URL (coalesced with any concurrent miss), optionally pushing
-    /// the result into every edge.
-    fn prewarm(
-        self: Arc<Self>,
-        urls: Vec<String>,
-        edges: bool,
-    ) -> BoxFuture<'static, Vec<PrewarmResult>>;
-}
+    fn push(&self, obj: PushObject, edges: bool) -> impl Future<Output = PushReport> + Send;
 
-/// One URL's outcome in `POST /prewarm`.
-#[derive(Debug, Clone, Default, serde::Serialize, Deserialize, PartialEq, Eq)]
-pub struct PrewarmResult {
-    /// The URL (path and query).
-    pub url: String,
-    /// `stored`, `not cacheable` or `origin error`.
-    pub result: String,
-    /// The origin's status, when it answered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    /// Detail of an error.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// Edges the object was pushed into.
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub edges: Vec<String>,
-}
-
-impl PrewarmResult {
-    /// Fetched and stored by its owners (and pushed into `edges`).
-    pub fn stored(url: String, status: u16, edges: Vec<String>) -> Self {
-        Self {
-            url,
-            result: "stored".into(),
-            status: Some(status),
-            detail: None,
-            edges,
-        }
+    /// The bearer token mutating calls need; `None` refuses them all.
+    fn token(&self) -> Option<&str> {
+        self.member().admin_token.as_deref()
     }
-
-    /// Fetched, but the response may not be stored.
-    pub fn not_cacheable(url: String, status: u16) -> Self {
-        Self {
-            url,
-            result: "not cacheable".into(),
-            status: Some(status),
-            ..Self::default()
-        }
+    /// Strict consistency: a purge some member did not acknowledge fails.
+    fn strict(&self) -> bool {
+        self.member().consistency == Consistency::Strict
     }
-
-    /// No complete response from the origin (`status` when one began).
-    pub fn origin_error(url: String, status: Option<u16>, detail: String) -> Self {
-        Self {
-            url,
-            result: "origin error".into(),
-            status,
-            detail: Some(detail),
-            ..Self::default()
-        }
+    /// Largest pushed body accepted: the largest object stored.
+    fn max_push(&self) -> u64 {
+        self.member().max_object()
     }
-}
-
-/// The JSON body of `POST /prewarm`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PrewarmRequest {
-    /// Paths with query to fetch.
-    pub urls: Vec<String>,
-    /// Also push each into every edge.
-    pub edges: bool,
 }
 
 /// Splits `PUT /objects/<path>?<query>` into the cache key and whether `edges=all` was given
@@ -440,9 +385,9 @@ pub fn render(metrics: &[Metric]) -> String {
 }
 
 /// Serves the admin API until `shutdown`.
-pub async fn serve_admin(
+pub async fn serve_admin<S: AdminState>(
     listener: TcpListener,
-    state: Arc<dyn AdminState>,
+    state: Arc<S>,
     shutdown: CancellationToken,
 ) {
     // Installed before anything is recorded, so no event is lost.
@@ -463,7 +408,7 @@ pub async fn serve_admin(
 /// The status page (`GET /`): plain HTML and JavaScript polling `/status`, no build step.
 const STATUS_PAGE: &str = include_str!("status.html");
 
-async fn route(state: Arc<dyn AdminState>, req: http::Request<Incoming>) -> Response<Body> {
+async fn route<S: AdminState>(state: Arc<S>, req: http::Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     if method == Method::POST && path == "/purge" {
@@ -529,7 +474,7 @@ async fn route(state: Arc<dyn AdminState>, req: http::Request<Incoming>) -> Resp
     }
 }
 
-async fn push_route(state: Arc<dyn AdminState>, req: http::Request<Incoming>) -> Response<Body> {
+async fn push_route<S: AdminState>(state: Arc<S>, req: http::Request<Incoming>) -> Response<Body> {
     if !authorized(req.headers(), state.token()) {
         return unauthorized();
     }
@@ -560,7 +505,10 @@ async fn push_route(state: Arc<dyn AdminState>, req: http::Request<Incoming>) ->
     json(StatusCode::OK, &report)
 }
 
-async fn prewarm_route(state: Arc<dyn AdminState>, req: http::Request<Incoming>) -> Response<Body> {
+async fn prewarm_route<S: AdminState>(
+    state: Arc<S>,
+    req: http::Request<Incoming>,
+) -> Response<Body> {
     if !authorized(req.headers(), state.token()) {
         return unauthorized();
     }
@@ -584,7 +532,7 @@ async fn prewarm_route(state: Arc<dyn AdminState>, req: http::Request<Incoming>)
             format!("prewarm request: `urls`: `{bad}` must start with /"),
         );
     }
-    let results = state.prewarm(parsed.urls, parsed.edges).await;
+    let results = prewarm(&*state, parsed.urls, parsed.edges).await;
     json(StatusCode::OK, &serde_json::json!({ "results": results }))
 }
 

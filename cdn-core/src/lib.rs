@@ -13,22 +13,33 @@
 //!   and the consistency switch.
 //! - [`counters`]: the one table of counted events; it feeds `/status` and `/metrics` alike.
 //! - [`push`]: pushed objects: admin input, wire transfer, freshness check.
+//! - [`prewarm`]: `POST /prewarm`'s flow, over the tier's fetch and push into the edges.
 //! - [`fill`]: what a coalesced fill's head says, the origin fetch into a flight, completing
 //!   one from a stored entry.
 //! - [`read_path`]: the one read path both tiers compose: store, freshness, coalesced fill,
 //!   then their sources in order (cache nodes, the origin).
+//! - [`purging`]: applying an invalidation at a member (store, fills in progress, counts).
+//! - [`launch`]: what both members do first: the config from file, environment and flags,
+//!   the TLS material, and the store, origin client and read settings it configures.
 //! - [`upstream`]: a cache tier seen from in front of it: owners, hedges, the fill from a node.
 //! - [`quic`]: `cdn-net`'s frame I/O plus sending a stored entry.
 //! - [`admin`]: the admin HTTP API every member serves (`/healthz`, `/status`, `/metrics`).
+//! - `testing` (feature `test-support`): checks both tiers' tests make of their binaries and
+//!   example config files.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
 pub mod counters;
 pub mod fill;
+pub mod launch;
+pub mod prewarm;
+pub mod purging;
 pub mod push;
 pub mod quic;
 pub mod read_path;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod upstream;
 
 pub use cdn_http as http;

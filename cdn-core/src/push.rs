@@ -188,6 +188,10 @@ pub async fn push_to(
         .unwrap_or_else(|_| Err(refused(format!("no answer within {deadline:?}"))))
 }
 
+/// A member's answer to a push: who acknowledged and who was missing (a node that fanned it
+/// out to its edges answers for them), or why it was not stored.
+pub type PushAnswer = Result<(Vec<String>, Vec<String>), String>;
+
 /// The answer to a push.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct PushReport {
@@ -213,6 +217,28 @@ impl PushReport {
             }
         }
         self.missing.extend(missing);
+    }
+
+    /// Files the answers of a push of `key` to its `owners` (in their order): each one's
+    /// acknowledgements by role; an owner that failed is missing, and the first failure is the
+    /// error.
+    pub fn owners_answered(
+        &mut self,
+        key: &str,
+        owners: &[Member],
+        answers: Vec<PushAnswer>,
+        nodes: &[Member],
+    ) {
+        for (m, r) in owners.iter().zip(answers) {
+            match r {
+                Ok((acked, missing)) => self.merge(acked, missing, nodes),
+                Err(e) => {
+                    tracing::warn!(node = %m.id, error = %e, %key, "push not stored");
+                    self.missing.push(m.id.clone());
+                    self.error.get_or_insert(e);
+                }
+            }
+        }
     }
 
     /// Sorts, dedups, and clears `missing` of whoever acknowledged.

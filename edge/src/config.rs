@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cdn_core::config::{ByteSize, ConfigError, MemberConfig};
+use cdn_core::launch::TierConfig;
 use serde::{Deserialize, Serialize};
 
 /// Everything an edge is configured with: the keys every member has, then the edge's own.
@@ -75,9 +76,17 @@ impl Default for Config {
     }
 }
 
-impl Config {
+impl TierConfig for Config {
+    fn member(&self) -> &MemberConfig {
+        &self.member
+    }
+
+    fn member_mut(&mut self) -> &mut MemberConfig {
+        &mut self.member
+    }
+
     /// Checks values serde cannot: the first problem found, naming its key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         self.member.validate()?;
         for (key, v) in [
             ("node_connect_timeout", self.node_connect_timeout),
@@ -108,22 +117,8 @@ mod tests {
     /// unset by default, shown commented out), except the two an example must fill in.
     #[test]
     fn the_example_file_shows_every_key_with_its_default() {
-        let text = include_str!("../../config/edge.toml");
-        let example = cdn_core::config::parse_toml::<Config>(text).unwrap();
-        let (example, default) = (
-            serde_json::to_value(example).unwrap(),
-            serde_json::to_value(Config::default()).unwrap(),
-        );
-        for (key, want) in default.as_object().unwrap() {
-            if key == "seeds" || key == "tls_dir" {
-                continue;
-            }
-            if want.is_null() {
-                assert!(text.contains(&format!("# {key} = ")), "`{key}` not shown");
-            } else {
-                assert!(text.contains(&format!("\n{key} = ")), "`{key}` not set");
-                assert_eq!(&example[key], want, "`{key}` is not its default");
-            }
-        }
+        cdn_core::testing::assert_example_shows_every_default::<Config>(include_str!(
+            "../../config/edge.toml"
+        ));
     }
 }

@@ -21,9 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cdn_core::admin::{AdminState, Metric};
+use cdn_core::launch::TierConfig;
 use cdn_core::origin::Origin;
 use cdn_core::peers::{Me, PeerPool, PurgeReport, Timeouts};
-use cdn_core::read_path::{ReadPath, ReadSettings, Source};
+use cdn_core::read_path::{ReadPath, Source};
 use cdn_core::store::Store;
 use cdn_core::tls::TlsMaterial;
 use cdn_core::upstream::Upstream;
@@ -34,23 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Why an edge could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum EdgeError {
-    /// A bad config value.
-    #[error(transparent)]
-    Config(#[from] cdn_core::config::ConfigError),
-    /// TLS material could not be used.
-    #[error(transparent)]
-    Tls(#[from] cdn_core::tls::TlsError),
-    /// A socket could not be set up.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-}
+pub use cdn_core::launch::StartError as EdgeError;
 
 use cdn_core::counters::Tier;
 /// The edge's counters: the one table every member counts into (`cdn_core::counters`).
@@ -162,17 +147,7 @@ impl Edge {
     /// Applies an invalidation to L1 and detaches matching fills in progress, so no request
     /// arriving after this returns is served the purged body. Returns entries affected.
     pub async fn apply_purge(&self, inv: &cdn_proto::Invalidation) -> u64 {
-        self.reads.fills().detach_if(|key, head| {
-            let tags = head.map(|h| cdn_core::purge::surrogate_keys(&h.headers));
-            // A fill whose head has not arrived yet might carry a purged tag: detach it.
-            cdn_core::purge::matches(inv, key, tags.as_deref().unwrap_or(&[]))
-                || (head.is_none() && !inv.tags.is_empty())
-        });
-        let n = self.l1().purge(inv).await;
-        self.counters.add(Counter::Purged, n);
-        self.counters.inc(Counter::Purges);
-        self.recent_purges.record(inv, n);
-        n
+        cdn_core::purging::apply(&self.reads, &self.counters, &self.recent_purges, inv).await
     }
 }
 
@@ -193,39 +168,20 @@ fn may_serve(strict: bool, upstream: &Upstream, entry: &cdn_core::store::Entry) 
 }
 
 impl AdminState for Edge {
-    fn token(&self) -> Option<&str> {
-        self.config.member.admin_token.as_deref()
+    fn member(&self) -> &cdn_core::config::MemberConfig {
+        &self.config.member
     }
 
-    fn strict(&self) -> bool {
-        self.is_strict()
-    }
-
-    fn max_push(&self) -> u64 {
-        self.config.member.max_object()
-    }
-
-    fn push(
-        self: Arc<Self>,
+    async fn push(
+        &self,
         obj: cdn_core::push::PushObject,
         edges: bool,
-    ) -> futures::future::BoxFuture<'static, cdn_core::push::PushReport> {
-        Box::pin(async move { Edge::push(&self, obj, edges).await })
+    ) -> cdn_core::push::PushReport {
+        Edge::push(self, obj, edges).await
     }
 
-    fn prewarm(
-        self: Arc<Self>,
-        urls: Vec<String>,
-        edges: bool,
-    ) -> futures::future::BoxFuture<'static, Vec<cdn_core::admin::PrewarmResult>> {
-        Box::pin(async move { Edge::prewarm(&self, urls, edges).await })
-    }
-
-    fn purge(
-        self: Arc<Self>,
-        inv: cdn_proto::Invalidation,
-    ) -> futures::future::BoxFuture<'static, PurgeReport> {
-        Box::pin(async move { self.coordinate_purge(&inv).await })
+    async fn purge(&self, inv: cdn_proto::Invalidation) -> PurgeReport {
+        self.coordinate_purge(&inv).await
     }
 
     fn status(&self) -> serde_json::Value {
@@ -323,41 +279,23 @@ pub async fn start(
     admin: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<EdgeHandle, EdgeError> {
-    let io = |what: &str| {
-        let what = what.to_string();
-        move |source| EdgeError::Io { what, source }
-    };
-    let http_addr = http.local_addr().map_err(io("reading HTTP address"))?;
+    let http_addr = http
+        .local_addr()
+        .map_err(EdgeError::io("reading HTTP address"))?;
     let bind: SocketAddr = if http_addr.is_ipv6() {
         "[::]:0".parse()
     } else {
         "0.0.0.0:0".parse()
     }
     .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let udp = std::net::UdpSocket::bind(bind).map_err(io("binding QUIC client socket"))?;
-    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-    let socket = runtime
-        .wrap_udp_socket(udp)
-        .map_err(io("setting up the QUIC client socket"))?;
-    let net = Net {
-        socket,
-        runtime,
-        origin: None,
-    };
+    let udp =
+        std::net::UdpSocket::bind(bind).map_err(EdgeError::io("binding QUIC client socket"))?;
+    let net = Net::tokio(udp)?;
     start_on(config, tls, net, http, http_addr, Some(admin), shutdown).await
 }
 
-/// How an edge reaches the network: the QUIC socket it dials nodes from and quinn's runtime
-/// for it, and how it connects to the origin. Real sockets in the binary; a simulated network
-/// in simulation tests.
-pub struct Net {
-    /// The QUIC (client) socket.
-    pub socket: Arc<dyn quinn::AsyncUdpSocket>,
-    /// quinn's runtime (timers, spawning, the clock).
-    pub runtime: Arc<dyn quinn::Runtime>,
-    /// Opens origin connections (`None`: TCP with `origin_connect_timeout`).
-    pub origin: Option<cdn_core::origin::Dialer>,
-}
+/// How an edge reaches the network: the QUIC socket it dials nodes from, and the origin.
+pub use cdn_core::launch::Net;
 
 /// Starts an edge serving clients from `http` (which listens at `http_addr`) on `net`, with
 /// or without an admin listener (without one, `admin_addr` is unspecified).
@@ -371,12 +309,10 @@ pub async fn start_on(
     shutdown: CancellationToken,
 ) -> Result<EdgeHandle, EdgeError> {
     config.validate()?;
-    let io = |what: &str| {
-        let what = what.to_string();
-        move |source| EdgeError::Io { what, source }
-    };
     let admin_addr = match &admin {
-        Some(a) => a.local_addr().map_err(io("reading admin address"))?,
+        Some(a) => a
+            .local_addr()
+            .map_err(EdgeError::io("reading admin address"))?,
         None => SocketAddr::from(([0, 0, 0, 0], 0)),
     };
     let transport = cdn_core::tls::transport(1024, config.member.idle_timeout);
@@ -387,17 +323,9 @@ pub async fn start_on(
         net.socket,
         net.runtime,
     )
-    .map_err(io("starting the QUIC client endpoint"))?;
+    .map_err(EdgeError::io("starting the QUIC client endpoint"))?;
     endpoint.set_default_client_config(client_cfg);
-    let dialer = net
-        .origin
-        .unwrap_or_else(|| cdn_core::origin::Dialer::tcp(config.member.origin_connect_timeout));
-    let origin = Origin::with_dialer(
-        &config.member.origin,
-        dialer,
-        config.member.origin_response_timeout,
-    )
-    .map_err(|e| cdn_core::config::ConfigError::new("origin", e))?;
+    let origin = cdn_core::launch::origin(&config.member, net.origin)?;
     let pool = PeerPool::new(
         endpoint,
         Me {
@@ -425,22 +353,13 @@ pub async fn start_on(
     let strict = config.member.consistency == cdn_core::config::Consistency::Strict;
     let filter_upstream = upstream.clone();
     let reads = ReadPath::new(
-        Store::with_engine(
-            config.member.capacity.0,
-            config.member.eviction,
-            config.member.store_engine,
-        ),
+        cdn_core::launch::store(&config.member),
         // The node tier first (skipped while no node is known), then the origin.
         vec![
             Source::Owners(upstream.clone()),
             Source::Origin(Arc::new(origin.clone())),
         ],
-        ReadSettings {
-            honour_client_no_cache: config.member.honour_client_no_cache,
-            max_object: config.member.max_object(),
-            fill_memory: config.member.fill_memory(),
-            rules: config.member.rules(),
-        },
+        cdn_core::launch::read_settings(&config.member),
         counters.clone(),
         next_request_id.clone(),
     )
@@ -468,7 +387,7 @@ pub async fn start_on(
     let admin_task = admin.map(|admin| {
         tokio::spawn(cdn_core::admin::serve_admin(
             admin,
-            edge.clone() as Arc<dyn AdminState>,
+            edge.clone(),
             shutdown.clone(),
         ))
     });

@@ -1,9 +1,7 @@
 //! `edge`: one edge of the CDN.
 
-use std::path::PathBuf;
-
-use cdn_core::config::{load_toml, parse_args, ConfigError, MemberArgs};
-use cdn_core::tls::TlsMaterial;
+use cdn_core::config::parse_args;
+use cdn_core::launch::{load_or_exit, ConfigArgs};
 use clap::Parser;
 use edge::Config;
 use tokio_util::sync::CancellationToken;
@@ -22,33 +20,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(mut_arg("capacity", |a| a.help("L1 capacity (e.g. 64MiB)")))]
 #[command(mut_arg("replicas", |a| a.help("Owners tried per key")))]
 struct Cli {
-    /// TOML config file; flags win over it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Validate the config and exit.
-    #[arg(long)]
-    check_config: bool,
-    /// The flags every member takes (identity, addresses, seeds, origin, store, TLS...).
+    /// Where the config comes from (file, `--check-config`) and the flags every member takes.
     #[command(flatten)]
-    member: MemberArgs,
-}
-
-fn config_from(cli: Cli) -> Result<Config, ConfigError> {
-    let c = match &cli.config {
-        Some(p) => load_toml::<Config>(p)?,
-        None => Config::default(),
-    };
-    // File, then environment (`CDN_<KEY>`), then flags.
-    let mut c = cdn_core::config::apply_env(c)?;
-    cli.member.apply(&mut c.member);
-    c.validate()?;
-    if c.member.tls_dir.is_none() {
-        return Err(ConfigError::new(
-            "tls_dir",
-            "required: create one with `cache-node init-tls --dir DIR`",
-        ));
-    }
-    Ok(c)
+    launch: ConfigArgs,
 }
 
 #[tokio::main]
@@ -56,11 +30,8 @@ async fn main() -> anyhow::Result<()> {
     cdn_core::init_tracing();
     cdn_core::install_crypto_provider();
     let cli: Cli = parse_args();
-    let check_only = cli.check_config;
-    let config = config_from(cli).unwrap_or_else(|e| e.exit());
-    let tls_dir = config.member.tls_dir.clone().unwrap_or_default();
-    let tls = TlsMaterial::load(&tls_dir)
-        .unwrap_or_else(|e| ConfigError::new("tls_dir", e.to_string()).exit());
+    let check_only = cli.launch.check_config;
+    let (config, tls) = load_or_exit::<Config>(cli.launch, |_| {});
     if check_only {
         println!("config ok");
         return Ok(());

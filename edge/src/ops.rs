@@ -1,11 +1,10 @@
 //! Operations accepted on an edge's admin API: push and prewarm.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use cdn_core::admin::PrewarmResult;
 use cdn_core::fill::Via;
+use cdn_core::prewarm::{NotFetched, Prewarm, Prewarmed};
 use cdn_core::push::{push_to, PushObject, PushReport};
 use cdn_proto::{CacheStatus, Member};
 
@@ -27,16 +26,12 @@ impl Edge {
         let calls = owners
             .iter()
             .map(|m| push_to(self.upstream.pool(), m, &obj, id, false, deadline));
-        for (m, r) in owners.iter().zip(futures::future::join_all(calls).await) {
-            match r {
-                Ok((acked, missing)) => report.merge(acked, missing, &members),
-                Err(e) => {
-                    tracing::warn!(node = %m.id, error = %e, key = %obj.key, "push not stored");
-                    report.missing.push(m.id.clone());
-                    report.error.get_or_insert(e.to_string());
-                }
-            }
-        }
+        let answers = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect();
+        report.owners_answered(&obj.key, &owners, answers, &members);
         if edges {
             self.push_everywhere(&obj, id, &members, &mut report).await;
         }
@@ -81,37 +76,24 @@ impl Edge {
             }
         }
     }
+}
 
-    /// Fills each URL through the normal miss path (owners, coalesced) and, with `edges`,
-    /// pushes what is cacheable into every edge.
-    pub async fn prewarm(self: &Arc<Self>, urls: Vec<String>, edges: bool) -> Vec<PrewarmResult> {
-        let calls = urls.into_iter().map(|url| {
-            let edge = self.clone();
-            async move { edge.prewarm_one(url, edges).await }
-        });
-        futures::future::join_all(calls).await
-    }
-
-    async fn prewarm_one(self: Arc<Self>, url: String, edges: bool) -> PrewarmResult {
-        let mut reader = self.reads.join(&url, &http::HeaderMap::new(), None).await;
-        let head = match reader.head().await {
-            Ok(h) => h,
-            Err(e) => return PrewarmResult::origin_error(url, None, e.to_string()),
-        };
+/// A prewarm at an edge: each URL through the normal miss path (owners, coalesced), then, with
+/// `edges`, into this edge's L1 and every other edge's.
+impl Prewarm for Edge {
+    async fn fetch(&self, url: &str) -> Result<Prewarmed, NotFetched> {
+        let mut reader = self.reads.join(url, &http::HeaderMap::new(), None).await;
+        let head = reader.head().await.map_err(|e| NotFetched {
+            status: None,
+            detail: e.to_string(),
+        })?;
         let mut body = Vec::new();
         while let Some(c) = reader.next_chunk().await {
-            match c {
-                Ok(c) => body.push(c),
-                Err(e) => {
-                    return PrewarmResult::origin_error(
-                        url,
-                        Some(head.status.as_u16()),
-                        e.to_string(),
-                    )
-                }
-            }
+            body.push(c.map_err(|e| NotFetched {
+                status: Some(head.status.as_u16()),
+                detail: e.to_string(),
+            })?);
         }
-        let status = head.status.as_u16();
         let node_passed = matches!(
             head.via,
             Via::Node {
@@ -119,27 +101,19 @@ impl Edge {
                 ..
             }
         );
-        if !head.storable || node_passed {
-            return PrewarmResult::not_cacheable(url, status);
-        }
-        let mut pushed = vec![];
-        if edges {
-            let mut headers = head.headers.clone();
-            headers.remove(http::header::AGE);
-            let obj = PushObject {
-                key: url.clone(),
-                status: head.status,
-                headers,
-                body,
-            };
-            let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-            let members = self.upstream.members();
-            let mut r = PushReport::default();
-            self.push_everywhere(&obj, id, &members, &mut r).await;
-            pushed = r.edges;
-            pushed.sort();
-            pushed.dedup();
-        }
-        PrewarmResult::stored(url, status, pushed)
+        Ok(Prewarmed {
+            status: head.status,
+            headers: head.headers.clone(),
+            body,
+            storable: head.storable && !node_passed,
+        })
+    }
+
+    async fn push_to_edges(&self, obj: PushObject) -> Vec<String> {
+        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let members = self.upstream.members();
+        let mut r = PushReport::default();
+        self.push_everywhere(&obj, id, &members, &mut r).await;
+        r.edges
     }
 }

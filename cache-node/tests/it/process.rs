@@ -1,5 +1,6 @@
 //! Config errors and start-up of the real binary.
 
+use cdn_core::testing::{assert_config_ok, assert_exit_2_naming};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,13 +23,6 @@ fn tls_dir() -> tempfile::TempDir {
     dir
 }
 
-fn one_line_exit_2(out: std::process::Output, key: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    assert!(err.contains(key), "names `{key}`: {err}");
-}
-
 #[test]
 fn a_bad_flag_value_exits_2_naming_the_key() {
     let dir = tls_dir();
@@ -37,13 +31,13 @@ fn a_bad_flag_value_exits_2_naming_the_key() {
         .arg(dir.path().join("tls"))
         .output()
         .unwrap();
-    one_line_exit_2(out, "--capacity");
+    assert_exit_2_naming(out, "--capacity");
     let out = bin()
         .args(["--origin", "ftp://x", "--tls-dir"])
         .arg(dir.path().join("tls"))
         .output()
         .unwrap();
-    one_line_exit_2(out, "origin");
+    assert_exit_2_naming(out, "origin");
 }
 
 #[test]
@@ -52,25 +46,25 @@ fn a_bad_config_file_value_exits_2_naming_the_key() {
     let file = dir.path().join("node.toml");
     std::fs::write(&file, "id = \"n1\"\ncapacity = \"a lot\"\n").unwrap();
     let out = bin().arg("--config").arg(&file).output().unwrap();
-    one_line_exit_2(out, "capacity");
+    assert_exit_2_naming(out, "capacity");
     std::fs::write(&file, "eviction = \"fifo\"\n").unwrap();
     let out = bin().arg("--config").arg(&file).output().unwrap();
-    one_line_exit_2(out, "eviction");
+    assert_exit_2_naming(out, "eviction");
     std::fs::write(&file, "listen = \"not an address\"\n").unwrap();
     let out = bin().arg("--config").arg(&file).output().unwrap();
-    one_line_exit_2(out, "listen");
+    assert_exit_2_naming(out, "listen");
     // Durations are written with a unit; a bad one, or a key of the old `_ms` form, is named.
     std::fs::write(&file, "purge_timeout = \"soon\"\n").unwrap();
     let out = bin().arg("--config").arg(&file).output().unwrap();
-    one_line_exit_2(out, "`purge_timeout`");
+    assert_exit_2_naming(out, "`purge_timeout`");
     std::fs::write(&file, "probe_interval_ms = 500\n").unwrap();
     let out = bin().arg("--config").arg(&file).output().unwrap();
-    one_line_exit_2(out, "probe_interval_ms");
+    assert_exit_2_naming(out, "probe_interval_ms");
     let out = bin()
         .args(["--check-config", "--tls-dir", "/nonexistent/tls"])
         .output()
         .unwrap();
-    one_line_exit_2(out, "tls_dir");
+    assert_exit_2_naming(out, "tls_dir");
 }
 
 #[test]
@@ -145,7 +139,7 @@ fn an_unknown_log_format_exits_2_naming_it() {
         .env("CDN_LOG_FORMAT", "xml")
         .output()
         .unwrap();
-    one_line_exit_2(out, "CDN_LOG_FORMAT");
+    assert_exit_2_naming(out, "CDN_LOG_FORMAT");
 }
 
 #[test]
@@ -157,12 +151,7 @@ fn the_commented_example_config_is_valid() {
         .arg(dir.path().join("tls"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "config ok");
+    assert_config_ok(out);
 }
 
 #[test]
@@ -173,7 +162,7 @@ fn a_wildcard_listen_address_needs_an_advertised_one() {
         .arg(dir.path().join("tls"))
         .output()
         .unwrap();
-    one_line_exit_2(out, "advertise");
+    assert_exit_2_naming(out, "advertise");
     let out = bin()
         .args([
             "--listen",
@@ -186,11 +175,7 @@ fn a_wildcard_listen_address_needs_an_advertised_one() {
         .arg(dir.path().join("tls"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_config_ok(out);
 }
 
 #[test]
@@ -206,19 +191,11 @@ fn the_environment_sets_config_keys_and_a_bad_one_exits_2_naming_it() {
             .output()
             .unwrap()
     };
-    one_line_exit_2(check(&[], "CDN_PURGE_TIMEOUT", "soon"), "CDN_PURGE_TIMEOUT");
+    assert_exit_2_naming(check(&[], "CDN_PURGE_TIMEOUT", "soon"), "CDN_PURGE_TIMEOUT");
     let out = check(&[], "CDN_PURGE_TIMEOUT", "2s");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_config_ok(out);
     // A valid value is taken; a flag still wins over it.
-    one_line_exit_2(check(&[], "CDN_CAPACITY", "0"), "capacity");
+    assert_exit_2_naming(check(&[], "CDN_CAPACITY", "0"), "capacity");
     let out = check(&["--capacity", "64MiB"], "CDN_CAPACITY", "0");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_config_ok(out);
 }

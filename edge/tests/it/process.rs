@@ -1,47 +1,41 @@
 //! Config errors of the real binary.
 
+use cdn_core::testing::{assert_config_ok, assert_exit_2_naming};
 use std::process::Command;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_edge"))
 }
 
-fn one_line_exit_2(out: std::process::Output, key: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    assert!(err.contains(key), "names `{key}`: {err}");
-}
-
 #[test]
 fn bad_values_exit_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let out = bin().args(["--replicas", "many"]).output().unwrap();
-    one_line_exit_2(out, "--replicas");
+    assert_exit_2_naming(out, "--replicas");
     let out = bin()
         .args(["--replicas", "0", "--tls-dir", "/x"])
         .output()
         .unwrap();
-    one_line_exit_2(out, "replicas");
+    assert_exit_2_naming(out, "replicas");
     let out = bin()
         .args(["--seed", "nowhere", "--tls-dir", "/x"])
         .output()
         .unwrap();
-    one_line_exit_2(out, "seeds");
+    assert_exit_2_naming(out, "seeds");
     let file = dir.path().join("edge.toml");
     std::fs::write(&file, "capacity = -5\n").unwrap();
     let out = bin().arg("--config").arg(&file).output().unwrap();
-    one_line_exit_2(out, "capacity");
+    assert_exit_2_naming(out, "capacity");
     std::fs::write(&file, "node_connect_timeout = \"0s\"\n").unwrap();
     let out = bin().arg("--config").arg(&file).output().unwrap();
-    one_line_exit_2(out, "`node_connect_timeout`");
+    assert_exit_2_naming(out, "`node_connect_timeout`");
     // A shared key, flattened into the edge's config, is named too.
     std::fs::write(&file, "purge_timeout = 5000\n").unwrap();
     let out = bin().arg("--config").arg(&file).output().unwrap();
-    one_line_exit_2(out, "`purge_timeout`");
+    assert_exit_2_naming(out, "`purge_timeout`");
     std::fs::write(&file, "no_such_key = 1\n").unwrap();
     let out = bin().arg("--config").arg(&file).output().unwrap();
-    one_line_exit_2(out, "no_such_key");
+    assert_exit_2_naming(out, "no_such_key");
 }
 
 #[test]
@@ -55,10 +49,5 @@ fn the_commented_example_config_is_valid() {
         .arg(&tls)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "config ok");
+    assert_config_ok(out);
 }
