@@ -364,8 +364,12 @@ impl<H> FlightWriter<H> {
     /// growing.
     pub async fn push_windowed(&mut self, chunk: Bytes) {
         self.push(chunk);
-        let over = self.flight.lock().budget.is_over();
-        if over && self.is_retaining() {
+        // One lock for both questions: this runs for every chunk of every fill.
+        let keep_over_budget = {
+            let s = self.flight.lock();
+            s.retain && s.budget.is_over()
+        };
+        if keep_over_budget {
             self.stop_retaining();
         }
         loop {
