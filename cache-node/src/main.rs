@@ -54,9 +54,15 @@ enum Cmd {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    cdn_core::server_runtime()
+        .map_err(|e| anyhow::anyhow!("starting the runtime: {e}"))?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     cdn_core::init_tracing();
+    cdn_core::log_runtime();
     cdn_core::install_crypto_provider();
     let mut cli: Cli = parse_args();
     if let Some(Cmd::InitTls { dir }) = cli.cmd.take() {

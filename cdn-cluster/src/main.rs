@@ -50,9 +50,15 @@ fn random_token() -> String {
         .collect()
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    cdn_core::server_runtime()
+        .map_err(|e| anyhow::anyhow!("starting the runtime: {e}"))?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     cdn_core::init_tracing();
+    cdn_core::log_runtime();
     let cli: Cli = parse_args();
     let bad = |key: &str, msg: &str| -> ! { cdn_core::config::ConfigError::new(key, msg).exit() };
     if cli.nodes == 0 {

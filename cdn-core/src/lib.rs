@@ -57,4 +57,6 @@ pub mod store {
 pub use cdn_net::tls::install_crypto_provider;
 pub use cdn_net::{membership, peers, tls};
 
-pub use cdn_http::{init_tracing, raise_open_file_limit, shutdown_signal};
+pub use cdn_http::{
+    init_tracing, log_runtime, raise_open_file_limit, server_runtime, shutdown_signal,
+};

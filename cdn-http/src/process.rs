@@ -68,3 +68,49 @@ pub async fn shutdown_signal() {
         _ = term => {}
     }
 }
+
+/// The runtime a server binary runs on: tokio's multi-threaded scheduler, one worker per
+/// core this process may use (`TOKIO_WORKER_THREADS` overrides), with the LIFO slot off.
+///
+/// Why the LIFO slot is off: with it, a task woken by the one running is polled next, ahead
+/// of everything queued. A QUIC connection's driver is woken by every stream write, so it ran
+/// after each response and sent that response alone: 1.63 UDP datagrams per request on the
+/// miss-at-the-edge path. Queued behind the other ready tasks it finds many responses
+/// written and sends them together (GSO): 0.31 datagrams per request, and 20-25 % more
+/// requests per second for the edge and node pair (docs/BENCHMARKS.md). Turning it off is an
+/// unstable tokio setting, enabled by `--cfg tokio_unstable` in `.cargo/config.toml`; a build
+/// without that flag (e.g. `RUSTFLAGS` set in the environment, which replaces it) gets the
+/// default scheduler and says so in the log.
+pub fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    #[cfg(tokio_unstable)]
+    b.disable_lifo_slot();
+    b.build()
+}
+
+/// Logs the scheduler [`server_runtime`] built (called once logging is set up).
+pub fn log_runtime() {
+    let workers = tokio::runtime::Handle::try_current()
+        .map(|h| h.metrics().num_workers())
+        .unwrap_or(0);
+    if cfg!(tokio_unstable) {
+        tracing::info!(workers, "runtime: multi-threaded, LIFO slot off");
+    } else {
+        tracing::warn!(
+            workers,
+            "runtime: built without --cfg tokio_unstable, LIFO slot on (slower QUIC batching)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn builds_carry_the_flag_the_server_runtime_needs() {
+        // `.cargo/config.toml` sets it; a build without it runs with the LIFO slot on.
+        assert!(cfg!(tokio_unstable), "built without --cfg tokio_unstable");
+        let rt = super::server_runtime().expect("runtime");
+        assert!(rt.metrics().num_workers() >= 1);
+    }
+}
