@@ -499,6 +499,36 @@ impl Compact {
         }
     }
 
+    /// Shards, for a walk in steps ([`Compact::sweep_step`]).
+    pub const SHARDS: usize = SHARDS;
+
+    /// One step of a walk: calls `remove` with each live entry in shard `shard`'s slots from
+    /// `from`, at most `max` of them, removing those it says to (a purge). Returns where the
+    /// next step starts (`None`: the shard is done) and how many entries it checked. The
+    /// shard is locked for the step only: `remove` must not call back into the engine.
+    pub fn sweep_step(
+        &self,
+        shard: usize,
+        from: usize,
+        max: usize,
+        mut remove: impl FnMut(&Entry) -> bool,
+    ) -> (Option<usize>, u64) {
+        let mut guard = self.lock(shard % SHARDS);
+        let shard = &mut *guard;
+        let end = shard.slots.len().min(from.saturating_add(max));
+        let mut checked = 0;
+        for i in from..end {
+            let Some(e) = shard.slots[i].entry.as_ref() else {
+                continue;
+            };
+            checked += 1;
+            if remove(e) {
+                self.remove_at(shard, i as u32, Cause::Explicit);
+            }
+        }
+        ((end < shard.slots.len()).then_some(end), checked)
+    }
+
     /// Entries held.
     pub fn entry_count(&self) -> u64 {
         self.entries.load(Ordering::Relaxed)
@@ -641,6 +671,19 @@ mod tests {
             }
         });
         assert_eq!(c.entry_count(), 10_000);
+        // A walk in steps sees every entry once and removes what it is told to.
+        let mut seen = 0;
+        for shard in 0..Compact::SHARDS {
+            let mut from = Some(0);
+            while let Some(at) = from {
+                let (next, n) = c.sweep_step(shard, at, 100, |e| e.key().starts_with("/t0/"));
+                seen += n;
+                from = next;
+            }
+        }
+        assert_eq!(seen, 10_000);
+        assert_eq!(c.entry_count(), 8_000);
+        assert!(c.get("/t0/5", now).is_none());
         c.remove("/same/7");
         assert!(
             c.get("/same/7", now).is_none(),
