@@ -504,7 +504,8 @@ impl Compact {
 
     /// One step of a walk: calls `remove` with each live entry in shard `shard`'s slots from
     /// `from`, at most `max` of them, removing those it says to (a purge). Returns where the
-    /// next step starts (`None`: the shard is done) and how many entries it checked. The
+    /// next step starts (`None`: the shard is done), how many entries it checked and how many
+    /// it removed. The
     /// shard is locked for the step only: `remove` must not call back into the engine.
     pub fn sweep_step(
         &self,
@@ -512,11 +513,11 @@ impl Compact {
         from: usize,
         max: usize,
         mut remove: impl FnMut(&Entry) -> bool,
-    ) -> (Option<usize>, u64) {
+    ) -> (Option<usize>, u64, u64) {
         let mut guard = self.lock(shard % SHARDS);
         let shard = &mut *guard;
         let end = shard.slots.len().min(from.saturating_add(max));
-        let mut checked = 0;
+        let (mut checked, mut removed) = (0, 0);
         for i in from..end {
             let Some(e) = shard.slots[i].entry.as_ref() else {
                 continue;
@@ -524,9 +525,10 @@ impl Compact {
             checked += 1;
             if remove(e) {
                 self.remove_at(shard, i as u32, Cause::Explicit);
+                removed += 1;
             }
         }
-        ((end < shard.slots.len()).then_some(end), checked)
+        ((end < shard.slots.len()).then_some(end), checked, removed)
     }
 
     /// Entries held.
@@ -676,7 +678,7 @@ mod tests {
         for shard in 0..Compact::SHARDS {
             let mut from = Some(0);
             while let Some(at) = from {
-                let (next, n) = c.sweep_step(shard, at, 100, |e| e.key().starts_with("/t0/"));
+                let (next, n, _) = c.sweep_step(shard, at, 100, |e| e.key().starts_with("/t0/"));
                 seen += n;
                 from = next;
             }

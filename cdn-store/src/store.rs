@@ -152,6 +152,9 @@ impl Cache {
     }
 }
 
+/// The shortest time between the starts of two background sweeps.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Variants kept per URL; beyond that, responses for new variants pass through unstored, so
 /// one URL with a wildly varying header cannot flush the store.
 pub const MAX_VARIANTS: usize = 32;
@@ -361,7 +364,7 @@ impl Store {
         }
         if lazy {
             if self.bans.over_budget() {
-                let swept = self.sweep_once().await;
+                let swept = self.sweep_once(false).await;
                 self.work.purges.fetch_add(swept.checked, Ordering::Relaxed);
             } else {
                 self.sweep_in_background();
@@ -383,9 +386,17 @@ impl Store {
         rt.spawn(async move {
             loop {
                 while store.bans.want_walk() {
-                    let swept = store.sweep_once().await;
+                    let began = std::time::Instant::now();
+                    let swept = store.sweep_once(true).await;
                     store.work.swept.fetch_add(swept.checked, Ordering::Relaxed);
                     store.work.sweeps.fetch_add(1, Ordering::Relaxed);
+                    // Under a stream of purges, walk at most once a second and at most half
+                    // the time: purges arriving meanwhile wait in the record (charged, and
+                    // bounded by its budget), and serving keeps the CPU.
+                    let took = began.elapsed();
+                    if store.bans.want_walk() {
+                        tokio::time::sleep(SWEEP_EVERY.saturating_sub(took).max(took)).await;
+                    }
                 }
                 store.sweeping.store(false, Ordering::Release);
                 // A purge recorded after the last check saw the flag still set: take it back.
@@ -399,16 +410,19 @@ impl Store {
     /// Runs one whole sweep now: applies every recorded purge to every entry (removing what a
     /// hard one covers, marking stale what a soft one does), then retires them.
     pub async fn sweep(&self) -> Swept {
-        let swept = self.sweep_once().await;
+        let swept = self.sweep_once(false).await;
         self.work.swept.fetch_add(swept.checked, Ordering::Relaxed);
         self.work.sweeps.fetch_add(1, Ordering::Relaxed);
         swept
     }
 
-    async fn sweep_once(&self) -> Swept {
-        /// Entries checked between yields, so a sweep never holds a worker (or a compact shard's
-        /// lock) for long.
-        const STEP: usize = 512;
+    /// One walk. `background`: paced, so serving keeps the CPU (see [`Pace`]); else it only
+    /// yields between steps (someone waits for it).
+    async fn sweep_once(&self, background: bool) -> Swept {
+        /// Entries checked per step: the walk yields between steps, and a compact shard is
+        /// locked for one step only.
+        const STEP: usize = 64;
+        let mut pace = Pace::new(background);
         let start = self.bans.walk_start();
         let mut swept = Swept::default();
         let bans = &self.bans;
@@ -430,7 +444,7 @@ impl Store {
                     }
                     if i % STEP == STEP - 1 {
                         swept.removed += remove_same(c, &mut gone).await;
-                        tokio::task::yield_now().await;
+                        pace.step().await;
                     }
                 }
                 swept.removed += remove_same(c, &mut gone).await;
@@ -439,12 +453,11 @@ impl Store {
                 for shard in 0..Compact::SHARDS {
                     let mut from = Some(0);
                     while let Some(at) = from {
-                        let before = c.entry_count();
-                        let (next, checked) = c.sweep_step(shard, at, STEP, verdict);
+                        let (next, checked, removed) = c.sweep_step(shard, at, STEP, verdict);
                         swept.checked += checked;
-                        swept.removed += before.saturating_sub(c.entry_count());
+                        swept.removed += removed;
                         from = next;
-                        tokio::task::yield_now().await;
+                        pace.step().await;
                     }
                 }
             }
@@ -535,6 +548,36 @@ impl Store {
         let mut sum = 0;
         self.cache.for_each(|_, e| sum += e.body_len());
         sum
+    }
+}
+
+/// How a walk shares the CPU. Between steps it yields; a background walk also pauses for
+/// [`Pace::PAUSE`] after every [`Pace::BURST`] of work, so it takes at most about a fifth of a
+/// core, and a request (a purge's own round trip through QUIC takes many scheduling turns)
+/// never waits behind more than one burst per turn.
+struct Pace {
+    background: bool,
+    since: std::time::Instant,
+}
+
+impl Pace {
+    const BURST: Duration = Duration::from_micros(250);
+    const PAUSE: Duration = Duration::from_millis(1);
+
+    fn new(background: bool) -> Self {
+        Self {
+            background,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    async fn step(&mut self) {
+        if self.background && self.since.elapsed() >= Self::BURST {
+            tokio::time::sleep(Self::PAUSE).await;
+            self.since = std::time::Instant::now();
+        } else {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
