@@ -15,7 +15,8 @@
 # Then how long the sweepers take to reclaim what the last purge of everything removed.
 # Output: OUTDIR/purge.tsv (kind, elapsed_ms, round-trip ms), OUTDIR/summary.txt (p50, p99, max
 # per kind; hit p99 with and without the storm), OUTDIR/logs/.
-# Knobs: BIN, N (100000), REPS (20), ALL_REPS (3), STORM (1), DUR (10), PURGE_PORT (18400..).
+# Knobs: BIN, N (100000), REPS (20), ALL_REPS (3), STORM (1), DUR (10), CAPACITY per member
+# (2GiB: 1,000,000 objects; give 4 KiB per object beyond), PURGE_PORT (18400..).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -28,6 +29,7 @@ REPS="${REPS:-20}"
 ALL_REPS="${ALL_REPS:-3}"
 STORM="${STORM:-1}"
 DUR="${DUR:-10}"
+CAPACITY="${CAPACITY:-2GiB}"
 P="${PURGE_PORT:-18400}"
 SERVER_CPUS="${BENCH_SERVER_CPUS:-0}"
 CLIENT_CPUS="${BENCH_CLIENT_CPUS:-1}"
@@ -41,7 +43,7 @@ mkdir -p "$OUTDIR/logs"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUTDIR/purge.log" >&2; }
 
 taskset -c "$SERVER_CPUS" "$BIN/cdn-cluster" --nodes 1 --edges 1 --edge-port "$EDGE_PORT" \
-    --admin-port "$ADMIN_PORT" --admin-token "$TOKEN" --capacity 2GiB --edge-capacity 2GiB \
+    --admin-port "$ADMIN_PORT" --admin-token "$TOKEN" --capacity "$CAPACITY" --edge-capacity "$CAPACITY" \
     >"$OUTDIR/logs/cluster.log" 2>&1 &
 CLUSTER=$!
 trap 'kill "$CLUSTER" 2>/dev/null || true; wait "$CLUSTER" 2>/dev/null || true' EXIT
