@@ -499,6 +499,23 @@ impl Compact {
         }
     }
 
+    /// Removes `entry` if it is still the one stored under its key (a purge found it covered;
+    /// a fill may have replaced it since).
+    pub fn remove_same(&self, entry: &Entry) {
+        let hash = self.hash(entry.key());
+        let mut guard = self.shard(hash);
+        let shard = &mut *guard;
+        if let Some(i) = shard.find(hash, entry.key_bytes()) {
+            if shard.slots[i as usize]
+                .entry
+                .as_ref()
+                .is_some_and(|e| e.same(entry))
+            {
+                self.remove_at(shard, i, Cause::Explicit);
+            }
+        }
+    }
+
     /// Shards, for a walk in steps ([`Compact::sweep_step`]).
     pub const SHARDS: usize = SHARDS;
 

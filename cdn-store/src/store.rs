@@ -486,7 +486,19 @@ impl Store {
     /// The entry for `key`, fresh or not (moka drops it some time after its TTL).
     /// Not if a purge covers it (a soft one marks it stale).
     pub async fn get(&self, key: &str) -> Option<Entry> {
-        self.screen(self.cache.get(key).await?)
+        let entry = self.cache.get(key).await?;
+        let screened = self.screen(entry.clone());
+        if screened.is_none() {
+            // Covered by a hard purge: reclaim it now rather than when the sweeper passes (a
+            // purged entry that is still asked for would otherwise look popular to TinyLFU).
+            match &self.cache {
+                Cache::Moka(c) => {
+                    remove_same(c, &mut vec![(Arc::from(entry.key()), entry)]).await;
+                }
+                Cache::Compact(c) => c.remove_same(&entry),
+            }
+        }
+        screened
     }
 
     /// Stores `entry` under `key`, replacing what was there; returns it as stored.
