@@ -16,7 +16,8 @@
 # Output: OUTDIR/purge.tsv (kind, elapsed_ms, round-trip ms), OUTDIR/summary.txt (p50, p99, max
 # per kind; hit p99 with and without the storm), OUTDIR/logs/.
 # Knobs: BIN, N (100000), REPS (20), ALL_REPS (3), STORM (1), DUR (10), CAPACITY per member
-# (2GiB: 1,000,000 objects; give 4 KiB per object beyond), PURGE_PORT (18400..).
+# (2GiB: 1,000,000 objects; give 4 KiB per object beyond), RECLAIM_WAIT (120 s),
+# PURGE_PORT (18400..).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -30,6 +31,7 @@ ALL_REPS="${ALL_REPS:-3}"
 STORM="${STORM:-1}"
 DUR="${DUR:-10}"
 CAPACITY="${CAPACITY:-2GiB}"
+RECLAIM_WAIT="${RECLAIM_WAIT:-120}"
 P="${PURGE_PORT:-18400}"
 SERVER_CPUS="${BENCH_SERVER_CPUS:-0}"
 CLIENT_CPUS="${BENCH_CLIENT_CPUS:-1}"
@@ -98,9 +100,10 @@ for i in $(seq 1 "$ALL_REPS"); do
     log "held before purge of everything (node, edge): $(held)"
     purge all '{"tags":["grp"]}'
 done
-# How long the sweepers take to hand back the memory of what the last purge removed.
-t0=$(date +%s.%N)
-for _ in $(seq 1 600); do
+# How long the sweepers take to hand back the memory of what the last purge removed (polled
+# for at most RECLAIM_WAIT seconds).
+t0=$(date +%s.%N) node="?" edge="?"
+for _ in $(seq 1 $((RECLAIM_WAIT * 5))); do
     read -r node edge <<<"$(held)"
     [ "$node" -le $((N / 100)) ] && [ "$edge" -le $((N / 100)) ] && break
     sleep 0.2

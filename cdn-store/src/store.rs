@@ -426,28 +426,49 @@ impl Store {
         let start = self.bans.walk_start();
         let mut swept = Swept::default();
         let bans = &self.bans;
-        let verdict = |e: &Entry| match bans.check(e, start) {
-            Verdict::Gone => true,
-            Verdict::Stale => {
-                e.mark_stale();
-                false
-            }
-            Verdict::Clean => false,
-        };
+        let verdict = |e: &Entry| gone(bans, e, start);
         match &self.cache {
             Cache::Moka(c) => {
-                let mut gone = Vec::new();
-                for (i, (k, e)) in c.iter().enumerate() {
-                    swept.checked += 1;
-                    if verdict(&e) {
-                        gone.push((Arc::<str>::clone(&k), e));
+                // moka's iterator starts by copying out every key of the map (its one segment):
+                // milliseconds per million entries, so the walk runs on a blocking thread and
+                // hands what it finds gone, in batches, to this task to remove (back-pressured
+                // by the channel).
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(Arc<str>, Entry)>>(4);
+                let (c2, bans) = (c.clone(), self.bans.clone());
+                let walker = tokio::task::spawn_blocking(move || {
+                    let (mut checked, mut batch) = (0u64, Vec::new());
+                    let mut since = std::time::Instant::now();
+                    for (k, e) in c2.iter() {
+                        checked += 1;
+                        if gone(&bans, &e, start) {
+                            batch.push((Arc::<str>::clone(&k), e));
+                        }
+                        if checked % STEP as u64 == 0 {
+                            if !batch.is_empty()
+                                && tx.blocking_send(std::mem::take(&mut batch)).is_err()
+                            {
+                                return None;
+                            }
+                            if background && since.elapsed() >= Pace::BURST {
+                                std::thread::sleep(Pace::PAUSE);
+                                since = std::time::Instant::now();
+                            }
+                        }
                     }
-                    if i % STEP == STEP - 1 {
-                        swept.removed += remove_same(c, &mut gone).await;
-                        pace.step().await;
+                    if !batch.is_empty() && tx.blocking_send(batch).is_err() {
+                        return None;
                     }
+                    Some(checked)
+                });
+                while let Some(mut batch) = rx.recv().await {
+                    swept.removed += remove_same(c, &mut batch).await;
+                    pace.step().await;
                 }
-                swept.removed += remove_same(c, &mut gone).await;
+                match walker.await {
+                    Ok(Some(checked)) => swept.checked = checked,
+                    // The walk did not finish: what it did stands, but nothing is retired.
+                    _ => return swept,
+                }
             }
             Cache::Compact(c) => {
                 for shard in 0..Compact::SHARDS {
@@ -560,6 +581,19 @@ impl Store {
         let mut sum = 0;
         self.cache.for_each(|_, e| sum += e.body_len());
         sum
+    }
+}
+
+/// What a walk that started at `start` does with `e`: true when a hard purge covers it (to be
+/// removed); a soft one marks it stale.
+fn gone(bans: &Bans, e: &Entry, start: u64) -> bool {
+    match bans.check(e, start) {
+        Verdict::Gone => true,
+        Verdict::Stale => {
+            e.mark_stale();
+            false
+        }
+        Verdict::Clean => false,
     }
 }
 
