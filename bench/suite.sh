@@ -12,11 +12,15 @@
 #   node-1k-zipf           ours only: the edge misses, the node tier answers (vs our edge hits)
 #   cold-1k-zipf           from cold, origin 20 ms away: COLD_REQUESTS requests over 10,000
 #                          keys, Zipf 0.99, 64 connections; origin requests counted
-# then (WRK=1) bench/compare.sh as the outside check with wrk, and (MEMORY=1) bench/memory.sh.
+# then (WRK=1) bench/compare.sh as the outside check with wrk, (MEMORY=1) bench/memory.sh, and
+# (PURGE=1) bench/purge.sh: tag and prefix purges acknowledged by every member over PURGE_N
+# objects per member, and edge hits during 100 tag purges/s.
 # Output: OUTDIR/summary.md (medians, ratios ours/theirs from the same run), OUTDIR/runs.tsv,
-# OUTDIR/json/*.json (every loadgen report), OUTDIR/plots/*.svg, OUTDIR/wrk/, OUTDIR/memory.txt.
+# OUTDIR/json/*.json (every loadgen report), OUTDIR/plots/*.svg, OUTDIR/wrk/, OUTDIR/memory.txt,
+# OUTDIR/purge/summary.txt.
 # Knobs: DUR (10), REPS (3), CONNS (32), CONNS_1M (8), COLD_REQUESTS (20000), SCENARIOS,
-# TARGETS ("edge varnish nginx-cache"), WRK (1), MEMORY (1), MEMORY_N (1000000), ports
+# TARGETS ("edge varnish nginx-cache"), WRK (1), MEMORY (1), MEMORY_N (1000000), PURGE (1),
+# PURGE_N (100000), ports
 # SUITE_PORT (18300.., ten in a row).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -34,6 +38,8 @@ TARGETS="${TARGETS:-edge varnish nginx-cache}"
 WRK="${WRK:-1}"
 MEMORY="${MEMORY:-1}"
 MEMORY_N="${MEMORY_N:-1000000}"
+PURGE="${PURGE:-1}"
+PURGE_N="${PURGE_N:-100000}"
 P="${SUITE_PORT:-18300}"
 export BENCH_SERVER_CPUS="${BENCH_SERVER_CPUS:-0}"
 export BENCH_NICE="${BENCH_NICE:--20}"
@@ -197,6 +203,11 @@ if [ "$MEMORY" = 1 ]; then
     log "memory: bench/memory.sh $MEMORY_N 1024"
     "$here/memory.sh" "$MEMORY_N" 1024 >"$OUTDIR/memory.txt" 2>"$OUTDIR/logs/memory.log" ||
         log "WARNING: the memory benchmark failed, see $OUTDIR/logs/memory.log"
+fi
+if [ "$PURGE" = 1 ]; then
+    log "purge: bench/purge.sh over $PURGE_N objects per member"
+    BIN="$bin" N="$PURGE_N" DUR="$DUR" "$here/purge.sh" "$OUTDIR/purge" >"$OUTDIR/logs/purge.log" 2>&1 ||
+        log "WARNING: the purge benchmark failed, see $OUTDIR/logs/purge.log"
 fi
 python3 "$here/suite-summary.py" "$OUTDIR" >"$OUTDIR/summary.md"
 cat "$OUTDIR/summary.md"

@@ -1,8 +1,9 @@
 //! Resident memory of a store holding N objects of a given size, as bytes per object over
 //! the payload. Objects look like real fills: a policy evaluated from typical origin headers.
 //!
-//! `cargo run --release -p cdn-store --example store_memory -- [N] [SIZE] [ENGINE]` (1,000,000
-//! × 1 KiB on moka by default; ENGINE `moka` or `compact`).
+//! `cargo run --release -p cdn-store --example store_memory -- [N] [SIZE] [ENGINE] [tagged]`
+//! (1,000,000 × 1 KiB on moka by default; ENGINE `moka` or `compact`; `tagged`: one surrogate
+//! key per object).
 
 use std::time::SystemTime;
 
@@ -33,6 +34,8 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    // `tagged`: each object carries one surrogate key (`Surrogate-Key: product-<i / 10>`).
+    let tagged = args.next().as_deref() == Some("tagged");
     let store = Store::with_engine(u64::MAX / 4, Eviction::TinyLfu, engine);
     let now = SystemTime::now();
     let req_headers = {
@@ -44,7 +47,11 @@ async fn main() {
     let before = rss_bytes();
     for i in 0..n {
         let key = format!("/obj/{i}?size={size}");
-        let resp = http::Response::builder()
+        let mut resp = http::Response::builder();
+        if tagged {
+            resp = resp.header("surrogate-key", format!("product-{}", i / 10));
+        }
+        let resp = resp
             .header("content-type", "application/octet-stream")
             .header("cache-control", "public, max-age=3600")
             .header("etag", "\"0123456789abcdef\"")
@@ -71,7 +78,8 @@ async fn main() {
     let grown = after.saturating_sub(before);
     let payload = (n * size) as u64;
     println!(
-        "{engine:?}: {n} objects of {size} B: entries {}, RSS grew {:.1} MiB for {:.1} MiB of payload: {:.0} bytes per object over the payload; the store charges {:.0} bytes per object ({:.2} of the RSS growth)",
+        "{engine:?}{}: {n} objects of {size} B: entries {}, RSS grew {:.1} MiB for {:.1} MiB of payload: {:.0} bytes per object over the payload; the store charges {:.0} bytes per object ({:.2} of the RSS growth)",
+        if tagged { ", one tag each" } else { "" },
         store.entry_count(),
         grown as f64 / 1048576.0,
         payload as f64 / 1048576.0,

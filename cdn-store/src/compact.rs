@@ -499,6 +499,55 @@ impl Compact {
         }
     }
 
+    /// Removes `entry` if it is still the one stored under its key (a purge found it covered;
+    /// a fill may have replaced it since).
+    pub fn remove_same(&self, entry: &Entry) {
+        let hash = self.hash(entry.key());
+        let mut guard = self.shard(hash);
+        let shard = &mut *guard;
+        if let Some(i) = shard.find(hash, entry.key_bytes()) {
+            if shard.slots[i as usize]
+                .entry
+                .as_ref()
+                .is_some_and(|e| e.same(entry))
+            {
+                self.remove_at(shard, i, Cause::Explicit);
+            }
+        }
+    }
+
+    /// Shards, for a walk in steps ([`Compact::sweep_step`]).
+    pub const SHARDS: usize = SHARDS;
+
+    /// One step of a walk: calls `remove` with each live entry in shard `shard`'s slots from
+    /// `from`, at most `max` of them, removing those it says to (a purge). Returns where the
+    /// next step starts (`None`: the shard is done), how many entries it checked and how many
+    /// it removed. The
+    /// shard is locked for the step only: `remove` must not call back into the engine.
+    pub fn sweep_step(
+        &self,
+        shard: usize,
+        from: usize,
+        max: usize,
+        mut remove: impl FnMut(&Entry) -> bool,
+    ) -> (Option<usize>, u64, u64) {
+        let mut guard = self.lock(shard % SHARDS);
+        let shard = &mut *guard;
+        let end = shard.slots.len().min(from.saturating_add(max));
+        let (mut checked, mut removed) = (0, 0);
+        for i in from..end {
+            let Some(e) = shard.slots[i].entry.as_ref() else {
+                continue;
+            };
+            checked += 1;
+            if remove(e) {
+                self.remove_at(shard, i as u32, Cause::Explicit);
+                removed += 1;
+            }
+        }
+        ((end < shard.slots.len()).then_some(end), checked, removed)
+    }
+
     /// Entries held.
     pub fn entry_count(&self) -> u64 {
         self.entries.load(Ordering::Relaxed)
@@ -641,6 +690,19 @@ mod tests {
             }
         });
         assert_eq!(c.entry_count(), 10_000);
+        // A walk in steps sees every entry once and removes what it is told to.
+        let mut seen = 0;
+        for shard in 0..Compact::SHARDS {
+            let mut from = Some(0);
+            while let Some(at) = from {
+                let (next, n, _) = c.sweep_step(shard, at, 100, |e| e.key().starts_with("/t0/"));
+                seen += n;
+                from = next;
+            }
+        }
+        assert_eq!(seen, 10_000);
+        assert_eq!(c.entry_count(), 8_000);
+        assert!(c.get("/t0/5", now).is_none());
         c.remove("/same/7");
         assert!(
             c.get("/same/7", now).is_none(),

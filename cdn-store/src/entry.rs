@@ -12,7 +12,7 @@
 //! keys once it knows where the entry goes (a `Vary` variant's key depends on its fields).
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -27,10 +27,6 @@ const COMPACT_BODY: u64 = 1 << 20;
 const REVALIDATE_ONLY: u8 = 1;
 const VALIDATORS: u8 = 2;
 const STALE: u8 = 4;
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
 
 /// A duration in 32 bits: milliseconds below 2^31 (24.8 days), else whole seconds with the
 /// top bit set (up to 68 years).
@@ -74,9 +70,13 @@ enum Body {
 #[derive(Debug)]
 struct Meta {
     // When stored (ns since the Unix epoch; exact: callers compare it with instants taken
-    // before a fill) and the freshness remaining then (ms).
+    // before a fill) and the freshness remaining then.
     stored_ns: u64,
-    ttl_ms: u64,
+    ttl: Span,
+    // The low 32 bits of the store's purge sequence when its fill began (or later, once the
+    // sweeper has checked it against every purge before that): which lazy purges cover it,
+    // see `crate::ban`. Atomic: the sweeper advances it on a shared entry.
+    mark: AtomicU32,
     body: Body,
     // Fields shared with other entries.
     shared: Option<SharedFields>,
@@ -204,7 +204,7 @@ impl Entry {
 
     /// Freshness remaining when stored.
     pub fn ttl(&self) -> Duration {
-        Duration::from_millis(self.meta().ttl_ms)
+        self.meta().ttl.get()
     }
 
     /// Served stale when upstream fails, for this long past the lifetime.
@@ -220,6 +220,22 @@ impl Entry {
     /// Surrogate keys (from `Surrogate-Key`), for purge by tag.
     pub fn tags(&self) -> Vec<String> {
         self.fields().tags()
+    }
+
+    /// The low 32 bits of the purge sequence it is marked with (see `crate::ban`).
+    pub(crate) fn mark(&self) -> u32 {
+        self.meta().mark.load(Ordering::Acquire)
+    }
+
+    /// Advances the mark to `to` (low 32 bits) if `older(current)` says the current one is
+    /// older; a concurrent advance to a newer mark is kept.
+    pub(crate) fn advance_mark(&self, to: u32, older: impl Fn(u32) -> bool) {
+        let _ = self
+            .meta()
+            .mark
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| {
+                older(m).then_some(to)
+            });
     }
 
     /// Time held here at `now`.
@@ -318,7 +334,7 @@ pub struct NewEntry {
     own: Vec<u8>,
     body: Chunks,
     stored_ns: u64,
-    ttl_ms: u64,
+    ttl: Span,
     initial_age: Span,
     swr: Span,
     sie: Span,
@@ -352,7 +368,7 @@ impl NewEntry {
             own,
             body: body.into(),
             stored_ns: u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX),
-            ttl_ms: ms(decision.ttl),
+            ttl: Span::of(decision.ttl),
             initial_age: Span::of(decision.age),
             swr: Span::of(decision.stale_while_revalidate),
             sie: Span::of(decision.stale_if_error),
@@ -383,6 +399,12 @@ impl NewEntry {
     /// The entry, stored under `key`: one block for the fixed part, the key, the source and
     /// the fields, and the body copied once into a buffer of its size (unless it is large).
     pub fn keyed(self, key: &str) -> Entry {
+        self.keyed_at(key, 0)
+    }
+
+    /// [`NewEntry::keyed`], marked with the low 32 bits of the purge sequence its fill began
+    /// at (what a store checks lazy purges against).
+    pub(crate) fn keyed_at(self, key: &str, mark: u32) -> Entry {
         let body_len = self.body.len_bytes();
         let body = if body_len > COMPACT_BODY {
             // Already chunks (a large stored body being revalidated): shared, not copied.
@@ -411,7 +433,8 @@ impl NewEntry {
         tail.extend_from_slice(&self.own);
         let meta = Meta {
             stored_ns: self.stored_ns,
-            ttl_ms: self.ttl_ms,
+            ttl: self.ttl,
+            mark: AtomicU32::new(mark),
             body,
             shared,
             initial_age: self.initial_age,
@@ -761,6 +784,20 @@ impl<'a> Fields<'a> {
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    /// Calls `f` with each surrogate key, without allocating (the same keys as
+    /// [`Fields::tags`] when they are UTF-8).
+    pub(crate) fn each_tag(&self, mut f: impl FnMut(&str)) {
+        for (_, v) in self.raw().filter(|(n, _)| *n == "surrogate-key") {
+            let v = v.bytes();
+            match std::str::from_utf8(&v) {
+                Ok(s) => s.split_whitespace().for_each(&mut f),
+                Err(_) => String::from_utf8_lossy(&v)
+                    .split_whitespace()
+                    .for_each(&mut f),
+            }
+        }
     }
 
     /// Unpacks into a map.

@@ -24,6 +24,12 @@ pub fn matches(inv: &Invalidation, key: &str, tags: &[String]) -> bool {
         || (!inv.tags.is_empty() && tags.iter().any(|t| inv.tags.contains(t)))
 }
 
+/// The URL part of a storage key (a `Vary` variant's key is the URL, a NUL, then the
+/// normalised fields it varies on).
+pub fn primary(storage_key: &str) -> &str {
+    storage_key.split('\0').next().unwrap_or(storage_key)
+}
+
 /// Surrogate keys of a response: the space-separated tokens of its `Surrogate-Key` fields.
 pub fn surrogate_keys(headers: &http::HeaderMap) -> Vec<String> {
     headers

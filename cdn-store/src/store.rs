@@ -14,10 +14,30 @@ use moka::policy::EvictionPolicy;
 
 use cdn_http::policy::{variant_key, vary_names};
 
+use crate::ban::{Bans, Verdict};
 use crate::compact::Compact;
 use crate::engine::{Engine, Eviction};
 use crate::entry::{Entry, NewEntry};
 use crate::purge::PurgeLog;
+
+/// Entries a store's purges checked, and its sweeps.
+#[derive(Default)]
+struct Work {
+    // Checked by purges themselves (before they returned).
+    purges: std::sync::atomic::AtomicU64,
+    // Checked by background sweeps.
+    swept: std::sync::atomic::AtomicU64,
+    sweeps: std::sync::atomic::AtomicU64,
+}
+
+/// What a sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Entries checked.
+    pub checked: u64,
+    /// Entries removed (a hard purge covered them).
+    pub removed: u64,
+}
 
 struct ExpireAtTtl;
 
@@ -49,6 +69,12 @@ pub struct Store {
     cache: Cache,
     capacity: u64,
     log: Arc<PurgeLog>,
+    // Purges by tag, prefix, varying URL and `all`, evaluated at lookup (crate::ban).
+    bans: Arc<Bans>,
+    // Whether a background sweep task runs (one per store at a time), and the entries purges
+    // and sweeps checked: relaxed atomics, only counted and flagged.
+    sweeping: Arc<std::sync::atomic::AtomicBool>,
+    work: Arc<Work>,
     // Which request fields each URL's responses vary on, learned from their `Vary`.
     vary: moka::future::Cache<Arc<str>, Arc<VaryMarker>>,
     // Entries removed, by cause: size, expiry, purge (explicit removal).
@@ -126,6 +152,9 @@ impl Cache {
     }
 }
 
+/// The shortest time between the starts of two background sweeps.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Variants kept per URL; beyond that, responses for new variants pass through unstored, so
 /// one URL with a wildly varying header cannot flush the store.
 pub const MAX_VARIANTS: usize = 32;
@@ -134,11 +163,6 @@ pub const MAX_VARIANTS: usize = 32;
 struct VaryMarker {
     names: Vec<http::HeaderName>,
     variants: std::sync::atomic::AtomicUsize,
-}
-
-/// The URL part of a storage key.
-pub fn primary(storage_key: &str) -> &str {
-    storage_key.split('\0').next().unwrap_or(storage_key)
 }
 
 impl Store {
@@ -151,6 +175,10 @@ impl Store {
     /// [`Entry::weight`] plus the key).
     pub fn with_engine(capacity: u64, eviction: Eviction, engine: Engine) -> Self {
         let evictions: Arc<[std::sync::atomic::AtomicU64; 3]> = Arc::default();
+        // The lazy purge table is charged to the store: the engine gets the rest.
+        let budget = Bans::budget(capacity);
+        let total = capacity;
+        let capacity = capacity - budget;
         let policy = match eviction {
             Eviction::TinyLfu => EvictionPolicy::tiny_lfu(),
             Eviction::Lru => EvictionPolicy::lru(),
@@ -158,7 +186,7 @@ impl Store {
         if engine == Engine::Compact {
             let tiny_lfu = eviction == Eviction::TinyLfu;
             let cache = Compact::new(capacity, tiny_lfu, evictions.clone());
-            return Self::on(Cache::Compact(Arc::new(cache)), capacity, evictions);
+            return Self::on(Cache::Compact(Arc::new(cache)), total, evictions);
         }
         let cache = moka::future::Cache::builder()
             .max_capacity(capacity)
@@ -180,7 +208,7 @@ impl Store {
                 }
             })
             .build();
-        Self::on(Cache::Moka(cache), capacity, evictions)
+        Self::on(Cache::Moka(cache), total, evictions)
     }
 
     fn on(cache: Cache, capacity: u64, evictions: Arc<[std::sync::atomic::AtomicU64; 3]>) -> Self {
@@ -189,6 +217,9 @@ impl Store {
             cache,
             capacity,
             log: Arc::default(),
+            bans: Arc::new(Bans::new(Bans::budget(capacity))),
+            sweeping: Arc::default(),
+            work: Arc::default(),
             vary: moka::future::Cache::builder()
                 .max_capacity(1_000_000)
                 .build(),
@@ -198,12 +229,21 @@ impl Store {
     /// The entry a request for `key` with fields `request` would be served, if any.
     pub async fn lookup(&self, key: &str, request: &HeaderMap) -> Option<Entry> {
         match self.vary.get(key).await {
-            Some(m) => {
-                self.cache
-                    .get(variant_key(key, &m.names, request).as_str())
-                    .await
+            Some(m) => self.get(variant_key(key, &m.names, request).as_str()).await,
+            None => self.get(key).await,
+        }
+    }
+
+    /// `entry` as the recorded purges leave it: gone (left for the sweeper to reclaim, or for
+    /// the next fill to replace), marked stale, or as it was.
+    fn screen(&self, entry: Entry) -> Option<Entry> {
+        match self.bans.verdict(&entry) {
+            Verdict::Clean => Some(entry),
+            Verdict::Stale => {
+                entry.mark_stale();
+                Some(entry)
             }
-            None => self.cache.get(key).await,
+            Verdict::Gone => None,
         }
     }
 
@@ -279,7 +319,7 @@ impl Store {
             return None;
         }
         let storage = self.storage_key(key, request, &entry).await?;
-        let entry = self.insert(&storage, entry).await;
+        let entry = self.insert_marked(&storage, entry, mark).await;
         // A purge may have been logged between the check and the insert: see crate::purge.
         if self.log.purged_since(mark, key, &tags) {
             self.remove(&storage).await;
@@ -296,51 +336,201 @@ impl Store {
             .is_some()
     }
 
-    /// Applies an invalidation: hard removes, soft marks stale. Returns entries affected.
+    /// Applies an invalidation: hard removes, soft marks stale. Returns the entries affected
+    /// by URL; what a tag, prefix, `all` or a URL with variants covers is recorded in O(1)
+    /// per item instead, never served again from the moment this returns, and reclaimed by
+    /// the sweeper (counted as purge evictions). Only when the record of such purges is over
+    /// its budget does this sweep before returning.
     pub async fn purge(&self, inv: &cdn_proto::Invalidation) -> u64 {
-        self.log.append(inv.clone());
-        let mut n = 0;
-        let scan = inv.all || !inv.prefixes.is_empty() || !inv.tags.is_empty();
-        let mut varying = false;
+        // A URL with variants: they live under "url\0…", found by the URL part of their key.
+        let mut varying = Vec::new();
         for url in &inv.urls {
-            varying |= self.vary.get(url.as_str()).await.is_some();
+            if self.vary.get(url.as_str()).await.is_some() {
+                varying.push(url.as_str());
+            }
         }
-        if !scan && !varying {
-            for url in &inv.urls {
-                if let Some(e) = self.cache.get(url.as_str()).await {
-                    n += 1;
-                    if inv.soft {
-                        e.mark_stale();
-                    } else {
-                        self.cache.invalidate(url.as_str()).await;
-                    }
+        let (_, lazy) = self.bans.record(&self.log, inv, &varying);
+        let mut n = 0;
+        for url in &inv.urls {
+            self.work.purges.fetch_add(1, Ordering::Relaxed);
+            if let Some(e) = self.cache.get(url.as_str()).await {
+                n += 1;
+                if inv.soft {
+                    e.mark_stale();
+                } else {
+                    self.cache.invalidate(url.as_str()).await;
                 }
             }
-            return n;
         }
-        // Variants live under "url\0…": match on the URL part.
-        let hit = self
-            .cache
-            .entries_where(|k, e| crate::purge::matches(inv, primary(k), &e.tags()));
-        for (k, e) in hit {
-            n += 1;
-            if inv.soft {
-                e.mark_stale();
+        if lazy {
+            if self.bans.over_budget() {
+                let swept = self.sweep_once(false).await;
+                self.work.purges.fetch_add(swept.checked, Ordering::Relaxed);
             } else {
-                self.cache.invalidate(&k).await;
+                self.sweep_in_background();
             }
         }
         n
     }
 
+    /// Starts the background sweeper unless it runs (or there is no runtime to run it on: a
+    /// later purge or [`Store::sweep`] does the work).
+    fn sweep_in_background(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let store = self.clone();
+        rt.spawn(async move {
+            loop {
+                while store.bans.want_walk() {
+                    let began = std::time::Instant::now();
+                    let swept = store.sweep_once(true).await;
+                    store.work.swept.fetch_add(swept.checked, Ordering::Relaxed);
+                    store.work.sweeps.fetch_add(1, Ordering::Relaxed);
+                    // Under a stream of purges, walk at most once a second and at most half
+                    // the time: purges arriving meanwhile wait in the record (charged, and
+                    // bounded by its budget), and serving keeps the CPU.
+                    let took = began.elapsed();
+                    if store.bans.want_walk() {
+                        tokio::time::sleep(SWEEP_EVERY.saturating_sub(took).max(took)).await;
+                    }
+                }
+                store.sweeping.store(false, Ordering::Release);
+                // A purge recorded after the last check saw the flag still set: take it back.
+                if !store.bans.want_walk() || store.sweeping.swap(true, Ordering::AcqRel) {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Runs one whole sweep now: applies every recorded purge to every entry (removing what a
+    /// hard one covers, marking stale what a soft one does), then retires them.
+    pub async fn sweep(&self) -> Swept {
+        let swept = self.sweep_once(false).await;
+        self.work.swept.fetch_add(swept.checked, Ordering::Relaxed);
+        self.work.sweeps.fetch_add(1, Ordering::Relaxed);
+        swept
+    }
+
+    /// One walk. `background`: paced, so serving keeps the CPU (see [`Pace`]); else it only
+    /// yields between steps (someone waits for it).
+    async fn sweep_once(&self, background: bool) -> Swept {
+        /// Entries checked per step: the walk yields between steps, and a compact shard is
+        /// locked for one step only.
+        const STEP: usize = 64;
+        let mut pace = Pace::new(background);
+        let start = self.bans.walk_start();
+        let mut swept = Swept::default();
+        let bans = &self.bans;
+        let verdict = |e: &Entry| gone(bans, e, start);
+        match &self.cache {
+            Cache::Moka(c) => {
+                // moka's iterator starts by copying out every key of the map (its one segment):
+                // milliseconds per million entries, so the walk runs on a blocking thread and
+                // hands what it finds gone, in batches, to this task to remove (back-pressured
+                // by the channel).
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(Arc<str>, Entry)>>(4);
+                let (c2, bans) = (c.clone(), self.bans.clone());
+                let walker = tokio::task::spawn_blocking(move || {
+                    let (mut checked, mut batch) = (0u64, Vec::new());
+                    let mut since = std::time::Instant::now();
+                    for (k, e) in c2.iter() {
+                        checked += 1;
+                        if gone(&bans, &e, start) {
+                            batch.push((Arc::<str>::clone(&k), e));
+                        }
+                        if checked % STEP as u64 == 0 {
+                            if !batch.is_empty()
+                                && tx.blocking_send(std::mem::take(&mut batch)).is_err()
+                            {
+                                return None;
+                            }
+                            if background && since.elapsed() >= Pace::BURST {
+                                std::thread::sleep(Pace::PAUSE);
+                                since = std::time::Instant::now();
+                            }
+                        }
+                    }
+                    if !batch.is_empty() && tx.blocking_send(batch).is_err() {
+                        return None;
+                    }
+                    Some(checked)
+                });
+                while let Some(mut batch) = rx.recv().await {
+                    swept.removed += remove_same(c, &mut batch).await;
+                    pace.step().await;
+                }
+                match walker.await {
+                    Ok(Some(checked)) => swept.checked = checked,
+                    // The walk did not finish: what it did stands, but nothing is retired.
+                    _ => return swept,
+                }
+            }
+            Cache::Compact(c) => {
+                for shard in 0..Compact::SHARDS {
+                    let mut from = Some(0);
+                    while let Some(at) = from {
+                        let (next, checked, removed) = c.sweep_step(shard, at, STEP, verdict);
+                        swept.checked += checked;
+                        swept.removed += removed;
+                        from = next;
+                        pace.step().await;
+                    }
+                }
+            }
+        }
+        self.bans.walked(start);
+        swept
+    }
+
+    /// Entries checked so far by purges before they returned, and by background sweeps; and
+    /// sweeps completed. What a purge costs is the first (tests assert it stays bounded).
+    pub fn purge_work(&self) -> (u64, u64, u64) {
+        let w = &self.work;
+        (
+            w.purges.load(Ordering::Relaxed),
+            w.swept.load(Ordering::Relaxed),
+            w.sweeps.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Purged items (tags, prefixes, URLs with variants, `all`) recorded and not yet retired
+    /// by a sweep, and the bytes they are charged.
+    pub fn recorded_purges(&self) -> (usize, u64) {
+        (self.bans.len(), self.bans.bytes())
+    }
+
     /// The entry for `key`, fresh or not (moka drops it some time after its TTL).
+    /// Not if a purge covers it (a soft one marks it stale).
     pub async fn get(&self, key: &str) -> Option<Entry> {
-        self.cache.get(key).await
+        let entry = self.cache.get(key).await?;
+        let screened = self.screen(entry.clone());
+        if screened.is_none() {
+            // Covered by a hard purge: reclaim it now rather than when the sweeper passes (a
+            // purged entry that is still asked for would otherwise look popular to TinyLFU).
+            match &self.cache {
+                Cache::Moka(c) => {
+                    remove_same(c, &mut vec![(Arc::from(entry.key()), entry)]).await;
+                }
+                Cache::Compact(c) => c.remove_same(&entry),
+            }
+        }
+        screened
     }
 
     /// Stores `entry` under `key`, replacing what was there; returns it as stored.
     pub async fn insert(&self, key: &str, entry: NewEntry) -> Entry {
-        let entry = entry.keyed(key);
+        self.insert_marked(key, entry, self.fill_mark()).await
+    }
+
+    /// [`Store::insert`] for a fill that began at `mark`: every purge since covers it.
+    async fn insert_marked(&self, key: &str, entry: NewEntry, mark: u64) -> Entry {
+        // The low 32 bits: see crate::ban on why they suffice.
+        let entry = entry.keyed_at(key, mark as u32);
         self.cache.insert(entry.clone()).await;
         entry
     }
@@ -375,9 +565,10 @@ impl Store {
         self.cache.entry_count()
     }
 
-    /// Bytes held as weighed (approximate until [`Store::sync`]).
+    /// Bytes held as weighed, the record of lazy purges included (approximate until
+    /// [`Store::sync`]).
     pub fn weighted_size(&self) -> u64 {
-        self.cache.weighted_size()
+        self.cache.weighted_size() + self.bans.bytes()
     }
 
     /// Configured capacity in bytes.
@@ -391,6 +582,75 @@ impl Store {
         self.cache.for_each(|_, e| sum += e.body_len());
         sum
     }
+}
+
+/// What a walk that started at `start` does with `e`: true when a hard purge covers it (to be
+/// removed); a soft one marks it stale.
+fn gone(bans: &Bans, e: &Entry, start: u64) -> bool {
+    match bans.check(e, start) {
+        Verdict::Gone => true,
+        Verdict::Stale => {
+            e.mark_stale();
+            false
+        }
+        Verdict::Clean => false,
+    }
+}
+
+/// How a walk shares the CPU. Between steps it yields; a background walk also pauses for
+/// [`Pace::PAUSE`] after every [`Pace::BURST`] of work, so it takes at most about a fifth of a
+/// core, and a request (a purge's own round trip through QUIC takes many scheduling turns)
+/// never waits behind more than one burst per turn.
+struct Pace {
+    background: bool,
+    since: std::time::Instant,
+}
+
+impl Pace {
+    const BURST: Duration = Duration::from_micros(250);
+    const PAUSE: Duration = Duration::from_millis(1);
+
+    fn new(background: bool) -> Self {
+        Self {
+            background,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    async fn step(&mut self) {
+        if self.background && self.since.elapsed() >= Self::BURST {
+            tokio::time::sleep(Self::PAUSE).await;
+            self.since = std::time::Instant::now();
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Removes each of `gone` from `c` if it is still the entry under its key (a fill may have
+/// replaced it since the sweep saw it); returns how many were.
+async fn remove_same(
+    c: &moka::future::Cache<Arc<str>, Entry>,
+    gone: &mut Vec<(Arc<str>, Entry)>,
+) -> u64 {
+    let mut n = 0;
+    for (k, e) in gone.drain(..) {
+        let r = c
+            .entry(k)
+            .and_compute_with(|now| {
+                let same = now.is_some_and(|now| now.value().same(&e));
+                std::future::ready(if same {
+                    moka::ops::compute::Op::Remove
+                } else {
+                    moka::ops::compute::Op::Nop
+                })
+            })
+            .await;
+        if matches!(r, moka::ops::compute::CompResult::Removed(_)) {
+            n += 1;
+        }
+    }
+    n
 }
 
 #[cfg(test)]
@@ -487,7 +747,10 @@ mod tests {
         assert_eq!(variant_key("/x", &names, &a), variant_key("/x", &names, &b));
         b.insert("accept-language", "fr".parse().unwrap());
         assert_ne!(variant_key("/x", &names, &a), variant_key("/x", &names, &b));
-        assert_eq!(primary(&variant_key("/x?y", &names, &a)), "/x?y");
+        assert_eq!(
+            crate::purge::primary(&variant_key("/x?y", &names, &a)),
+            "/x?y"
+        );
         let mut h = HeaderMap::new();
         h.insert("vary", "Accept-Encoding, accept-language".parse().unwrap());
         assert_eq!(vary_names(&h).unwrap(), names);
@@ -566,5 +829,204 @@ mod tests {
             compact_tlfu >= 0.95 * moka_tlfu,
             "compact TinyLFU {compact_tlfu} well below moka's {moka_tlfu}"
         );
+    }
+}
+
+#[cfg(test)]
+mod purge_tests {
+    //! Purges on a store of many entries: each kind costs the purge no walk over the store,
+    //! and nothing it covers is served again.
+
+    use super::*;
+    use bytes::Bytes;
+    use cdn_proto::Invalidation;
+    use http::StatusCode;
+    use std::time::SystemTime;
+
+    const N: usize = 10_000;
+
+    fn tagged(tags: &str, extra: &[(&str, &str)]) -> NewEntry {
+        let now = SystemTime::now();
+        let (mut h, d) = crate::entry::tests::decision("max-age=600", now);
+        h.insert("surrogate-key", tags.parse().unwrap());
+        for (k, v) in extra {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        NewEntry::new(
+            StatusCode::OK,
+            &h,
+            vec![Bytes::from_static(b"body")],
+            d,
+            now,
+        )
+    }
+
+    fn key(i: usize) -> String {
+        format!("/d{}/o/{i}", i % 100)
+    }
+
+    /// A store of N entries: all tagged `grp`, and each `t<i % 100>`, under `/d<i % 100>/`.
+    async fn full(engine: Engine) -> Store {
+        let store = Store::with_engine(64 << 20, Eviction::TinyLfu, engine);
+        for i in 0..N {
+            let e = tagged(&format!("grp t{}", i % 100), &[]);
+            assert!(store.insert_pushed(&key(i), e).await);
+        }
+        store.sync().await;
+        assert_eq!(store.entry_count(), N as u64);
+        store
+    }
+
+    fn inv(f: impl FnOnce(&mut Invalidation)) -> Invalidation {
+        let mut i = Invalidation::default();
+        f(&mut i);
+        i
+    }
+
+    /// What a lookup of each key finds: (absent, stale, fresh).
+    async fn census(store: &Store) -> (usize, usize, usize) {
+        let now = SystemTime::now();
+        let mut c = (0, 0, 0);
+        for i in 0..N {
+            match store.lookup(&key(i), &HeaderMap::new()).await {
+                None => c.0 += 1,
+                Some(e) if !e.is_fresh(now) => c.1 += 1,
+                Some(_) => c.2 += 1,
+            }
+        }
+        c
+    }
+
+    #[tokio::test]
+    async fn every_purge_kind_checks_no_entry_and_nothing_purged_is_served() {
+        for engine in [Engine::Moka, Engine::Compact] {
+            for soft in [false, true] {
+                let kinds: [(&str, Invalidation, usize); 7] = [
+                    ("tag, none", inv(|i| i.tags = vec!["nothing".into()]), 0),
+                    ("tag, 1%", inv(|i| i.tags = vec!["t7".into()]), N / 100),
+                    ("tag, all", inv(|i| i.tags = vec!["grp".into()]), N),
+                    ("prefix, none", inv(|i| i.prefixes = vec!["/x/".into()]), 0),
+                    (
+                        "prefix, 1%",
+                        inv(|i| i.prefixes = vec!["/d7/".into()]),
+                        N / 100,
+                    ),
+                    ("prefix, all", inv(|i| i.prefixes = vec!["/d".into()]), N),
+                    ("all", inv(|i| i.all = true), N),
+                ];
+                for (what, mut purge, covered) in kinds {
+                    purge.soft = soft;
+                    let store = full(engine).await;
+                    store.purge(&purge).await;
+                    let (checked, _, _) = store.purge_work();
+                    assert_eq!(checked, 0, "{engine:?} {what}: the purge walked the store");
+                    let (absent, stale, fresh) = census(&store).await;
+                    let (gone, marked) = if soft { (0, covered) } else { (covered, 0) };
+                    assert_eq!(
+                        (absent, stale, fresh),
+                        (gone, marked, N - covered),
+                        "{engine:?} soft={soft} {what}"
+                    );
+                    // The sweeper (this one, or the background one the purge started)
+                    // reclaims what a hard purge covered and retires the record.
+                    let swept = store.sweep().await;
+                    assert!(swept.removed <= gone as u64, "{engine:?} {what}");
+                    store.sync().await;
+                    assert_eq!(store.entry_count(), (N - gone) as u64, "{engine:?} {what}");
+                    assert_eq!(store.evictions().2, gone as u64, "{engine:?} {what}");
+                    assert_eq!(store.recorded_purges(), (0, 0));
+                    assert_eq!(census(&store).await, (gone, marked, N - covered));
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fill_that_began_before_a_purge_never_stores_the_purged_body() {
+        for engine in [Engine::Moka, Engine::Compact] {
+            let store = full(engine).await;
+            let none = HeaderMap::new();
+            // Began before the purge, completes after it: not stored.
+            let early = store.fill_mark();
+            store.purge(&inv(|i| i.tags = vec!["t3".into()])).await;
+            let late = tagged("grp t3", &[]);
+            assert!(store
+                .insert_filled("/late", &none, late.clone(), early)
+                .await
+                .is_none());
+            assert!(store.lookup("/late", &none).await.is_none());
+            // Began before a purge and stored before it too: covered at once.
+            let mark = store.fill_mark();
+            assert!(store
+                .insert_filled("/stored", &none, late.clone(), mark)
+                .await
+                .is_some());
+            store.purge(&inv(|i| i.prefixes = vec!["/st".into()])).await;
+            assert!(store.lookup("/stored", &none).await.is_none());
+            // Began after: stored and served.
+            let after = store.fill_mark();
+            assert!(store
+                .insert_filled("/stored", &none, late.clone(), after)
+                .await
+                .is_some());
+            assert!(store.lookup("/stored", &none).await.is_some());
+            // A sweep in progress does not retire a purge for an entry it has passed: a fill
+            // that began before the purge is refused by the log however the sweep is placed.
+            let early = store.fill_mark();
+            store.purge(&inv(|i| i.tags = vec!["t4".into()])).await;
+            store.sweep().await;
+            assert!(store
+                .insert_filled("/later", &none, tagged("t4", &[]), early)
+                .await
+                .is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_url_purge_covers_every_vary_variant_without_a_walk() {
+        for engine in [Engine::Moka, Engine::Compact] {
+            let store = full(engine).await;
+            let mut gzip = HeaderMap::new();
+            gzip.insert("accept-encoding", "gzip".parse().unwrap());
+            let mut br = HeaderMap::new();
+            br.insert("accept-encoding", "br".parse().unwrap());
+            let varying = || tagged("v", &[("vary", "accept-encoding")]);
+            for req in [&gzip, &br] {
+                let m = store.fill_mark();
+                assert!(store.insert_filled("/v", req, varying(), m).await.is_some());
+                assert!(store.lookup("/v", req).await.is_some());
+            }
+            store.purge(&inv(|i| i.urls = vec!["/v".into()])).await;
+            assert_eq!(store.purge_work().0, 1, "one key looked up, no walk");
+            assert!(store.lookup("/v", &gzip).await.is_none());
+            assert!(store.lookup("/v", &br).await.is_none());
+            assert_eq!(census(&store).await, (0, 0, N), "nothing else touched");
+        }
+    }
+
+    #[tokio::test]
+    async fn over_its_budget_the_record_is_swept_before_the_purge_returns() {
+        // 1 MiB of capacity keeps 4 KiB for the record: about 60 distinct tags.
+        let store = Store::with_engine(1 << 20, Eviction::TinyLfu, Engine::Compact);
+        for i in 0..100 {
+            store
+                .insert_pushed(&format!("/o/{i}"), tagged(&format!("x{i}"), &[]))
+                .await;
+        }
+        let held = store.entry_count();
+        for i in 0..200 {
+            store.purge(&inv(|p| p.tags = vec![format!("x{i}")])).await;
+            let (_, bytes) = store.recorded_purges();
+            assert!(bytes <= Bans::budget(1 << 20) + 128, "{bytes}");
+            assert!(store.weighted_size() <= store.capacity() + 128);
+        }
+        assert!(store.purge_work().0 > 0, "some purges swept");
+        assert!(store.purge_work().0 <= 4 * held, "but only a few");
+        for i in 0..100 {
+            assert!(store.get(&format!("/o/{i}")).await.is_none());
+        }
     }
 }

@@ -486,3 +486,141 @@ async fn a_node_partitioned_during_a_purge_replays_it_when_it_rejoins() {
     }
     c.stop().await;
 }
+
+#[tokio::test]
+async fn tag_and_prefix_purges_during_slow_fills_keep_every_old_body_out() {
+    purges_during_slow_fills(cdn_core::store::Engine::Moka).await;
+}
+
+#[tokio::test]
+async fn tag_and_prefix_purges_during_slow_fills_on_the_compact_engine() {
+    purges_during_slow_fills(cdn_core::store::Engine::Compact).await;
+}
+
+/// Fills of tagged objects under a prefix are under way at both tiers when a tag purge and a
+/// prefix purge are acknowledged: no edge serves an old body after that, and no store keeps
+/// one once the fills complete.
+async fn purges_during_slow_fills(engine: cdn_core::store::Engine) {
+    let c = cluster_on(engine).await;
+    let targets: Vec<String> = (0..4)
+        .map(|i| {
+            // Half purged by tag, half by prefix; only the first fill of each is slow.
+            let (dir, tag) = if i % 2 == 0 { ("t", "slowgrp") } else { ("q", "other") };
+            format!("/p/slow-{dir}/{i}?size=20000&tags={tag}&body_delay_ms=600&delay_times=1&cc=max-age=600")
+        })
+        .collect();
+    let mut in_flight = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let edge = c.edges[i % 2].http_addr;
+        let t = t.clone();
+        in_flight.push(tokio::spawn(async move { get(edge, &t).await }));
+    }
+    for t in &targets {
+        crate::support::origin_reaches(&c, t, 1).await;
+    }
+    let generation = republish(&c);
+    for purge in [
+        json!({"tags": ["slowgrp"]}),
+        json!({"prefixes": ["/p/slow-q/"]}),
+    ] {
+        let (status, report) = admin_purge(c.edges[1].admin_addr, purge).await;
+        assert_eq!(status, StatusCode::OK, "{report}");
+        assert_eq!(ids(&report, "acked"), everyone(3, 2), "{report}");
+    }
+    let check = |when: &'static str| {
+        let c = &c;
+        let targets = &targets;
+        async move {
+            for e in &c.edges {
+                for t in targets {
+                    let g = get(e.http_addr, t).await;
+                    assert!(
+                        g.body == expected_gen(t, generation, 20000),
+                        "{t}: old body served {when} at {}",
+                        e.http_addr
+                    );
+                }
+            }
+        }
+    };
+    check("after the purges were acknowledged").await;
+    for f in in_flight {
+        f.await.expect("request made before the purge");
+    }
+    check("after the slow fills completed").await;
+    for n in c.nodes.iter().flatten() {
+        for t in &targets {
+            if let Some(entry) = n.node.store().get(t).await {
+                let body: Vec<u8> = entry
+                    .body()
+                    .iter()
+                    .flat_map(|b| b.iter().copied())
+                    .collect();
+                assert!(
+                    body == expected_gen(t, generation, 20000),
+                    "{} stored the old body of {t}",
+                    n.id()
+                );
+            }
+        }
+    }
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn an_edge_cut_off_during_tag_and_prefix_purges_replays_them_when_it_reconnects() {
+    for engine in [
+        cdn_core::store::Engine::Moka,
+        cdn_core::store::Engine::Compact,
+    ] {
+        let c = cluster(3, 2, |cfg| {
+            cfg.edge.member.purge_timeout = Duration::from_secs(1);
+            cfg.node.member.purge_timeout = Duration::from_secs(1);
+            cfg.node.member.store_engine = engine;
+            cfg.edge.member.store_engine = engine;
+            // A soft-purged entry is then refetched at once, not served stale meanwhile.
+            cfg.node.member.grace = Duration::ZERO;
+            cfg.edge.member.grace = Duration::ZERO;
+        })
+        .await;
+        let tagged = "/p/cut-tag?size=2000&tags=cut&cc=max-age=600";
+        let under = "/p/cut-dir/a?size=2000&cc=max-age=600";
+        let soft = "/p/cut-soft?size=2000&tags=soft&cc=max-age=600";
+        let kept = "/p/cut-kept?size=2000&tags=kept&cc=max-age=600";
+        for t in [tagged, under, soft, kept] {
+            warm(&c, t).await;
+        }
+        cut_edge(&c, 1).await;
+        let generation = republish(&c);
+        for purge in [
+            json!({"tags": ["cut"]}),
+            json!({"prefixes": ["/p/cut-dir/"]}),
+            json!({"tags": ["soft"], "soft": true}),
+        ] {
+            let (status, report) = admin_purge(c.edges[0].admin_addr, purge).await;
+            assert_eq!(status, StatusCode::OK, "{report}");
+            assert_eq!(ids(&report, "missing"), vec!["edge-1".to_string()]);
+        }
+        // Available: the cut-off edge serves its copies until the link is back.
+        assert_eq!(get(c.edges[1].http_addr, tagged).await.edge_cache(), "HIT");
+        restore_edge(&c, 1).await;
+        for t in [tagged, under, soft] {
+            let g = get(c.edges[1].http_addr, t).await;
+            assert_ne!(
+                g.edge_cache(),
+                "HIT",
+                "{engine:?} {t}: replayed on reconnect"
+            );
+            assert!(
+                g.body == expected_gen(t, generation, 2000),
+                "{engine:?} {t}"
+            );
+        }
+        assert_eq!(
+            get(c.edges[1].http_addr, kept).await.edge_cache(),
+            "HIT",
+            "{engine:?}: what no purge covered stays"
+        );
+        c.stop().await;
+    }
+}
