@@ -46,6 +46,8 @@ pub async fn run(edge: Arc<Edge>, listener: impl Listener, shutdown: Cancellatio
 
 async fn handle(edge: Arc<Edge>, mut req: Request<Incoming>) -> Response<Body> {
     edge.counters.inc(Counter::Requests);
+    // Only members say they are refreshing a copy (it changes what a lookup may serve).
+    req.headers_mut().remove(policy::REFRESH_FIELD);
     let rid = request_id(&edge, &mut req);
     let mut resp = match *req.method() {
         Method::GET | Method::HEAD => cached(&edge, req).await,
@@ -223,10 +225,10 @@ fn with_range(mut r: Response<Body>, answer: RangeAnswer, len: u64) -> Response<
     r
 }
 
-/// Final touches on a response to a client: fields meant for CDNs only are removed, and a
-/// satisfied conditional request becomes a 304 carrying only the fields RFC 9110 allows.
+/// Final touches on a response to a client: a satisfied conditional request becomes a 304
+/// carrying only the fields RFC 9110 allows. (`CDN-Cache-Control` is forwarded: RFC 9213
+/// targets it at every CDN, and another may sit between us and the client.)
 fn client_response(mut r: Response<Body>, not_modified: bool) -> Response<Body> {
-    r.headers_mut().remove(policy::CDN_CACHE_CONTROL);
     if not_modified {
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         let h = r.headers_mut();
@@ -431,7 +433,6 @@ async fn pass(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            parts.headers.remove(policy::CDN_CACHE_CONTROL);
             let ok = parts.status.is_success() || parts.status.is_redirection();
             if unsafe_method && ok {
                 // RFC 9111 §4.4: an unsafe request that succeeded invalidates the target and
