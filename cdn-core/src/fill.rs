@@ -147,6 +147,8 @@ pub fn fill_headers(client: &http::HeaderMap) -> http::HeaderMap {
     let mut headers = client.clone();
     crate::http::strip_hop_by_hop(&mut headers);
     headers.remove(http::header::HOST);
+    // Between members only: an origin or a parent fill never sees ours.
+    headers.remove(crate::policy::REFRESH_FIELD);
     for f in FILL_DROPPED {
         headers.remove(f);
     }

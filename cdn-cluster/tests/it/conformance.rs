@@ -1,0 +1,123 @@
+//! Conformance by default (issue 14): stale content, background revalidation, statuses and
+//! parsing, each through a real edge and node with the default configuration, with the
+//! origin's requests counted. The RFC section is in each test's name.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::raw_origin::raw_origin;
+use crate::support::{cluster, get};
+
+/// A 200 with `cache-control`, `etag` and `body`.
+fn response(cache_control: &str, etag: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncache-control: {cache_control}\r\n\
+         etag: {etag}\r\ncontent-type: text/plain\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// An origin that answers its first request with `first` and every later one with `then`,
+/// and counts them.
+async fn changing_origin(first: String, then: String) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let n = asked.clone();
+    let addr = raw_origin(move |_, _, _| {
+        Some(if n.fetch_add(1, Ordering::SeqCst) == 0 {
+            first.clone()
+        } else {
+            then.clone()
+        })
+    })
+    .await;
+    (addr, asked)
+}
+
+/// Waits (bounded) until the origin has been asked `n` times: a background refresh is the
+/// event awaited.
+async fn asked_reaches(asked: &AtomicUsize, n: usize) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while asked.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the origin was never asked {n} times"));
+}
+
+/// RFC 5861 §3, RFC 9111 §4.3.3: served stale while a background request refreshes it, the
+/// refresh's answer (a new 200 with `no-cache` and a new ETag) replaces the stored response
+/// at both tiers, so once the old copy's window is over the next request reaches the origin
+/// instead of getting the first response again.
+#[tokio::test]
+async fn a_background_revalidation_replaces_the_stored_response_rfc_5861_3() {
+    let (origin, asked) = changing_origin(
+        response("max-age=1, stale-while-revalidate=2", "\"v1\"", "first"),
+        response("no-cache", "\"v2\"", "second"),
+    )
+    .await;
+    let c = cluster(1, 1, |cfg| cfg.origin = Some(format!("http://{origin}"))).await;
+    let edge = c.edges[0].http_addr;
+    assert_eq!(get(edge, "/swr").await.body, "first");
+    // Waiting for the lifetime to pass is the behaviour under test.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stale = get(edge, "/swr").await;
+    assert_eq!(stale.edge_cache(), "STALE", "{}", stale.header("x-cache"));
+    assert_eq!(stale.body, "first");
+    asked_reaches(&asked, 2).await;
+    // Past the first response's stale-while-revalidate window (1 s + 2 s).
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let g = get(edge, "/swr").await;
+    assert_eq!(g.status, StatusCode::OK);
+    assert_eq!(g.body, "second", "x-cache {}", g.header("x-cache"));
+    assert_eq!(g.header("etag"), "\"v2\"");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        3,
+        "no-cache: this request reached the origin"
+    );
+    c.stop().await;
+}
+
+/// RFC 5861 §3: after the background refresh, the edge serves the refreshed response (new
+/// fields, new body) as a hit: the node does not answer the edge's refresh with its own
+/// stale copy, and the origin is asked once for it.
+#[tokio::test]
+async fn the_refreshed_response_is_served_after_stale_while_revalidate_rfc_5861_3() {
+    let (origin, asked) = changing_origin(
+        response("max-age=1, stale-while-revalidate=60", "\"v1\"", "first"),
+        response("max-age=3600", "\"v2\"", "second"),
+    )
+    .await;
+    let c = cluster(1, 1, |cfg| cfg.origin = Some(format!("http://{origin}"))).await;
+    let edge = c.edges[0].http_addr;
+    get(edge, "/swr-new").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let stale = get(edge, "/swr-new").await;
+    assert_eq!(stale.edge_cache(), "STALE");
+    assert_eq!(stale.body, "first");
+    asked_reaches(&asked, 2).await;
+    // The edge stores the refresh a moment after the origin answered it: until then it may
+    // still serve the old copy (without asking the origin again).
+    let hit = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let g = get(edge, "/swr-new").await;
+            if g.edge_cache() == "HIT" {
+                return g;
+            }
+            assert_eq!(g.edge_cache(), "STALE", "{}", g.header("x-cache"));
+            assert_eq!(g.body, "first");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the refreshed response is stored at the edge");
+    assert_eq!(hit.body, "second");
+    assert_eq!(hit.header("etag"), "\"v2\"");
+    assert_eq!(hit.header("cache-control"), "max-age=3600");
+    assert_eq!(asked.load(Ordering::SeqCst), 2, "one refresh");
+    c.stop().await;
+}
