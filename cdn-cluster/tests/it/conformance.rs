@@ -119,5 +119,9 @@ async fn the_refreshed_response_is_served_after_stale_while_revalidate_rfc_5861_
     assert_eq!(hit.header("etag"), "\"v2\"");
     assert_eq!(hit.header("cache-control"), "max-age=3600");
     assert_eq!(asked.load(Ordering::SeqCst), 2, "one refresh");
+    // The miss and one refresh: the node answered the refresh with the new response, not
+    // with its own stale copy (which the edge would have stored and refreshed again).
+    let fetches = c.edges[0].edge.counters().get(edge::Counter::NodeFetches);
+    assert_eq!(fetches, 2, "edge fetches from the node tier");
     c.stop().await;
 }
