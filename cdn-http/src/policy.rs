@@ -571,12 +571,12 @@ pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
     }
     let since = request
         .get(http::header::IF_MODIFIED_SINCE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
+        .and_then(http_date);
+    // RFC 9111 §4.3.2: without Last-Modified, the stored response's Date stands in.
     let modified = stored
         .get(http::header::LAST_MODIFIED)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
+        .or_else(|| stored.get(http::header::DATE))
+        .and_then(http_date);
     matches!((since, modified), (Some(s), Some(m)) if m <= s)
 }
 
@@ -635,27 +635,47 @@ pub fn vary_names(headers: &HeaderMap) -> Option<Vec<http::HeaderName>> {
     Some(names)
 }
 
+/// Request fields whose members are a set under quality values (RFC 9110 §12.4.2): their
+/// order carries no meaning, so variants are keyed on them sorted.
+const UNORDERED: [http::HeaderName; 3] = [
+    http::header::ACCEPT,
+    http::header::ACCEPT_CHARSET,
+    http::header::ACCEPT_LANGUAGE,
+];
+
 /// The storage key of the variant of `key` that `request` selects: the URL, then each named
-/// field's normalised value (lowercase, whitespace collapsed; `Accept-Encoding` reduced to
-/// the coding we would pick), separated by NUL so no URL can collide with a variant.
+/// field's normalised value, separated by NUL so no URL can collide with a variant. Values
+/// are normalised as RFC 9111 §4.1 allows: lines combined, list members trimmed, lower case,
+/// whitespace collapsed (removed around `;` and `=` in `Accept`-style fields, whose members
+/// are also sorted), and `Accept-Encoding` reduced to the coding we would pick.
 pub fn variant_key(key: &str, names: &[http::HeaderName], request: &HeaderMap) -> String {
     let mut out = String::from(key);
     for n in names {
         out.push('\0');
         out.push_str(n.as_str());
         out.push('=');
-        let joined: Vec<String> = request
+        let unordered = UNORDERED.contains(n);
+        let mut members: Vec<String> = request
             .get_all(n)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .map(|v| {
-                v.split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-                    .to_ascii_lowercase()
+            .flat_map(|v| v.split(','))
+            .map(|m| {
+                let words = m.split_whitespace();
+                let m = if unordered {
+                    words.collect::<String>()
+                } else {
+                    words.collect::<Vec<_>>().join(" ")
+                };
+                m.to_ascii_lowercase()
             })
+            .filter(|m| !m.is_empty())
             .collect();
-        let value = joined.join(",");
+        if unordered {
+            members.sort();
+            members.dedup();
+        }
+        let value = members.join(",");
         if n == http::header::ACCEPT_ENCODING {
             let coding = if value.contains("br") {
                 "br"
@@ -1183,6 +1203,46 @@ mod tests {
             "cache-control",
             "max-age=0, only-if-cached"
         )));
+    }
+
+    #[test]
+    fn variants_match_whatever_the_order_case_and_spaces_rfc_9111_4_1() {
+        let names = [
+            http::header::ACCEPT_LANGUAGE,
+            http::header::HeaderName::from_static("x-v"),
+        ];
+        let req = |lang: &[&str], x: &str| {
+            let mut h = HeaderMap::new();
+            for l in lang {
+                h.append("accept-language", l.parse().unwrap());
+            }
+            h.insert("x-v", x.parse().unwrap());
+            variant_key("/k", &names, &h)
+        };
+        let base = req(&["en-US, fr;q=0.5"], "a b");
+        assert_eq!(req(&["fr; q=0.5,  EN-us"], "a  b"), base);
+        assert_eq!(req(&["fr;q=0.5", "en-us"], "A B"), base);
+        assert_ne!(req(&["fr;q=0.6, en-us"], "a b"), base);
+        assert_ne!(
+            req(&["en-US, fr;q=0.5"], "b a"),
+            base,
+            "other fields keep their order"
+        );
+    }
+
+    #[test]
+    fn if_modified_since_uses_date_when_there_is_no_last_modified() {
+        let stored = resp(&[("date", "Sun, 06 Nov 1994 08:49:37 GMT")], 200).headers;
+        let ims = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("if-modified-since", v.parse().unwrap());
+            h
+        };
+        assert!(not_modified(&ims("Sun, 06 Nov 1994 08:49:37 GMT"), &stored));
+        assert!(!not_modified(
+            &ims("Sat, 05 Nov 1994 08:49:37 GMT"),
+            &stored
+        ));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use crate::raw_origin::raw_origin;
-use crate::support::{cluster, get};
+use crate::support::{cluster, get, get_with_fields};
 
 /// A 200 with `cache-control`, `etag` and `body`.
 fn response(cache_control: &str, etag: &str, body: &str) -> String {
@@ -123,5 +123,47 @@ async fn the_refreshed_response_is_served_after_stale_while_revalidate_rfc_5861_
     // with its own stale copy (which the edge would have stored and refreshed again).
     let fetches = c.edges[0].edge.counters().get(edge::Counter::NodeFetches);
     assert_eq!(fetches, 2, "edge fetches from the node tier");
+    c.stop().await;
+}
+
+/// RFC 9111 §4.1: a stored variant is selected when the request's varying field has the same
+/// value once normalised: `Accept-Language` members in any order, case or spacing.
+#[tokio::test]
+async fn vary_matches_normalised_values_rfc_9111_4_1() {
+    let c = cluster(3, 1, |_| {}).await;
+    let edge = c.edges[0].http_addr;
+    let target = "/conf/vary?size=10&vary=Accept-Language&cc=max-age%3D600";
+    let first = get_with_fields(edge, target, &[("accept-language", "en-US, fr;q=0.5")]).await;
+    assert_eq!(first.edge_cache(), "MISS");
+    for same in ["fr; q=0.5,EN-us", "en-us,  fr;q=0.5", "FR;Q=0.5, en-US"] {
+        let g = get_with_fields(edge, target, &[("accept-language", same)]).await;
+        assert_eq!(g.edge_cache(), "HIT", "{same}: {}", g.header("x-cache"));
+        assert_eq!(g.body, first.body);
+    }
+    let other = get_with_fields(edge, target, &[("accept-language", "de")]).await;
+    assert_eq!(other.edge_cache(), "MISS");
+    assert_eq!(c.origin_count(target), 2, "one origin request per variant");
+    c.stop().await;
+}
+
+/// RFC 9111 §4.3.2: a stored response without `Last-Modified` answers `If-Modified-Since`
+/// by its `Date`.
+#[tokio::test]
+async fn if_modified_since_is_answered_by_date_without_last_modified_rfc_9111_4_3_2() {
+    let c = cluster(3, 1, |_| {}).await;
+    let edge = c.edges[0].http_addr;
+    let target = "/conf/ims?size=10&cc=max-age%3D600&etag=none";
+    let first = get(edge, target).await;
+    assert!(first.headers.get("last-modified").is_none());
+    let date = first.header("date").to_string();
+    let since = httpdate::parse_http_date(&date).expect("the origin sent a Date");
+    let g = get_with_fields(edge, target, &[("if-modified-since", &date)]).await;
+    assert_eq!(g.status, StatusCode::NOT_MODIFIED);
+    assert!(g.body.is_empty());
+    let earlier = httpdate::fmt_http_date(since - Duration::from_secs(86_400));
+    let g = get_with_fields(edge, target, &[("if-modified-since", &earlier)]).await;
+    assert_eq!(g.status, StatusCode::OK);
+    assert_eq!(g.body, first.body);
+    assert_eq!(c.origin_count(target), 1);
     c.stop().await;
 }
