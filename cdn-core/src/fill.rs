@@ -257,7 +257,9 @@ pub async fn fetch_origin(
             complete_from_entry(w, key, &request_fields, &entry, now, Served::Revalidated);
             return Ok(());
         }
-        if parts.status.is_server_error() && s.serve_on_error(now) {
+        // A stored error is no better than the origin's new one: that one is served.
+        if parts.status.is_server_error() && !s.status().is_server_error() && s.serve_on_error(now)
+        {
             tracing::warn!(%key, status = %parts.status, "origin error: serving stale (stale-if-error)");
             complete_from_entry(w, key, &request_fields, s, now, Served::Stale);
             return Ok(());

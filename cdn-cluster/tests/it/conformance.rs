@@ -167,3 +167,29 @@ async fn if_modified_since_is_answered_by_date_without_last_modified_rfc_9111_4_
     assert_eq!(c.origin_count(target), 1);
     c.stop().await;
 }
+
+/// RFC 9111 §3, §4.2.4: a 5xx with explicit freshness is stored and reused while fresh; once
+/// stale, the origin's new answer is served (a stored error is not served in its place).
+#[tokio::test]
+async fn an_explicitly_fresh_5xx_is_reused_while_fresh_and_not_when_stale_rfc_9111_3() {
+    let c = cluster(3, 1, |_| {}).await;
+    let edge = c.edges[0].http_addr;
+    let target = "/conf/503?size=10&status=503&cc=max-age%3D1&etag=none";
+    let first = get(edge, target).await;
+    assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE);
+    let hit = get(edge, target).await;
+    assert_eq!(hit.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(hit.edge_cache(), "HIT");
+    assert_eq!(c.origin_count(target), 1);
+    // Waiting for the lifetime to pass is the behaviour under test.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let g = get(edge, target).await;
+    assert_eq!(g.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        !g.header("x-cache").contains("STALE") && g.edge_cache() != "HIT",
+        "{}",
+        g.header("x-cache")
+    );
+    assert_eq!(c.origin_count(target), 2);
+    c.stop().await;
+}
