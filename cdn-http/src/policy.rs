@@ -237,8 +237,12 @@ impl<'a> Normalised<'a> {
         h.remove(AGE);
         h.remove(CACHE_CONTROL);
         h.remove(CDN_CACHE_CONTROL);
-        if self.targeted {
+        if self.targeted || self.headers.contains_key(CACHE_CONTROL) {
+            // Pragma counts only without Cache-Control (RFC 9111 §5.4); the view may have
+            // no Cache-Control left (no directive the crate acts on), so it goes too.
             h.remove(PRAGMA);
+        }
+        if self.targeted {
             h.remove(EXPIRES);
         }
         let cc = self.directives.for_crate();
@@ -1243,6 +1247,36 @@ mod tests {
             &ims("Sat, 05 Nov 1994 08:49:37 GMT"),
             &stored
         ));
+    }
+
+    #[test]
+    fn pragma_counts_only_without_cache_control() {
+        let now = SystemTime::now();
+        let later = httpdate::fmt_http_date(now + secs(600));
+        let date = httpdate::fmt_http_date(now);
+        let with_cc = evaluate(
+            &get("/a"),
+            &resp(
+                &[
+                    ("cache-control", "community=\"x\""),
+                    ("pragma", "no-cache"),
+                    ("expires", &later),
+                    ("date", &date),
+                ],
+                200,
+            ),
+            now,
+        );
+        assert!(with_cc.storable && with_cc.ttl == secs(600), "{with_cc:?}");
+        let without = evaluate(
+            &get("/a"),
+            &resp(
+                &[("pragma", "no-cache"), ("expires", &later), ("date", &date)],
+                200,
+            ),
+            now,
+        );
+        assert!(without.ttl.is_zero());
     }
 
     #[test]
