@@ -165,6 +165,11 @@ async fn cdn_cache_control_governs_our_tiers_and_is_forwarded_rfc_9213() {
     assert_eq!(g.header("cache-control"), "max-age=600");
     assert_eq!(g.header("cdn-cache-control"), "no-store");
     assert_eq!(c.origin_count(uncached), 2);
+    // Past 2^31 seconds the lifetime is 2^31 seconds (RFC 9111 §1.2.2), not an overflow.
+    let long = "/sem/cdncc/3?size=10&cc=max-age%3D1&cdn_cc=max-age%3D99999999999";
+    get(edge, long).await;
+    assert_eq!(get(edge, long).await.edge_cache(), "HIT");
+    assert_eq!(c.origin_count(long), 1);
     c.stop().await;
 }
 
