@@ -524,6 +524,20 @@ fn cdn_cache_control(headers: &HeaderMap) -> Option<Directives> {
     Some(out)
 }
 
+/// Whether a response has explicit freshness for us: `max-age` or `s-maxage` in the governing
+/// directives (a valid `CDN-Cache-Control`, else `Cache-Control`), or `Expires` when
+/// `Cache-Control` governs. A POST response is reusable for a GET only with it (RFC 9110
+/// §9.3.3).
+pub fn explicitly_fresh(headers: &HeaderMap) -> bool {
+    match cdn_cache_control(headers) {
+        Some(d) => d.has("max-age") || d.has("s-maxage"),
+        None => {
+            let d = Directives::parse(headers);
+            d.has("max-age") || d.has("s-maxage") || headers.contains_key(http::header::EXPIRES)
+        }
+    }
+}
+
 /// The conditional fields to revalidate a stored response with.
 pub fn validators_for(stored: &HeaderMap) -> HeaderMap {
     let mut h = HeaderMap::new();

@@ -13,7 +13,7 @@ use cdn_core::http::{
 use cdn_core::policy;
 use cdn_core::range::{self, RangeAnswer};
 use cdn_core::read_path::Lookup;
-use cdn_core::store::{Chunks, Entry};
+use cdn_core::store::{Chunks, Entry, NewEntry};
 use cdn_proto::CacheStatus;
 use futures::stream;
 use http::header::{self, HeaderValue};
@@ -414,6 +414,94 @@ async fn purge(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     cdn_core::admin::purge_response(edge.is_strict(), &report)
 }
 
+/// A POST's 200 is reusable for later GETs of its target when it is explicitly fresh and its
+/// `Content-Location` is that target (RFC 9110 §9.3.3, RFC 9111 §4): its body is kept as it
+/// streams to the client and stored in this edge's L1 once complete (unless a purge of the
+/// key came meanwhile, or it is larger than `max_object_size`). Anything else streams as is.
+fn post_for_get(
+    edge: &Arc<Edge>,
+    key: String,
+    fields: http::HeaderMap,
+    parts: &http::response::Parts,
+    host: Option<&str>,
+    body: Body,
+) -> Body {
+    let names_target = parts
+        .headers
+        .get(header::CONTENT_LOCATION)
+        .and_then(|v| same_origin_path(v, host))
+        .is_some_and(|p| p == key);
+    if parts.status != StatusCode::OK || !names_target || !policy::explicitly_fresh(&parts.headers)
+    {
+        return body;
+    }
+    let now = SystemTime::now();
+    let rules = edge.config.member.rules();
+    let decision = policy::evaluate_with(
+        &policy::policy_request(&Method::GET, &key, &fields),
+        parts,
+        now,
+        &rules,
+    );
+    if !decision.storable || decision.ttl.is_zero() {
+        return body;
+    }
+    let max = edge.config.member.max_object();
+    let mark = edge.reads.store().fill_mark();
+    let (status, headers) = (parts.status, parts.headers.clone());
+    let expected = http_body::Body::size_hint(&body).exact();
+    let edge = edge.clone();
+    let kept: Option<Vec<Bytes>> = Some(Vec::new());
+    // Stored when the last byte passes: with a known length hyper stops reading the body
+    // then, without waiting for its end.
+    let store = move |chunks: Vec<Bytes>| {
+        let entry = NewEntry::new(status, &headers, chunks, decision.clone(), now);
+        let (edge, key, fields) = (edge.clone(), key.clone(), fields.clone());
+        // In a task of its own: the store's future is not `Sync`, which a response body must
+        // be. Awaited, so the last chunk goes out once the entry is stored.
+        tokio::spawn(async move {
+            edge.reads
+                .store()
+                .insert_filled(&key, &fields, entry, mark)
+                .await;
+        })
+    };
+    StreamBody::new(stream::unfold(Some((body, kept, 0u64)), move |state| {
+        let store = store.clone();
+        async move {
+            let (mut body, mut kept, mut len) = state?;
+            let frame = body.frame().await;
+            if let Some(Ok(d)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+                len += d.map_or(0, |d| d.len() as u64);
+                match (kept.as_mut(), d) {
+                    _ if len > max => kept = None,
+                    (Some(k), Some(d)) => k.push(d.clone()),
+                    _ => {}
+                }
+            }
+            let complete = match &frame {
+                Some(Ok(_)) => expected == Some(len),
+                Some(Err(_)) => {
+                    kept = None;
+                    false
+                }
+                None => expected.is_none(),
+            };
+            if let Some(chunks) = kept.take_if(|_| complete) {
+                if let Err(e) = store(chunks).await {
+                    tracing::warn!(error = %e, "storing a POST response failed");
+                }
+            }
+            // After an error the body is over: nothing more is read, nothing is stored.
+            frame.map(|f| {
+                let next = f.is_ok().then_some((body, kept, len));
+                (f, next)
+            })
+        }
+    }))
+    .boxed()
+}
+
 /// Every other method goes to the origin, uncached, body streamed both ways.
 async fn pass(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     edge.counters.inc(Counter::Passes);
@@ -421,7 +509,10 @@ async fn pass(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let unsafe_method = !matches!(parts.method, Method::OPTIONS | Method::TRACE);
+    let post_fields =
+        (parts.method == Method::POST).then(|| cdn_core::fill::fill_headers(&parts.headers));
     let target = parts.uri.path_and_query().map(|p| p.as_str().to_string());
+    let post_target = target.clone().filter(|_| post_fields.is_some());
     let host = parts
         .headers
         .get(header::HOST)
@@ -455,6 +546,13 @@ async fn pass(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
                 };
                 edge.coordinate_purge(&inv).await;
             }
+            let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
+            let body = match (post_fields, post_target) {
+                (Some(fields), Some(key)) => {
+                    post_for_get(edge, key, fields, &parts, host.as_deref(), body)
+                }
+                _ => body,
+            };
             if !parts.headers.contains_key(header::AGE) {
                 parts
                     .headers
@@ -463,7 +561,7 @@ async fn pass(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
             parts
                 .headers
                 .insert(X_CACHE, HeaderValue::from_static("PASS"));
-            Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+            Response::from_parts(parts, body)
         }
         Err(e) => {
             edge.counters.inc(Counter::Errors);

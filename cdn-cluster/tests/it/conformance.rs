@@ -193,3 +193,71 @@ async fn an_explicitly_fresh_5xx_is_reused_while_fresh_and_not_when_stale_rfc_91
     assert_eq!(c.origin_count(target), 2);
     c.stop().await;
 }
+
+/// RFC 9110 §9.3.3, RFC 9111 §4: a POST response with explicit freshness whose
+/// `Content-Location` is the POST's own target is reused for a later GET of it; without that
+/// `Content-Location` it is not.
+#[tokio::test]
+async fn a_post_response_naming_its_own_url_is_reused_for_get_rfc_9110_9_3_3() {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let n = asked.clone();
+    let origin = raw_origin(move |_, _, head| {
+        n.fetch_add(1, Ordering::SeqCst);
+        let answer = |location: &str, body: &str| {
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncache-control: max-age=600\r\n\
+                 {location}content-type: text/plain\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        Some(if head.starts_with("POST /posted ") {
+            answer("content-location: /posted\r\n", "made by POST")
+        } else if head.starts_with("POST ") {
+            answer("", "made by POST")
+        } else {
+            answer("", "made by GET")
+        })
+    })
+    .await;
+    let c = cluster(1, 1, |cfg| cfg.origin = Some(format!("http://{origin}"))).await;
+    let edge = c.edges[0].http_addr;
+    let post = |path: &'static str| async move {
+        crate::support::request(edge, http::Method::POST, path, false, &[], None)
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    };
+    let p = post("/posted").await;
+    assert_eq!(p.status, StatusCode::OK);
+    assert_eq!(p.body, "made by POST");
+    assert_eq!(p.header("x-cache"), "PASS");
+    // The edge stores it once its body is complete: awaited with only-if-cached, which is
+    // answered from the edge's own cache and never goes upstream.
+    let stored = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let g = get_with_fields(edge, "/posted", &[("cache-control", "only-if-cached")]).await;
+            if g.status == StatusCode::OK {
+                return g;
+            }
+            assert_eq!(g.status, StatusCode::GATEWAY_TIMEOUT);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the POST response is stored for GET");
+    assert_eq!(stored.body, "made by POST");
+    let g = get(edge, "/posted").await;
+    assert_eq!(g.edge_cache(), "HIT");
+    assert_eq!(g.body, "made by POST");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "the GET never reached the origin"
+    );
+    // Without a Content-Location naming its target, a POST response is not reused.
+    post("/unnamed").await;
+    let g = get(edge, "/unnamed").await;
+    assert_eq!(g.body, "made by GET");
+    assert_ne!(g.edge_cache(), "HIT");
+    assert_eq!(asked.load(Ordering::SeqCst), 3);
+    c.stop().await;
+}
