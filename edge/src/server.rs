@@ -485,7 +485,8 @@ fn post_for_get(
                     kept = None;
                     false
                 }
-                None => expected.is_none(),
+                // (Already stored, and `kept` taken, if the length was known and reached.)
+                None => expected.is_none_or(|e| e == len),
             };
             if let Some(chunks) = kept.take_if(|_| complete) {
                 if let Err(e) = store(chunks).await {
