@@ -91,11 +91,20 @@ pub struct MemberConfig {
     /// Store responses carrying `Set-Cookie` (off by default: a cookie for one client must
     /// not be replayed to others, whatever Cache-Control says).
     pub cache_set_cookie: bool,
-    /// How long a response may be served stale while it is refreshed, or when upstream fails,
-    /// if the origin sends neither stale-while-revalidate nor stale-if-error: 10 s by default,
-    /// Varnish's default grace. `"0s"` turns it off.
+    /// Opt-in grace (Varnish's): how long a response may be served stale while it is
+    /// refreshed, and when upstream fails, if the origin sends neither stale-while-revalidate
+    /// nor stale-if-error. Off (`"0s"`) by default: RFC 9111 §4.2.4 forbids serving stale
+    /// without the origin's or the client's permission while the origin can be reached, and
+    /// a stale copy would hide what a revalidation brings.
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
+    /// How long past its lifetime a response may still be served when upstream is
+    /// unreachable, times out or answers 5xx, if the origin sent no stale-if-error and nothing
+    /// forbids serving it stale (must-revalidate, proxy-revalidate, s-maxage, no-cache): RFC
+    /// 9111 §4.2.4 allows a disconnected cache to. 10 s by default, so a short origin outage
+    /// does not reach clients; `"0s"` shows every upstream error.
+    #[serde(with = "humantime_serde")]
+    pub stale_on_error: Duration,
     /// Revalidate when a client sends `Cache-Control: no-cache` / `max-age=0` (off by default,
     /// as CDNs do: otherwise any client can force origin traffic).
     pub honour_client_no_cache: bool,
@@ -125,7 +134,8 @@ impl MemberConfig {
             idle_timeout: Duration::from_secs(10),
             purge_timeout: Duration::from_secs(5),
             cache_set_cookie: false,
-            grace: Duration::from_secs(10),
+            grace: Duration::ZERO,
+            stale_on_error: Duration::from_secs(10),
             honour_client_no_cache: false,
         }
     }
@@ -165,6 +175,7 @@ impl MemberConfig {
         crate::policy::Rules {
             store_set_cookie: self.cache_set_cookie,
             grace: self.grace,
+            stale_on_error: self.stale_on_error,
         }
     }
 

@@ -147,6 +147,8 @@ pub fn fill_headers(client: &http::HeaderMap) -> http::HeaderMap {
     let mut headers = client.clone();
     crate::http::strip_hop_by_hop(&mut headers);
     headers.remove(http::header::HOST);
+    // Between members only: an origin or a parent fill never sees ours.
+    headers.remove(crate::policy::REFRESH_FIELD);
     for f in FILL_DROPPED {
         headers.remove(f);
     }
@@ -255,7 +257,9 @@ pub async fn fetch_origin(
             complete_from_entry(w, key, &request_fields, &entry, now, Served::Revalidated);
             return Ok(());
         }
-        if parts.status.is_server_error() && s.serve_on_error(now) {
+        // A stored error is no better than the origin's new one: that one is served.
+        if parts.status.is_server_error() && !s.status().is_server_error() && s.serve_on_error(now)
+        {
             tracing::warn!(%key, status = %parts.status, "origin error: serving stale (stale-if-error)");
             complete_from_entry(w, key, &request_fields, s, now, Served::Stale);
             return Ok(());

@@ -141,10 +141,16 @@ pub enum Lookup {
     },
 }
 
-/// How a stored entry may be served, given its freshness and whether the client asked for a
-/// fresh copy (`refresh`): `Some(Hit)`, `Some(Stale)` (serve while refreshing), or `None`
-/// (fill first). Pure, so the policy is tested without a store.
-pub fn serve_decision(freshness: Freshness, refresh: bool) -> Option<CacheStatus> {
+/// How a stored entry may be served, given its freshness, whether the client asked for a
+/// fresh copy (`refresh`: even a fresh entry is revalidated) and whether the request is a
+/// downstream member refreshing its own copy (`refreshing`: a stale entry is not served, it
+/// is refreshed first): `Some(Hit)`, `Some(Stale)` (serve while refreshing), or `None` (fill
+/// first). Pure, so the policy is tested without a store.
+pub fn serve_decision(
+    freshness: Freshness,
+    refresh: bool,
+    refreshing: bool,
+) -> Option<CacheStatus> {
     if refresh {
         return None;
     }
@@ -153,7 +159,7 @@ pub fn serve_decision(freshness: Freshness, refresh: bool) -> Option<CacheStatus
         Freshness::Stale {
             while_revalidate: true,
             ..
-        } => Some(CacheStatus::Stale),
+        } if !refreshing => Some(CacheStatus::Stale),
         Freshness::Stale { .. } => None,
     }
 }
@@ -237,7 +243,8 @@ impl ReadPath {
         {
             let refresh =
                 self.settings.honour_client_no_cache && policy::client_wants_fresh(headers);
-            match serve_decision(entry.freshness(now), refresh) {
+            let refreshing = headers.contains_key(policy::REFRESH_FIELD);
+            match serve_decision(entry.freshness(now), refresh, refreshing) {
                 Some(outcome) => {
                     if outcome == CacheStatus::Stale {
                         self.revalidate_in_background(key, headers, entry.clone())
@@ -423,13 +430,22 @@ mod tests {
             on_error: true,
         };
         assert_eq!(
-            serve_decision(Freshness::Fresh, false),
+            serve_decision(Freshness::Fresh, false, false),
             Some(CacheStatus::Hit)
         );
-        assert_eq!(serve_decision(stale(true), false), Some(CacheStatus::Stale));
-        assert_eq!(serve_decision(stale(false), false), None);
+        assert_eq!(
+            serve_decision(stale(true), false, false),
+            Some(CacheStatus::Stale)
+        );
+        assert_eq!(serve_decision(stale(false), false, false), None);
         // A client's no-cache (when honoured) revalidates even a fresh entry.
-        assert_eq!(serve_decision(Freshness::Fresh, true), None);
-        assert_eq!(serve_decision(stale(true), true), None);
+        assert_eq!(serve_decision(Freshness::Fresh, true, false), None);
+        assert_eq!(serve_decision(stale(true), true, false), None);
+        // A member refreshing its copy gets a fresh entry, never a stale one.
+        assert_eq!(
+            serve_decision(Freshness::Fresh, false, true),
+            Some(CacheStatus::Hit)
+        );
+        assert_eq!(serve_decision(stale(true), false, true), None);
     }
 }

@@ -237,8 +237,16 @@ impl Upstream {
         let mark = l1.fill_mark();
         // The client's own conditionals never shape a shared fill; ours revalidate a stale copy.
         let headers = &crate::fill::fill_headers(client_headers);
-        let stale = stale.filter(|s| s.validators());
         let mut with_validators = headers.clone();
+        if stale.is_some() {
+            // We are refreshing a copy that went stale here: a stale copy from the node would
+            // only be stored again as if it were new (RFC 9111 §4.2.4, RFC 5861 §3).
+            with_validators.insert(
+                crate::policy::REFRESH_FIELD,
+                http::HeaderValue::from_static("1"),
+            );
+        }
+        let stale = stale.filter(|s| s.validators());
         if let Some(s) = stale {
             with_validators.extend(crate::policy::validators_for(&s.headers()));
         }

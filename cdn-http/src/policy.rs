@@ -44,16 +44,24 @@ pub struct Rules {
     /// Store responses that carry `Set-Cookie` (off by default: a cookie set for one client
     /// must not be replayed to another, whatever the origin's Cache-Control says).
     pub store_set_cookie: bool,
-    /// Stale-while-revalidate and stale-if-error window applied when the origin sends
-    /// neither (and nothing forbids serving stale): Varnish's default grace, 10 s.
+    /// Opt-in grace (Varnish's): a stale-while-revalidate and stale-if-error window applied
+    /// when the origin sends neither (and nothing forbids serving stale). Zero by default:
+    /// RFC 9111 §4.2.4 forbids serving stale without the origin's or the client's permission
+    /// while the origin can be reached.
     pub grace: Duration,
+    /// How long past its lifetime a response may still be served when upstream is
+    /// unreachable, times out or answers 5xx, when the origin sent no `stale-if-error` and
+    /// nothing forbids serving it stale: RFC 9111 §4.2.4 allows a disconnected cache to.
+    /// 10 s by default (what the old default grace gave errors).
+    pub stale_on_error: Duration,
 }
 
 impl Default for Rules {
     fn default() -> Self {
         Self {
             store_set_cookie: false,
-            grace: Duration::from_secs(10),
+            grace: Duration::ZERO,
+            stale_on_error: Duration::from_secs(10),
         }
     }
 }
@@ -62,24 +70,35 @@ impl Default for Rules {
 /// revalidated with a conditional request instead of refetched whole.
 pub const REVALIDATE_KEEP: Duration = Duration::from_secs(3600);
 
-/// The `CDN-Cache-Control` field (RFC 9213): when present it governs our tiers instead of
-/// `Cache-Control`, which is left for browsers downstream.
+/// The `CDN-Cache-Control` field (RFC 9213): when present and valid it governs our tiers
+/// instead of `Cache-Control` and `Expires`. It is forwarded downstream like any end-to-end
+/// field: another CDN behind us may be its target too.
 pub const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
+
+/// Request field one member adds when it asks another to refresh a copy it holds (a
+/// background revalidation, or an expired copy): the member asked must not answer with a
+/// stale copy of its own, which would only be stored again as if it were new. Removed from
+/// clients' requests at the edge and never sent to an origin.
+pub const REFRESH_FIELD: &str = "cdn-refresh";
+
+/// The largest delta-seconds value a cache must handle (RFC 9111 §1.2.2): larger ones count
+/// as this.
+const DELTA_SECONDS_MAX: u64 = 1 << 31;
 
 /// Whether and for how long a response may be stored.
 #[derive(Debug, Clone)]
 pub struct Decision {
-    /// The policy, kept with the entry for later revalidation.
-    pub policy: CachePolicy,
     /// May be stored and served to other clients.
     pub storable: bool,
     /// Freshness lifetime remaining at `now`.
     pub ttl: Duration,
     /// Age of the response at `now` (upstream `Age` plus time in flight).
     pub age: Duration,
-    /// How long past its lifetime it may be served while a refresh runs.
+    /// How long past its lifetime it may be served while a refresh runs (already reduced by
+    /// how stale it arrived).
     pub stale_while_revalidate: Duration,
-    /// How long past its lifetime it may be served when upstream fails.
+    /// How long past its lifetime it may be served when upstream fails (already reduced by
+    /// how stale it arrived).
     pub stale_if_error: Duration,
     /// Must not be served stale at all (`must-revalidate`, `proxy-revalidate`, `no-cache`).
     pub revalidate_only: bool,
@@ -90,15 +109,19 @@ pub struct Decision {
 /// Evaluates a response received at `now` for the request `req`.
 ///
 /// Only GET responses are stored (the crate would also store a POST with `max-age`). A
-/// response with no remaining freshness is not stored: revalidation of stored stale entries
-/// is the only use for it, and until the entry keeps validators for that it would only cost
-/// memory.
+/// response with no remaining freshness is stored only if it can be revalidated.
 pub fn evaluate(req: &request::Parts, resp: &response::Parts, now: SystemTime) -> Decision {
     evaluate_with(req, resp, now, &Rules::default())
 }
 
-/// [`evaluate`] under the operator's [`Rules`]. `CDN-Cache-Control`, when the response has
-/// it, is what the policy reads as `Cache-Control`.
+/// [`evaluate`] under the operator's [`Rules`].
+///
+/// http-cache-semantics is lenient where RFC 9111 is not (and strict where it need not be),
+/// so it is handed a normalised view of the response ([`Normalised`]): the governing
+/// directives (a valid `CDN-Cache-Control`, else `Cache-Control`) with lower-case names and
+/// validated values, `Expires` / `Date` / `Last-Modified` as IMF-fixdates or (an invalid
+/// `Expires`) already past, no `Age` (counted here), and a status it understands when ours
+/// has explicit freshness (RFC 9111 §3 allows storing any final status then).
 pub fn evaluate_with(
     req: &request::Parts,
     resp: &response::Parts,
@@ -106,90 +129,413 @@ pub fn evaluate_with(
     rules: &Rules,
 ) -> Decision {
     let has_cookie = resp.headers.contains_key(http::header::SET_COOKIE);
-    let targeted = resp.headers.contains_key(CDN_CACHE_CONTROL);
-    let view;
-    let resp = if targeted || (has_cookie && rules.store_set_cookie) {
-        let mut h = resp.headers.clone();
-        if targeted {
-            h.remove(http::header::CACHE_CONTROL);
-            h.remove(http::header::PRAGMA);
-            for v in resp.headers.get_all(CDN_CACHE_CONTROL) {
-                h.append(http::header::CACHE_CONTROL, v.clone());
-            }
-        }
-        if rules.store_set_cookie {
-            // The crate refuses Set-Cookie responses unless `public`; the operator chose.
-            h.remove(http::header::SET_COOKIE);
-        }
-        let mut r = http::Response::new(());
-        *r.status_mut() = resp.status;
-        *r.headers_mut() = h;
-        view = r.into_parts().0;
-        &view
-    } else {
-        resp
-    };
-    let policy = CachePolicy::new_options(req, resp, now, CacheOptions::default());
-    let ttl = policy.time_to_live(now);
-    let age = policy.age(now);
+    let norm = Normalised::of(resp.status, &resp.headers);
+    let view = norm.view(now, rules);
+    let policy = CachePolicy::new_options(req, &view, now, CacheOptions::default());
+    // The view has no `Age` and was received `now`: its time to live is the whole lifetime.
+    let lifetime = policy.time_to_live(now);
+    let age = norm.age;
+    let ttl = lifetime.saturating_sub(age);
+    // A response that arrives already stale (an upstream cache served it stale) has used
+    // that much of its stale windows already.
+    let late = age.saturating_sub(lifetime);
     let cookie_ok = rules.store_set_cookie || !has_cookie;
     let validators = resp.headers.contains_key(http::header::ETAG)
         || resp.headers.contains_key(http::header::LAST_MODIFIED);
-    let cc = directives(&resp.headers);
-    let seconds = |name: &str| {
-        cc.iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.as_deref()?.parse::<u64>().ok())
-            .map(Duration::from_secs)
+    let cc = &norm.directives;
+    let revalidate_only =
+        cc.has("must-revalidate") || cc.has("proxy-revalidate") || cc.has("no-cache");
+    let swr = cc.seconds("stale-while-revalidate");
+    let sie = cc.seconds("stale-if-error");
+    // s-maxage implies proxy-revalidate (RFC 9111 §5.2.2.10): no grace of ours then.
+    let ours = !cc.has("s-maxage");
+    let grace = if ours && swr.is_none() && sie.is_none() {
+        rules.grace
+    } else {
+        Duration::ZERO
     };
-    let has = |name: &str| cc.iter().any(|(k, _)| k == name);
-    let revalidate_only = has("must-revalidate") || has("proxy-revalidate") || has("no-cache");
-    let (swr, sie) = match (seconds("stale-while-revalidate"), seconds("stale-if-error")) {
-        // s-maxage implies proxy-revalidate (RFC 9111 §5.2.2.10): no default grace then.
-        (None, None) if has("s-maxage") => (Duration::ZERO, Duration::ZERO),
-        (None, None) => (rules.grace, rules.grace),
-        (a, b) => (a.unwrap_or_default(), b.unwrap_or_default()),
+    let swr = swr.unwrap_or(grace);
+    let sie = match sie {
+        Some(s) => s,
+        None if ours => grace.max(rules.stale_on_error),
+        None => Duration::ZERO,
     };
     // Stored if fresh, or revalidatable (`no-cache`, or `max-age=0` with a validator); never
     // with `Vary: *`, which no later request can match.
     let storable = req.method == Method::GET
+        && norm.status_storable
         && vary_names(&resp.headers).is_some()
         && policy.is_storable()
         && (!ttl.is_zero() || validators)
         && cookie_ok;
+    let window = |w: Duration| {
+        if revalidate_only {
+            Duration::ZERO
+        } else {
+            w.saturating_sub(late)
+        }
+    };
     Decision {
-        policy,
         storable,
         ttl,
         age,
-        stale_while_revalidate: if revalidate_only { Duration::ZERO } else { swr },
-        stale_if_error: if revalidate_only { Duration::ZERO } else { sie },
+        stale_while_revalidate: window(swr),
+        stale_if_error: window(sie),
         revalidate_only,
         validators,
     }
 }
 
-/// Cache-Control directives, lowercase names with optional values.
-fn directives(headers: &HeaderMap) -> Vec<(String, Option<String>)> {
-    headers
-        .get_all(http::header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|d| {
-            let d = d.trim();
-            if d.is_empty() {
-                return None;
+/// Statuses http-cache-semantics understands (it refuses to store any other).
+const UNDERSTOOD: [u16; 14] = [
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501,
+];
+
+/// A response's caching fields, validated and normalised once (see [`evaluate_with`]).
+#[derive(Debug)]
+struct Normalised<'a> {
+    status: http::StatusCode,
+    headers: &'a HeaderMap,
+    /// The directives that govern us: `CDN-Cache-Control` when valid, else `Cache-Control`.
+    directives: Directives,
+    /// `CDN-Cache-Control` governs (so `Cache-Control`, `Pragma` and `Expires` are ignored).
+    targeted: bool,
+    /// The `Age` received, when valid (else ignored, RFC 9111 §5.1).
+    age: Duration,
+    /// May be stored as far as its status goes.
+    status_storable: bool,
+}
+
+impl<'a> Normalised<'a> {
+    fn of(status: http::StatusCode, headers: &'a HeaderMap) -> Self {
+        let targeted_dirs = cdn_cache_control(headers);
+        let targeted = targeted_dirs.is_some();
+        let directives = targeted_dirs.unwrap_or_else(|| Directives::parse(headers));
+        let explicit = directives.has("max-age")
+            || directives.has("s-maxage")
+            || (!targeted && headers.contains_key(http::header::EXPIRES));
+        // RFC 9111 §3: any final status may be stored; those the crate does not know only
+        // with explicit freshness (no heuristics for them). 206 is never stored (we fetch
+        // whole objects), nor a 304 on its own.
+        let code = status.as_u16();
+        let status_storable =
+            UNDERSTOOD.contains(&code) || (code >= 200 && code != 206 && code != 304 && explicit);
+        Self {
+            status,
+            headers,
+            directives,
+            targeted,
+            age: age_field(headers).unwrap_or_default(),
+            status_storable,
+        }
+    }
+
+    /// The response as http-cache-semantics should see it.
+    fn view(&self, now: SystemTime, rules: &Rules) -> response::Parts {
+        use http::header::{AGE, CACHE_CONTROL, DATE, EXPIRES, LAST_MODIFIED, PRAGMA, SET_COOKIE};
+        let mut h = self.headers.clone();
+        h.remove(AGE);
+        h.remove(CACHE_CONTROL);
+        h.remove(CDN_CACHE_CONTROL);
+        if self.targeted || self.headers.contains_key(CACHE_CONTROL) {
+            // Pragma counts only without Cache-Control (RFC 9111 §5.4); the view may have
+            // no Cache-Control left (no directive the crate acts on), so it goes too.
+            h.remove(PRAGMA);
+        }
+        if self.targeted {
+            h.remove(EXPIRES);
+        }
+        let cc = self.directives.for_crate();
+        if !cc.is_empty() {
+            if let Ok(v) = http::HeaderValue::from_str(&cc) {
+                h.insert(CACHE_CONTROL, v);
             }
-            Some(match d.split_once('=') {
-                Some((k, v)) => (
-                    k.trim().to_ascii_lowercase(),
-                    Some(v.trim().trim_matches('"').to_string()),
-                ),
-                None => (d.to_ascii_lowercase(), None),
-            })
-        })
-        .collect()
+        }
+        for field in [DATE, LAST_MODIFIED] {
+            match h.get(&field).map(http_date) {
+                Some(Some(t)) => {
+                    h.insert(field, imf_fixdate(t));
+                }
+                Some(None) => {
+                    h.remove(field);
+                }
+                None => {}
+            }
+        }
+        if let Some(expires) = h.get(EXPIRES).map(http_date) {
+            // RFC 9111 §5.3: an invalid date means "already expired".
+            h.insert(
+                EXPIRES,
+                imf_fixdate(expires.unwrap_or(SystemTime::UNIX_EPOCH)),
+            );
+            if !h.contains_key(DATE) {
+                // The crate measures Expires from Date, or from the response time.
+                h.insert(DATE, imf_fixdate(now));
+            }
+        }
+        if rules.store_set_cookie {
+            // The crate refuses Set-Cookie responses unless `public`; the operator chose.
+            h.remove(SET_COOKIE);
+        }
+        let mut r = http::Response::new(());
+        *r.status_mut() = if self.status_storable && !UNDERSTOOD.contains(&self.status.as_u16()) {
+            // Explicitly fresh: the same freshness rules as a 200 (no heuristics apply).
+            http::StatusCode::OK
+        } else {
+            self.status
+        };
+        *r.headers_mut() = h;
+        r.into_parts().0
+    }
+}
+
+/// An HTTP-date (IMF-fixdate, or the obsolete RFC 850 and asctime forms a recipient must
+/// accept, RFC 9110 §5.6.7); `None` for anything else (extra spaces, other zones, ...).
+fn http_date(v: &http::HeaderValue) -> Option<SystemTime> {
+    httpdate::parse_http_date(v.to_str().ok()?).ok()
+}
+
+fn imf_fixdate(t: SystemTime) -> http::HeaderValue {
+    http::HeaderValue::from_str(&httpdate::fmt_http_date(t)).unwrap_or(
+        http::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
+    )
+}
+
+/// The `Age` field's value: the first member of the first line (RFC 9111 §5.1), when it is
+/// a non-negative integer; `None` when absent or invalid (it is then ignored).
+fn age_field(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(http::header::AGE)?.to_str().ok()?;
+    let first = v.split(',').next()?.trim();
+    delta_seconds(first).map(Duration::from_secs)
+}
+
+/// `1*DIGIT`, clamped to 2^31 (RFC 9111 §1.2.2); `None` for anything else (signs, quotes,
+/// decimals, trailing letters).
+fn delta_seconds(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(s.parse::<u64>().unwrap_or(u64::MAX).min(DELTA_SECONDS_MAX))
+}
+
+/// Directives whose argument is delta-seconds, in token form only (RFC 9111 §5.2).
+const DELTA_DIRECTIVES: [&str; 6] = [
+    "max-age",
+    "s-maxage",
+    "stale-while-revalidate",
+    "stale-if-error",
+    "min-fresh",
+    "max-stale",
+];
+
+/// Directives http-cache-semantics acts on; others are left out of its view.
+const CRATE_DIRECTIVES: [&str; 10] = [
+    "max-age",
+    "s-maxage",
+    "no-cache",
+    "no-store",
+    "private",
+    "public",
+    "must-revalidate",
+    "proxy-revalidate",
+    "immutable",
+    "only-if-cached",
+];
+
+/// Cache directives: lower-case names, each with its value (unquoted) if it had one; the
+/// first occurrence of a name wins (RFC 9111 §4.2.1 allows using the first).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Directives(Vec<(String, Option<String>)>);
+
+impl Directives {
+    /// Parses every `Cache-Control` line of `headers` (RFC 9111 §5.2: names are
+    /// case-insensitive, a value is a token or a quoted-string, commas inside quotes do not
+    /// split). A delta-seconds directive whose value is not `1*DIGIT` (quoted, signed,
+    /// decimal, trailing letters) is invalid: an invalid `max-age` or `s-maxage` makes the
+    /// response stale (as §4.2.1 encourages), other invalid ones are dropped.
+    pub fn parse(headers: &HeaderMap) -> Self {
+        let mut out = Directives::default();
+        let lines = headers.get_all(http::header::CACHE_CONTROL);
+        for line in lines.iter().filter_map(|v| v.to_str().ok()) {
+            for (name, value, quoted) in split_directives(line) {
+                let name = name.to_ascii_lowercase();
+                if name.is_empty() || out.has(&name) {
+                    continue;
+                }
+                if DELTA_DIRECTIVES.contains(&name.as_str()) {
+                    match value.as_deref().filter(|_| !quoted).and_then(delta_seconds) {
+                        Some(n) => out.0.push((name, Some(n.to_string()))),
+                        None if name == "max-age" || name == "s-maxage" => {
+                            out.0.push((name, Some("0".into())))
+                        }
+                        None => {}
+                    }
+                } else {
+                    out.0.push((name, value));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether the directive `name` (lower case) is present.
+    pub fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == name)
+    }
+
+    /// The value of `name`, when it has one.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    /// A delta-seconds directive's value (validated when parsed).
+    pub fn seconds(&self, name: &str) -> Option<Duration> {
+        self.value(name)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs)
+    }
+
+    /// The directives http-cache-semantics acts on, as one `Cache-Control` value it parses
+    /// the same way (no quoted values, which it would split wrongly).
+    fn for_crate(&self) -> String {
+        let mut out = String::new();
+        for (k, v) in &self.0 {
+            if !CRATE_DIRECTIVES.contains(&k.as_str()) {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            out.push_str(k);
+            if let (Some(v), true) = (v, DELTA_DIRECTIVES.contains(&k.as_str())) {
+                out.push('=');
+                out.push_str(v);
+            }
+        }
+        out
+    }
+}
+
+/// Splits a Cache-Control line into `(name, value, quoted)`; a quoted-string value is
+/// unescaped, and commas inside it do not split.
+fn split_directives(line: &str) -> Vec<(String, Option<String>, bool)> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.next_if(|c| *c == ',' || c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return out;
+        }
+        let mut name = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && *c != ',') {
+            name.push(c);
+        }
+        let mut value = None;
+        let mut quoted = false;
+        if chars.next_if_eq(&'=').is_some() {
+            let mut v = String::new();
+            if chars.next_if_eq(&'"').is_some() {
+                quoted = true;
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => v.extend(chars.next()),
+                        '"' => break,
+                        c => v.push(c),
+                    }
+                }
+                // Anything between the closing quote and the next comma is dropped.
+                while chars.next_if(|c| *c != ',').is_some() {}
+            } else {
+                while let Some(c) = chars.next_if(|c| *c != ',') {
+                    v.push(c);
+                }
+                v = v.trim().to_string();
+            }
+            value = Some(v);
+        }
+        out.push((name.trim().to_string(), value, quoted));
+    }
+}
+
+/// The directives of a valid, non-empty `CDN-Cache-Control` (RFC 9213 §2.1): its lines
+/// parsed together as one RFC 8941 Dictionary. A field that does not parse, or in which a
+/// directive this cache knows has a value of the wrong type, is ignored as a whole (`None`:
+/// `Cache-Control` and `Expires` govern again).
+fn cdn_cache_control(headers: &HeaderMap) -> Option<Directives> {
+    let lines: Vec<&str> = headers
+        .get_all(CDN_CACHE_CONTROL)
+        .iter()
+        .map(|v| v.to_str())
+        .collect::<Result<_, _>>()
+        .ok()?;
+    if lines.is_empty() {
+        return None;
+    }
+    let joined = lines.join(", ");
+    let dict: sfv::Dictionary = sfv::Parser::new(&joined)
+        .with_version(sfv::Version::Rfc8941)
+        .parse()
+        .ok()?;
+    if dict.is_empty() {
+        return None;
+    }
+    let mut out = Directives::default();
+    for (key, entry) in &dict {
+        let name = key.as_str();
+        let item = match entry {
+            sfv::ListEntry::Item(i) => Some(&i.bare_item),
+            sfv::ListEntry::InnerList(_) => None,
+        };
+        let value = if DELTA_DIRECTIVES.contains(&name) {
+            match item {
+                Some(sfv::BareItem::Integer(n)) => {
+                    let n = u64::try_from(i64::from(*n)).ok()?;
+                    Some(n.min(DELTA_SECONDS_MAX).to_string())
+                }
+                _ => return None,
+            }
+        } else if name == "no-cache" || name == "private" {
+            // The field-name forms (a string, or a list of them) restrict as the plain form.
+            match item {
+                Some(sfv::BareItem::Boolean(false)) => continue,
+                Some(sfv::BareItem::Boolean(true) | sfv::BareItem::String(_)) | None => None,
+                Some(_) => return None,
+            }
+        } else if CRATE_DIRECTIVES.contains(&name) {
+            match item {
+                Some(sfv::BareItem::Boolean(true)) => None,
+                Some(sfv::BareItem::Boolean(false)) => continue,
+                _ => return None,
+            }
+        } else {
+            // Directives we do not know are ignored, whatever their value.
+            None
+        };
+        out.0.push((name.to_string(), value));
+    }
+    Some(out)
+}
+
+/// Whether a response has explicit freshness for us: `max-age` or `s-maxage` in the governing
+/// directives (a valid `CDN-Cache-Control`, else `Cache-Control`), or `Expires` when
+/// `Cache-Control` governs. A POST response is reusable for a GET only with it (RFC 9110
+/// §9.3.3).
+pub fn explicitly_fresh(headers: &HeaderMap) -> bool {
+    match cdn_cache_control(headers) {
+        Some(d) => d.has("max-age") || d.has("s-maxage"),
+        None => {
+            let d = Directives::parse(headers);
+            d.has("max-age") || d.has("s-maxage") || headers.contains_key(http::header::EXPIRES)
+        }
+    }
 }
 
 /// The conditional fields to revalidate a stored response with.
@@ -243,12 +589,12 @@ pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
     }
     let since = request
         .get(http::header::IF_MODIFIED_SINCE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
+        .and_then(http_date);
+    // RFC 9111 §4.3.2: without Last-Modified, the stored response's Date stands in.
     let modified = stored
         .get(http::header::LAST_MODIFIED)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
+        .or_else(|| stored.get(http::header::DATE))
+        .and_then(http_date);
     matches!((since, modified), (Some(s), Some(m)) if m <= s)
 }
 
@@ -266,15 +612,14 @@ pub const NOT_MODIFIED_FIELDS: [http::header::HeaderName; 6] = [
 /// `max-age=0`, or `Pragma: no-cache` without Cache-Control. Ignored unless the operator
 /// chose to honour it (`honour_client_no_cache`).
 pub fn client_wants_fresh(request: &HeaderMap) -> bool {
-    let cc = directives(request);
+    let cc = Directives::parse(request);
     if cc.is_empty() {
         return request
             .get(http::header::PRAGMA)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache"));
     }
-    cc.iter()
-        .any(|(k, v)| k == "no-cache" || (k == "max-age" && v.as_deref() == Some("0")))
+    cc.has("no-cache") || cc.value("max-age") == Some("0")
 }
 
 /// Whether the request says `Cache-Control: only-if-cached` (answer 504 on a miss).
@@ -308,27 +653,47 @@ pub fn vary_names(headers: &HeaderMap) -> Option<Vec<http::HeaderName>> {
     Some(names)
 }
 
+/// Request fields whose members are a set under quality values (RFC 9110 §12.4.2): their
+/// order carries no meaning, so variants are keyed on them sorted.
+const UNORDERED: [http::HeaderName; 3] = [
+    http::header::ACCEPT,
+    http::header::ACCEPT_CHARSET,
+    http::header::ACCEPT_LANGUAGE,
+];
+
 /// The storage key of the variant of `key` that `request` selects: the URL, then each named
-/// field's normalised value (lowercase, whitespace collapsed; `Accept-Encoding` reduced to
-/// the coding we would pick), separated by NUL so no URL can collide with a variant.
+/// field's normalised value, separated by NUL so no URL can collide with a variant. Values
+/// are normalised as RFC 9111 §4.1 allows: lines combined, list members trimmed, lower case,
+/// whitespace collapsed (removed around `;` and `=` in `Accept`-style fields, whose members
+/// are also sorted), and `Accept-Encoding` reduced to the coding we would pick.
 pub fn variant_key(key: &str, names: &[http::HeaderName], request: &HeaderMap) -> String {
     let mut out = String::from(key);
     for n in names {
         out.push('\0');
         out.push_str(n.as_str());
         out.push('=');
-        let joined: Vec<String> = request
+        let unordered = UNORDERED.contains(n);
+        let mut members: Vec<String> = request
             .get_all(n)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .map(|v| {
-                v.split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-                    .to_ascii_lowercase()
+            .flat_map(|v| v.split(','))
+            .map(|m| {
+                let words = m.split_whitespace();
+                let m = if unordered {
+                    words.collect::<String>()
+                } else {
+                    words.collect::<Vec<_>>().join(" ")
+                };
+                m.to_ascii_lowercase()
             })
+            .filter(|m| !m.is_empty())
             .collect();
-        let value = joined.join(",");
+        if unordered {
+            members.sort();
+            members.dedup();
+        }
+        let value = members.join(",");
         if n == http::header::ACCEPT_ENCODING {
             let coding = if value.contains("br") {
                 "br"
@@ -439,51 +804,319 @@ mod tests {
         assert!(!d.storable);
     }
 
+    fn cc(v: &str) -> response::Parts {
+        resp(&[("cache-control", v)], 200)
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
     #[test]
-    fn stale_windows_come_from_directives_or_the_default_grace() {
+    fn stale_windows_come_from_directives_not_a_default_grace() {
         let now = SystemTime::now();
         let d = evaluate(
             &get("/a"),
-            &resp(
-                &[(
-                    "cache-control",
-                    "max-age=60, stale-while-revalidate=30, stale-if-error=300",
-                )],
-                200,
-            ),
+            &cc("max-age=60, stale-while-revalidate=30, stale-if-error=300"),
             now,
         );
         assert_eq!(
             (d.stale_while_revalidate, d.stale_if_error),
-            (Duration::from_secs(30), Duration::from_secs(300))
+            (secs(30), secs(300))
         );
-        let d = evaluate(
-            &get("/a"),
-            &resp(&[("cache-control", "max-age=60")], 200),
-            now,
-        );
-        assert_eq!(d.stale_while_revalidate, Rules::default().grace);
-        let d = evaluate(
-            &get("/a"),
-            &resp(&[("cache-control", "s-maxage=60")], 200),
-            now,
-        );
+        // RFC 9111 §4.2.4: nothing allows serving it stale while the origin answers; only a
+        // disconnected cache may (upstream unreachable or failing), for `stale_on_error`.
+        let d = evaluate(&get("/a"), &cc("max-age=60"), now);
+        assert_eq!(d.stale_while_revalidate, Duration::ZERO);
+        assert_eq!(d.stale_if_error, Rules::default().stale_on_error);
+        // The origin's stale-if-error replaces the disconnected allowance, shorter or not.
+        let d = evaluate(&get("/a"), &cc("max-age=60, stale-if-error=1"), now);
+        assert_eq!(d.stale_if_error, secs(1));
+        let d = evaluate(&get("/a"), &cc("s-maxage=60"), now);
         assert!(
-            d.stale_if_error.is_zero(),
+            d.stale_if_error.is_zero() && d.stale_while_revalidate.is_zero(),
             "s-maxage implies proxy-revalidate"
         );
+        for forbid in ["must-revalidate", "proxy-revalidate", "no-cache"] {
+            let d = evaluate(
+                &get("/a"),
+                &cc(&format!("max-age=60, {forbid}, stale-if-error=60")),
+                now,
+            );
+            assert!(d.revalidate_only && d.stale_if_error.is_zero(), "{forbid}");
+        }
+        // Grace is the operator's opt-in.
+        let graced = Rules {
+            grace: secs(10),
+            ..Rules::default()
+        };
+        let d = evaluate_with(&get("/a"), &cc("max-age=60"), now, &graced);
+        assert_eq!(
+            (d.stale_while_revalidate, d.stale_if_error),
+            (secs(10), secs(10))
+        );
+        let d = evaluate_with(
+            &get("/a"),
+            &cc("max-age=60, stale-if-error=3"),
+            now,
+            &graced,
+        );
+        assert_eq!(
+            (d.stale_while_revalidate, d.stale_if_error),
+            (Duration::ZERO, secs(3))
+        );
+    }
+
+    #[test]
+    fn a_response_that_arrives_stale_has_used_part_of_its_windows() {
+        // An upstream cache served it 3 s past its lifetime (RFC 5861 counts the windows
+        // from the end of the lifetime, not from when we stored it).
+        let now = SystemTime::now();
         let d = evaluate(
             &get("/a"),
             &resp(
-                &[(
-                    "cache-control",
-                    "max-age=60, must-revalidate, stale-if-error=60",
-                )],
+                &[
+                    (
+                        "cache-control",
+                        "max-age=1, stale-while-revalidate=4, stale-if-error=10",
+                    ),
+                    ("age", "4"),
+                    ("etag", "\"a\""),
+                ],
                 200,
             ),
             now,
         );
-        assert!(d.revalidate_only && d.stale_if_error.is_zero());
+        assert!(d.ttl.is_zero());
+        assert_eq!(d.age, secs(4));
+        assert_eq!(
+            (d.stale_while_revalidate, d.stale_if_error),
+            (secs(1), secs(7))
+        );
+    }
+
+    #[test]
+    fn directive_names_are_case_insensitive() {
+        let now = SystemTime::now();
+        assert!(!evaluate(&get("/a"), &cc("Max-Age=60, No-Store"), now).storable);
+        assert!(!evaluate(&get("/a"), &cc("PRIVATE, max-age=60"), now).storable);
+        let d = evaluate(
+            &get("/a"),
+            &resp(
+                &[
+                    ("cache-control", "max-age=600, No-Cache"),
+                    ("etag", "\"1\""),
+                ],
+                200,
+            ),
+            now,
+        );
+        assert!(d.storable && d.revalidate_only && d.ttl.is_zero());
+        assert_eq!(evaluate(&get("/a"), &cc("MAX-AGE=60"), now).ttl, secs(60));
+    }
+
+    #[test]
+    fn delta_seconds_must_be_digits_in_token_form() {
+        let now = SystemTime::now();
+        // Invalid freshness makes the response stale (RFC 9111 §4.2.1, §5.2).
+        for bad in [
+            "max-age=\"3600\"",
+            "max-age='3600'",
+            "max-age=3600a",
+            "max-age=-1",
+            "max-age=36.5",
+            "s-maxage=\"3600\"",
+        ] {
+            let d = evaluate(&get("/a"), &cc(bad), now);
+            assert!(d.ttl.is_zero() && !d.storable, "{bad}: {d:?}");
+        }
+        assert_eq!(
+            evaluate(&get("/a"), &cc("max-age=003600"), now).ttl,
+            secs(3600)
+        );
+        assert_eq!(
+            evaluate(&get("/a"), &cc("max-age=99999999999999999999"), now).ttl,
+            secs(1 << 31),
+            "clamped to 2^31 (RFC 9111 §1.2.2)"
+        );
+        // A quoted string that looks like a directive is not one, commas and all.
+        for v in [
+            "extension=\"max-age=3600\", max-age=1",
+            "max-age=1, extension=\"max-age=3600, public\"",
+        ] {
+            assert_eq!(evaluate(&get("/a"), &cc(v), now).ttl, secs(1), "{v}");
+        }
+        let d = evaluate(
+            &get("/a"),
+            &cc("max-age=60, stale-while-revalidate=\"30\""),
+            now,
+        );
+        assert!(d.stale_while_revalidate.is_zero());
+    }
+
+    #[test]
+    fn age_is_the_first_integer_or_ignored() {
+        let now = SystemTime::now();
+        let with_age = |age: &str| {
+            evaluate(
+                &get("/a"),
+                &resp(&[("cache-control", "max-age=600"), ("age", age)], 200),
+                now,
+            )
+        };
+        for ignored in ["1a", "abc", "-7200", "7200.0", ""] {
+            let d = with_age(ignored);
+            assert_eq!((d.age, d.ttl), (Duration::ZERO, secs(600)), "{ignored:?}");
+        }
+        // A list: the first member counts (RFC 9111 §5.1).
+        let d = with_age("700, 0");
+        assert_eq!(d.age, secs(700));
+        assert!(d.ttl.is_zero() && !d.storable);
+        assert_eq!(with_age("100").ttl, secs(500));
+    }
+
+    #[test]
+    fn expires_must_be_an_http_date_or_it_has_passed() {
+        let now = SystemTime::now();
+        let expires = |v: &str| {
+            evaluate(
+                &get("/a"),
+                &resp(
+                    &[("expires", v), ("date", &httpdate::fmt_http_date(now))],
+                    200,
+                ),
+                now,
+            )
+        };
+        for invalid in [
+            "Thu, 18  Aug  2050 02:01:18 GMT",
+            "Thu, 18 Aug 2050 02:01:18 UTC",
+            "0",
+            "soon",
+        ] {
+            let d = expires(invalid);
+            assert!(d.ttl.is_zero() && !d.storable, "{invalid}");
+        }
+        // The three forms of RFC 9110 §5.6.7.
+        for valid in [
+            "Thu, 18 Aug 2050 02:01:18 GMT",
+            "Thursday, 18-Aug-50 02:01:18 GMT",
+            "Thu Aug 18 02:01:18 2050",
+        ] {
+            let d = expires(valid);
+            assert!(d.storable && d.ttl > secs(86_400 * 365), "{valid}: {d:?}");
+        }
+        // Measured from Date, not from when we received it.
+        let d = evaluate(
+            &get("/a"),
+            &resp(
+                &[
+                    ("expires", "Sun, 06 Nov 1994 08:49:47 GMT"),
+                    ("date", "Sunday, 06-Nov-94 08:49:37 GMT"),
+                ],
+                200,
+            ),
+            now,
+        );
+        assert_eq!(d.ttl, secs(10));
+    }
+
+    #[test]
+    fn any_final_status_with_explicit_freshness_is_stored() {
+        let now = SystemTime::now();
+        for status in [299, 400, 403, 499, 500, 502, 503, 504, 599] {
+            let d = evaluate(
+                &get("/a"),
+                &resp(&[("cache-control", "max-age=60")], status),
+                now,
+            );
+            assert!(d.storable && d.ttl == secs(60), "{status} with max-age");
+            let later = httpdate::fmt_http_date(now + secs(60));
+            let d = evaluate(&get("/a"), &resp(&[("expires", &later)], status), now);
+            assert!(d.storable, "{status} with Expires");
+            // No heuristics for them, and no-store still wins.
+            let d = evaluate(
+                &get("/a"),
+                &resp(
+                    &[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")],
+                    status,
+                ),
+                now,
+            );
+            assert!(!d.storable, "{status} without explicit freshness");
+            let d = evaluate(
+                &get("/a"),
+                &resp(&[("cache-control", "max-age=60, no-store")], status),
+                now,
+            );
+            assert!(!d.storable, "{status} no-store");
+        }
+        // Partial content is never stored: we store whole objects.
+        let d = evaluate(
+            &get("/a"),
+            &resp(&[("cache-control", "max-age=60")], 206),
+            now,
+        );
+        assert!(!d.storable);
+    }
+
+    #[test]
+    fn an_invalid_cdn_cache_control_is_ignored_as_a_whole() {
+        let now = SystemTime::now();
+        let both = |cdn: &str, cc: &str| {
+            evaluate(
+                &get("/a"),
+                &resp(&[("cdn-cache-control", cdn), ("cache-control", cc)], 200),
+                now,
+            )
+        };
+        // Not an RFC 8941 dictionary, or a known directive of the wrong type: Cache-Control.
+        for invalid in [
+            "max-age=10000, &&&&&",
+            "max-age=\"10000\"",
+            "MaX-aGe=3600",
+            "max-age =100",
+            "max-age= 100",
+            "max-age=-5",
+            "max-age=1.5",
+            "no-store=1",
+            "",
+        ] {
+            assert!(!both(invalid, "no-store").storable, "{invalid:?}");
+            assert_eq!(both(invalid, "max-age=7").ttl, secs(7), "{invalid:?}");
+        }
+        // Valid: it governs, Cache-Control and Expires are ignored.
+        assert_eq!(both("foobar, max-age=3600", "no-store").ttl, secs(3600));
+        assert_eq!(both("max-age=99999999999", "max-age=1").ttl, secs(1 << 31));
+        assert_eq!(both("max-age=3600;foo=bar", "max-age=1").ttl, secs(3600));
+        assert!(!both("private", "max-age=10000").storable);
+        assert!(!both("no-store", "max-age=10000").storable);
+        assert!(!both("no-cache=\"set-cookie\"", "max-age=10000").storable);
+        assert!(both("no-store=?0, max-age=60", "no-store").storable);
+        let d = evaluate(
+            &get("/a"),
+            &resp(
+                &[
+                    ("cdn-cache-control", "max-age=3600"),
+                    ("expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
+                ],
+                200,
+            ),
+            now,
+        );
+        assert_eq!(d.ttl, secs(3600));
+        let d = evaluate(
+            &get("/a"),
+            &resp(
+                &[("cdn-cache-control", "max-age=3600"), ("age", "7200")],
+                200,
+            ),
+            now,
+        );
+        assert!(
+            !d.storable,
+            "Age counts against CDN-Cache-Control's max-age too"
+        );
     }
 
     #[test]
@@ -588,6 +1221,76 @@ mod tests {
             "cache-control",
             "max-age=0, only-if-cached"
         )));
+    }
+
+    #[test]
+    fn variants_match_whatever_the_order_case_and_spaces_rfc_9111_4_1() {
+        let names = [
+            http::header::ACCEPT_LANGUAGE,
+            http::header::HeaderName::from_static("x-v"),
+        ];
+        let req = |lang: &[&str], x: &str| {
+            let mut h = HeaderMap::new();
+            for l in lang {
+                h.append("accept-language", l.parse().unwrap());
+            }
+            h.insert("x-v", x.parse().unwrap());
+            variant_key("/k", &names, &h)
+        };
+        let base = req(&["en-US, fr;q=0.5"], "a b");
+        assert_eq!(req(&["fr; q=0.5,  EN-us"], "a  b"), base);
+        assert_eq!(req(&["fr;q=0.5", "en-us"], "A B"), base);
+        assert_ne!(req(&["fr;q=0.6, en-us"], "a b"), base);
+        assert_ne!(
+            req(&["en-US, fr;q=0.5"], "b a"),
+            base,
+            "other fields keep their order"
+        );
+    }
+
+    #[test]
+    fn if_modified_since_uses_date_when_there_is_no_last_modified() {
+        let stored = resp(&[("date", "Sun, 06 Nov 1994 08:49:37 GMT")], 200).headers;
+        let ims = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("if-modified-since", v.parse().unwrap());
+            h
+        };
+        assert!(not_modified(&ims("Sun, 06 Nov 1994 08:49:37 GMT"), &stored));
+        assert!(!not_modified(
+            &ims("Sat, 05 Nov 1994 08:49:37 GMT"),
+            &stored
+        ));
+    }
+
+    #[test]
+    fn pragma_counts_only_without_cache_control() {
+        let now = SystemTime::now();
+        let later = httpdate::fmt_http_date(now + secs(600));
+        let date = httpdate::fmt_http_date(now);
+        let with_cc = evaluate(
+            &get("/a"),
+            &resp(
+                &[
+                    ("cache-control", "community=\"x\""),
+                    ("pragma", "no-cache"),
+                    ("expires", &later),
+                    ("date", &date),
+                ],
+                200,
+            ),
+            now,
+        );
+        assert!(with_cc.storable && with_cc.ttl == secs(600), "{with_cc:?}");
+        let without = evaluate(
+            &get("/a"),
+            &resp(
+                &[("pragma", "no-cache"), ("expires", &later), ("date", &date)],
+                200,
+            ),
+            now,
+        );
+        assert!(without.ttl.is_zero());
     }
 
     #[test]

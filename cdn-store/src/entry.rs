@@ -283,7 +283,7 @@ impl Entry {
     }
 
     /// How long a store keeps it: its lifetime plus the longest window in which a stale
-    /// copy is still useful (served under grace, or revalidated instead of refetched).
+    /// copy is still useful (served stale, or revalidated instead of refetched).
     pub(crate) fn keep(&self) -> Duration {
         let revalidate = if self.validators() {
             cdn_http::policy::REVALIDATE_KEEP

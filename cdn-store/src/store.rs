@@ -724,13 +724,13 @@ mod tests {
         );
         let soft = entry(10, "max-age=600, stale-while-revalidate=5", t0).keyed("/");
         soft.mark_stale();
-        // A soft purge makes it stale at once; an explicit stale-while-revalidate alone
-        // allows no stale-if-error.
+        // A soft purge makes it stale at once; without stale-if-error, upstream errors get
+        // the disconnected allowance (`stale_on_error`, 10 s by default).
         assert_eq!(
             soft.freshness(at(1)),
             Freshness::Stale {
                 while_revalidate: true,
-                on_error: false
+                on_error: true
             }
         );
     }

@@ -13,7 +13,7 @@ use cdn_core::http::{
 use cdn_core::policy;
 use cdn_core::range::{self, RangeAnswer};
 use cdn_core::read_path::Lookup;
-use cdn_core::store::{Chunks, Entry};
+use cdn_core::store::{Chunks, Entry, NewEntry};
 use cdn_proto::CacheStatus;
 use futures::stream;
 use http::header::{self, HeaderValue};
@@ -46,6 +46,8 @@ pub async fn run(edge: Arc<Edge>, listener: impl Listener, shutdown: Cancellatio
 
 async fn handle(edge: Arc<Edge>, mut req: Request<Incoming>) -> Response<Body> {
     edge.counters.inc(Counter::Requests);
+    // Only members say they are refreshing a copy (it changes what a lookup may serve).
+    req.headers_mut().remove(policy::REFRESH_FIELD);
     let rid = request_id(&edge, &mut req);
     let mut resp = match *req.method() {
         Method::GET | Method::HEAD => cached(&edge, req).await,
@@ -223,10 +225,10 @@ fn with_range(mut r: Response<Body>, answer: RangeAnswer, len: u64) -> Response<
     r
 }
 
-/// Final touches on a response to a client: fields meant for CDNs only are removed, and a
-/// satisfied conditional request becomes a 304 carrying only the fields RFC 9110 allows.
+/// Final touches on a response to a client: a satisfied conditional request becomes a 304
+/// carrying only the fields RFC 9110 allows. (`CDN-Cache-Control` is forwarded: RFC 9213
+/// targets it at every CDN, and another may sit between us and the client.)
 fn client_response(mut r: Response<Body>, not_modified: bool) -> Response<Body> {
-    r.headers_mut().remove(policy::CDN_CACHE_CONTROL);
     if not_modified {
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         let h = r.headers_mut();
@@ -412,6 +414,95 @@ async fn purge(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     cdn_core::admin::purge_response(edge.is_strict(), &report)
 }
 
+/// A POST's 200 is reusable for later GETs of its target when it is explicitly fresh and its
+/// `Content-Location` is that target (RFC 9110 §9.3.3, RFC 9111 §4): its body is kept as it
+/// streams to the client and stored in this edge's L1 once complete (unless a purge of the
+/// key came meanwhile, or it is larger than `max_object_size`). Anything else streams as is.
+fn post_for_get(
+    edge: &Arc<Edge>,
+    key: String,
+    fields: http::HeaderMap,
+    parts: &http::response::Parts,
+    host: Option<&str>,
+    body: Body,
+) -> Body {
+    let names_target = parts
+        .headers
+        .get(header::CONTENT_LOCATION)
+        .and_then(|v| same_origin_path(v, host))
+        .is_some_and(|p| p == key);
+    if parts.status != StatusCode::OK || !names_target || !policy::explicitly_fresh(&parts.headers)
+    {
+        return body;
+    }
+    let now = SystemTime::now();
+    let rules = edge.config.member.rules();
+    let decision = policy::evaluate_with(
+        &policy::policy_request(&Method::GET, &key, &fields),
+        parts,
+        now,
+        &rules,
+    );
+    if !decision.storable || decision.ttl.is_zero() {
+        return body;
+    }
+    let max = edge.config.member.max_object();
+    let mark = edge.reads.store().fill_mark();
+    let (status, headers) = (parts.status, parts.headers.clone());
+    let expected = http_body::Body::size_hint(&body).exact();
+    let edge = edge.clone();
+    let kept: Option<Vec<Bytes>> = Some(Vec::new());
+    // Stored when the last byte passes: with a known length hyper stops reading the body
+    // then, without waiting for its end.
+    let store = move |chunks: Vec<Bytes>| {
+        let entry = NewEntry::new(status, &headers, chunks, decision.clone(), now);
+        let (edge, key, fields) = (edge.clone(), key.clone(), fields.clone());
+        // In a task of its own: the store's future is not `Sync`, which a response body must
+        // be. Awaited, so the last chunk goes out once the entry is stored.
+        tokio::spawn(async move {
+            edge.reads
+                .store()
+                .insert_filled(&key, &fields, entry, mark)
+                .await;
+        })
+    };
+    StreamBody::new(stream::unfold(Some((body, kept, 0u64)), move |state| {
+        let store = store.clone();
+        async move {
+            let (mut body, mut kept, mut len) = state?;
+            let frame = body.frame().await;
+            if let Some(Ok(d)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+                len += d.map_or(0, |d| d.len() as u64);
+                match (kept.as_mut(), d) {
+                    _ if len > max => kept = None,
+                    (Some(k), Some(d)) => k.push(d.clone()),
+                    _ => {}
+                }
+            }
+            let complete = match &frame {
+                Some(Ok(_)) => expected == Some(len),
+                Some(Err(_)) => {
+                    kept = None;
+                    false
+                }
+                // (Already stored, and `kept` taken, if the length was known and reached.)
+                None => expected.is_none_or(|e| e == len),
+            };
+            if let Some(chunks) = kept.take_if(|_| complete) {
+                if let Err(e) = store(chunks).await {
+                    tracing::warn!(error = %e, "storing a POST response failed");
+                }
+            }
+            // After an error the body is over: nothing more is read, nothing is stored.
+            frame.map(|f| {
+                let next = f.is_ok().then_some((body, kept, len));
+                (f, next)
+            })
+        }
+    }))
+    .boxed()
+}
+
 /// Every other method goes to the origin, uncached, body streamed both ways.
 async fn pass(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     edge.counters.inc(Counter::Passes);
@@ -419,7 +510,10 @@ async fn pass(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let unsafe_method = !matches!(parts.method, Method::OPTIONS | Method::TRACE);
+    let post_fields =
+        (parts.method == Method::POST).then(|| cdn_core::fill::fill_headers(&parts.headers));
     let target = parts.uri.path_and_query().map(|p| p.as_str().to_string());
+    let post_target = target.clone().filter(|_| post_fields.is_some());
     let host = parts
         .headers
         .get(header::HOST)
@@ -431,7 +525,6 @@ async fn pass(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            parts.headers.remove(policy::CDN_CACHE_CONTROL);
             let ok = parts.status.is_success() || parts.status.is_redirection();
             if unsafe_method && ok {
                 // RFC 9111 §4.4: an unsafe request that succeeded invalidates the target and
@@ -454,6 +547,13 @@ async fn pass(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
                 };
                 edge.coordinate_purge(&inv).await;
             }
+            let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
+            let body = match (post_fields, post_target) {
+                (Some(fields), Some(key)) => {
+                    post_for_get(edge, key, fields, &parts, host.as_deref(), body)
+                }
+                _ => body,
+            };
             if !parts.headers.contains_key(header::AGE) {
                 parts
                     .headers
@@ -462,7 +562,7 @@ async fn pass(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
             parts
                 .headers
                 .insert(X_CACHE, HeaderValue::from_static("PASS"));
-            Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+            Response::from_parts(parts, body)
         }
         Err(e) => {
             edge.counters.inc(Counter::Errors);

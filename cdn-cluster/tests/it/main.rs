@@ -3,6 +3,7 @@
 
 mod abuse;
 mod cluster;
+mod conformance;
 mod limits;
 mod load;
 mod processes;

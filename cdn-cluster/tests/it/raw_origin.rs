@@ -30,7 +30,7 @@ fn ok(body: &str) -> String {
 
 /// Serves with `behave(connection index, request index on it, request head)`: `Some(bytes)`
 /// to answer, `None` to close the connection without answering.
-async fn raw_origin(
+pub(crate) async fn raw_origin(
     behave: impl Fn(usize, usize, &str) -> Option<String> + Send + Sync + 'static,
 ) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -140,8 +140,10 @@ async fn a_successful_unsafe_request_invalidates_the_url_and_its_location_everyw
     c.stop().await;
 }
 
+/// RFC 9213 §2: `CDN-Cache-Control` governs our tiers instead of `Cache-Control`, and is
+/// forwarded downstream (another CDN behind us may be its target too).
 #[tokio::test]
-async fn cdn_cache_control_governs_our_tiers_and_is_not_passed_to_clients() {
+async fn cdn_cache_control_governs_our_tiers_and_is_forwarded_rfc_9213() {
     let c = cluster(3, 1, |_| {}).await;
     let edge = c.edges[0].http_addr;
     let cached = "/sem/cdncc/1?size=10&cc=no-store&cdn_cc=max-age%3D600";
@@ -151,17 +153,60 @@ async fn cdn_cache_control_governs_our_tiers_and_is_not_passed_to_clients() {
         "no-store",
         "browsers get Cache-Control as sent"
     );
-    assert!(first.headers.get("cdn-cache-control").is_none());
+    assert_eq!(first.header("cdn-cache-control"), "max-age=600");
     let second = get(edge, cached).await;
     assert_eq!(second.edge_cache(), "HIT");
-    assert!(second.headers.get("cdn-cache-control").is_none());
+    assert_eq!(second.header("cdn-cache-control"), "max-age=600");
     assert_eq!(c.origin_count(cached), 1);
     let uncached = "/sem/cdncc/2?size=10&cc=max-age%3D600&cdn_cc=no-store";
     get(edge, uncached).await;
     let g = get(edge, uncached).await;
     assert_eq!(g.edge_cache(), "PASS");
     assert_eq!(g.header("cache-control"), "max-age=600");
+    assert_eq!(g.header("cdn-cache-control"), "no-store");
     assert_eq!(c.origin_count(uncached), 2);
+    // Past 2^31 seconds the lifetime is 2^31 seconds (RFC 9111 §1.2.2), not an overflow.
+    let long = "/sem/cdncc/3?size=10&cc=max-age%3D1&cdn_cc=max-age%3D99999999999";
+    get(edge, long).await;
+    assert_eq!(get(edge, long).await.edge_cache(), "HIT");
+    assert_eq!(c.origin_count(long), 1);
+    c.stop().await;
+}
+
+/// RFC 9213 §2.1: a `CDN-Cache-Control` that is not a valid Structured Fields dictionary
+/// (or has a known directive of the wrong type) is ignored as a whole: `Cache-Control`
+/// governs, and the field is still forwarded as received.
+#[tokio::test]
+async fn an_invalid_cdn_cache_control_is_ignored_as_a_whole_rfc_9213() {
+    let c = cluster(3, 1, |_| {}).await;
+    let edge = c.edges[0].http_addr;
+    for (i, invalid) in ["max-age=10000, &&&&&", "max-age=\"10000\"", "MaX-aGe=10000"]
+        .into_iter()
+        .enumerate()
+    {
+        let target = format!(
+            "/sem/cdncc/bad/{i}?size=10&etag=none&cc=no-store&cdn_cc={}",
+            enc(invalid)
+        );
+        for _ in 0..2 {
+            let g = get(edge, &target).await;
+            assert_eq!(
+                g.edge_cache(),
+                "PASS",
+                "{invalid}: Cache-Control no-store governs"
+            );
+            assert_eq!(g.header("cdn-cache-control"), invalid);
+        }
+        assert_eq!(c.origin_count(&target), 2, "{invalid}");
+        // With a usable Cache-Control, that one is used instead.
+        let target = format!(
+            "/sem/cdncc/bad/{i}/cc?size=10&etag=none&cc=max-age%3D600&cdn_cc={}",
+            enc(invalid)
+        );
+        get(edge, &target).await;
+        assert_eq!(get(edge, &target).await.edge_cache(), "HIT", "{invalid}");
+        assert_eq!(c.origin_count(&target), 1);
+    }
     c.stop().await;
 }
 
@@ -275,35 +320,55 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_with_one_request() 
     c.stop().await;
 }
 
+/// RFC 5861 §4 and RFC 9111 §4.2.4: with the origin down, `stale-if-error` serves the
+/// stored copy; so does a disconnected cache for `stale_on_error` (10 s by default) when the
+/// origin forbade nothing; `must-revalidate` is never served stale.
 #[tokio::test]
 async fn stale_if_error_serves_the_stored_copy_when_the_origin_is_down() {
     let c = cluster(3, 1, |cfg| {
-        cfg.node.member.grace = Duration::ZERO;
-        cfg.edge.member.grace = Duration::ZERO;
         cfg.node.member.origin_connect_timeout = Duration::from_millis(300);
         cfg.edge.member.origin_connect_timeout = Duration::from_millis(300);
     })
     .await;
     let kept = "/sem/sie?size=600&cc=max-age%3D1%2C%20stale-if-error%3D600";
-    let lost = "/sem/nosie?size=600&cc=max-age%3D1&etag=none";
+    let disconnected = "/sem/nosie?size=600&cc=max-age%3D1&etag=none";
+    let strict = "/sem/sie-strict?size=600&cc=max-age%3D1%2C%20must-revalidate&etag=none";
     let first = get(c.edges[0].http_addr, kept).await;
-    get(c.edges[0].http_addr, lost).await;
+    let other = get(c.edges[0].http_addr, disconnected).await;
+    get(c.edges[0].http_addr, strict).await;
     c.stop_origin();
+    // Waiting for the lifetime to pass is the behaviour under test.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let g = get(c.edges[0].http_addr, kept).await;
-    assert_eq!(g.status, StatusCode::OK);
-    assert_eq!(g.body, first.body);
-    assert!(
-        g.header("x-cache").contains("STALE"),
-        "{}",
-        g.header("x-cache")
-    );
-    let g = get(c.edges[0].http_addr, lost).await;
+    for (target, body) in [(kept, &first.body), (disconnected, &other.body)] {
+        let g = get(c.edges[0].http_addr, target).await;
+        assert_eq!(g.status, StatusCode::OK, "{target}");
+        assert_eq!(&g.body, body, "{target}");
+        assert!(
+            g.header("x-cache").contains("STALE"),
+            "{target}: {}",
+            g.header("x-cache")
+        );
+    }
+    let g = get(c.edges[0].http_addr, strict).await;
     assert_eq!(
         g.status,
         StatusCode::BAD_GATEWAY,
-        "no stale-if-error, no grace: the error shows"
+        "must-revalidate: the error shows"
     );
+    c.stop().await;
+    // `stale_on_error = "0s"`: without the origin's stale-if-error, every error shows.
+    let c = cluster(3, 1, |cfg| {
+        cfg.node.member.stale_on_error = Duration::ZERO;
+        cfg.edge.member.stale_on_error = Duration::ZERO;
+        cfg.node.member.origin_connect_timeout = Duration::from_millis(300);
+        cfg.edge.member.origin_connect_timeout = Duration::from_millis(300);
+    })
+    .await;
+    get(c.edges[0].http_addr, disconnected).await;
+    c.stop_origin();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let g = get(c.edges[0].http_addr, disconnected).await;
+    assert_eq!(g.status, StatusCode::BAD_GATEWAY);
     c.stop().await;
 }
 
@@ -577,7 +642,113 @@ async fn freshness_and_storability_follow_rfc_9111() {
             false,
             "no freshness, no validator",
         ),
+        // RFC 9111 §5.2: directive names are case-insensitive; delta-seconds are digits in
+        // token form (a quoted or suffixed value is invalid, so the response is stale).
+        (
+            format!("cc={}&etag=none", enc("Max-Age=600, No-Store")),
+            vec![],
+            false,
+            "No-Store in another case",
+        ),
+        (
+            format!("cc={}&etag=none", enc("MAX-AGE=600")),
+            vec![],
+            true,
+            "MAX-AGE in another case",
+        ),
+        (
+            format!("cc={}&etag=none", enc("max-age=\"600\"")),
+            vec![],
+            false,
+            "quoted max-age is invalid",
+        ),
+        (
+            format!("cc={}&etag=none", enc("max-age=600a")),
+            vec![],
+            false,
+            "max-age with a letter is invalid",
+        ),
+        (
+            format!(
+                "cc={}&etag=none",
+                enc("extension=\"max-age=600\", max-age=1")
+            ),
+            vec![],
+            true,
+            "max-age inside a quoted string is not a directive (max-age=1 is)",
+        ),
+        // RFC 9111 §5.1: an invalid Age is ignored; a list's first member counts.
+        (
+            format!("cc={}&etag=none&h_age=1a", enc("max-age=600")),
+            vec![],
+            true,
+            "Age: 1a is ignored",
+        ),
+        (
+            format!(
+                "cc={}&etag=none&h_age={}",
+                enc("max-age=600"),
+                enc("700, 0")
+            ),
+            vec![],
+            false,
+            "Age: 700, 0 is 700",
+        ),
+        // RFC 9111 §5.3: an Expires that is not an HTTP-date has passed; the obsolete forms
+        // of RFC 9110 §5.6.7 are HTTP-dates.
+        (
+            format!(
+                "cc=none&etag=none&h_expires={}",
+                enc("Thu, 18  Aug  2050 02:01:18 GMT")
+            ),
+            vec![],
+            false,
+            "Expires with several spaces inside",
+        ),
+        (
+            format!(
+                "cc=none&etag=none&h_expires={}",
+                enc("Thursday, 18-Aug-50 02:01:18 GMT")
+            ),
+            vec![],
+            true,
+            "Expires in RFC 850 form",
+        ),
+        (
+            format!(
+                "cc=none&etag=none&h_expires={}",
+                enc("Thu Aug 18 02:01:18 2050")
+            ),
+            vec![],
+            true,
+            "Expires in asctime form",
+        ),
+        // RFC 9111 §3: any final status is stored when explicitly fresh.
+        (
+            format!("cc=none&etag=none&status=500&lm={}", unix(-10 * 86_400)),
+            vec![],
+            false,
+            "500 is not heuristically cacheable",
+        ),
     ];
+    let mut rows = rows;
+    for status in [299, 400, 499, 500, 502, 503, 504, 599] {
+        rows.push((
+            format!("cc={}&etag=none&status={status}", enc("max-age=600")),
+            vec![],
+            true,
+            "status with max-age",
+        ));
+        rows.push((
+            format!(
+                "cc=none&etag=none&status={status}&h_expires={}",
+                enc(&http_date(600))
+            ),
+            vec![],
+            true,
+            "status with Expires",
+        ));
+    }
     for (i, (query, fields, stored, what)) in rows.iter().enumerate() {
         let target = format!("/sem/rows/{i}?size=10&{query}");
         get_with(edge, &target, fields).await;
@@ -586,8 +757,9 @@ async fn freshness_and_storability_follow_rfc_9111() {
         assert_eq!(
             hit,
             *stored,
-            "{what}: {} (x-cache {})",
+            "{what}: {} (status {}, x-cache {})",
             target,
+            second.status,
             second.header("x-cache")
         );
         assert_eq!(
@@ -716,9 +888,34 @@ async fn client_no_cache_is_ignored_by_default_and_honoured_when_configured() {
     c.stop().await;
 }
 
+/// RFC 9111 §4.2.4: by default nothing is served stale while the origin answers, unless the
+/// origin allowed it: an expired response is revalidated before it is used.
+#[tokio::test]
+async fn an_expired_response_is_not_served_stale_by_default_rfc_9111_4_2_4() {
+    let c = cluster(3, 1, |_| {}).await;
+    let target = "/sem/nograce?size=20&cc=max-age%3D1";
+    let first = get(c.edges[0].http_addr, target).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let g = get(c.edges[0].http_addr, target).await;
+    assert!(
+        g.header("x-cache")
+            .starts_with("REVALIDATED, REVALIDATED from"),
+        "{}",
+        g.header("x-cache")
+    );
+    assert_eq!(g.body, first.body);
+    assert_eq!(c.origin_count(target), 2);
+    assert_eq!(stub(&c).not_modified(), 1);
+    c.stop().await;
+}
+
 #[tokio::test]
 async fn must_revalidate_is_never_served_stale_even_with_grace() {
-    let c = cluster(3, 1, |_| {}).await;
+    let c = cluster(3, 1, |cfg| {
+        cfg.node.member.grace = Duration::from_secs(10);
+        cfg.edge.member.grace = Duration::from_secs(10);
+    })
+    .await;
     let strict = "/sem/mustreval?size=20&cc=max-age%3D1%2C%20must-revalidate";
     let graced = "/sem/graced?size=20&cc=max-age%3D1";
     get(c.edges[0].http_addr, strict).await;
@@ -734,7 +931,7 @@ async fn must_revalidate_is_never_served_stale_even_with_grace() {
     assert_eq!(
         g.edge_cache(),
         "STALE",
-        "the default grace serves it while refreshing"
+        "the operator's grace serves it while refreshing"
     );
     c.stop().await;
 }
