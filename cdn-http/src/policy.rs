@@ -328,6 +328,9 @@ const DELTA_DIRECTIVES: [&str; 6] = [
     "max-stale",
 ];
 
+/// Directives kept per field before only the known ones are (a bound on parsing work).
+const MAX_DIRECTIVES: usize = 64;
+
 /// Directives http-cache-semantics acts on; others are left out of its view.
 const CRATE_DIRECTIVES: [&str; 10] = [
     "max-age",
@@ -359,7 +362,12 @@ impl Directives {
         for line in lines.iter().filter_map(|v| v.to_str().ok()) {
             for (name, value, quoted) in split_directives(line) {
                 let name = name.to_ascii_lowercase();
-                if name.is_empty() || out.has(&name) {
+                // Past MAX_DIRECTIVES only directives we act on are kept, so a field of
+                // thousands of names costs linear time, and a `no-store` or `private` at its
+                // end still counts.
+                let known = DELTA_DIRECTIVES.contains(&name.as_str())
+                    || CRATE_DIRECTIVES.contains(&name.as_str());
+                if name.is_empty() || (out.0.len() >= MAX_DIRECTIVES && !known) || out.has(&name) {
                     continue;
                 }
                 if DELTA_DIRECTIVES.contains(&name.as_str()) {
@@ -1312,5 +1320,17 @@ mod tests {
             d.storable,
             "a client's no-store does not stop the shared cache by default"
         );
+    }
+
+    #[test]
+    fn a_field_of_many_directives_is_bounded_and_still_honours_no_store_at_its_end() {
+        let mut h = HeaderMap::new();
+        let mut v: String = (0..5000).map(|i| format!("x{i}, ")).collect();
+        v.push_str("no-store, max-age=60");
+        h.insert(http::header::CACHE_CONTROL, v.parse().unwrap());
+        let d = Directives::parse(&h);
+        assert!(d.has("no-store"));
+        assert_eq!(d.value("max-age"), Some("60"));
+        assert!(d.0.len() <= MAX_DIRECTIVES + 2, "{} kept", d.0.len());
     }
 }

@@ -108,8 +108,14 @@ pub fn log_runtime() {
 mod tests {
     #[test]
     fn builds_carry_the_flag_the_server_runtime_needs() {
-        // `.cargo/config.toml` sets it; a build without it runs with the LIFO slot on.
-        assert!(cfg!(tokio_unstable), "built without --cfg tokio_unstable");
+        // `.cargo/config.toml` sets it; a build without it runs with the LIFO slot on, so the
+        // tests of such a build do not compile.
+        const {
+            assert!(
+                cfg!(tokio_unstable),
+                "built without --cfg tokio_unstable (.cargo/config.toml)"
+            )
+        };
         let rt = super::server_runtime().expect("runtime");
         assert!(rt.metrics().num_workers() >= 1);
     }

@@ -369,6 +369,10 @@ impl Store {
             } else {
                 self.sweep_in_background();
             }
+        } else if self.bans.want_walk() {
+            // URL purges take sequence numbers too: an entry's 32-bit mark must be walked
+            // forward before the sequence runs 2^31 past it, or later purges would misread it.
+            self.sweep_in_background();
         }
         n
     }
