@@ -27,6 +27,9 @@ const COMPACT_BODY: u64 = 1 << 20;
 const REVALIDATE_ONLY: u8 = 1;
 const VALIDATORS: u8 = 2;
 const STALE: u8 = 4;
+/// Found covered by a hard purge by a walk: never served again, whatever the record of purges
+/// says once the walk retires that purge (a lookup may hold the entry across the walk).
+const PURGED: u8 = 8;
 
 /// A duration in 32 bits: milliseconds below 2^31 (24.8 days), else whole seconds with the
 /// top bit set (up to 68 years).
@@ -246,6 +249,17 @@ impl Entry {
     /// Marks the entry stale (soft purge).
     pub fn mark_stale(&self) {
         self.meta().flags.fetch_or(STALE, Ordering::Release);
+    }
+
+    /// Marks the entry as covered by a hard purge (see [`Entry::hard_purged`]).
+    pub(crate) fn mark_purged(&self) {
+        self.meta().flags.fetch_or(PURGED, Ordering::Release);
+    }
+
+    /// A walk found a hard purge covering it: it must not be served, even if the purge has
+    /// since been retired from the record.
+    pub(crate) fn hard_purged(&self) -> bool {
+        self.meta().flags.load(Ordering::Acquire) & PURGED != 0
     }
 
     fn soft_purged(&self) -> bool {

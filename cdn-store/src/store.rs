@@ -237,6 +237,9 @@ impl Store {
     /// `entry` as the recorded purges leave it: gone (left for the sweeper to reclaim, or for
     /// the next fill to replace), marked stale, or as it was.
     fn screen(&self, entry: Entry) -> Option<Entry> {
+        if entry.hard_purged() {
+            return None;
+        }
         match self.bans.verdict(&entry) {
             Verdict::Clean => Some(entry),
             Verdict::Stale => {
@@ -592,7 +595,12 @@ impl Store {
 /// removed); a soft one marks it stale.
 fn gone(bans: &Bans, e: &Entry, start: u64) -> bool {
     match bans.check(e, start) {
-        Verdict::Gone => true,
+        Verdict::Gone => {
+            // Flagged before the walk can retire the purge: a lookup that read this entry
+            // before the removal still finds it gone when it screens it afterwards.
+            e.mark_purged();
+            true
+        }
         Verdict::Stale => {
             e.mark_stale();
             false
@@ -945,6 +953,23 @@ mod purge_tests {
                     assert_eq!(census(&store).await, (gone, marked, N - covered));
                 }
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_entry_read_before_a_walk_retires_its_hard_purge_is_still_not_served() {
+        for engine in [Engine::Moka, Engine::Compact] {
+            let store = full(engine).await;
+            let k = key(7);
+            // A lookup has read the entry and stalls before screening it...
+            let held = store.cache.get(&k).await.expect("stored");
+            // ...while a hard purge covers it and a walk removes it and retires the purge.
+            store.purge(&inv(|i| i.tags = vec!["t7".into()])).await;
+            store.sweep().await;
+            assert_eq!(store.recorded_purges(), (0, 0), "{engine:?}");
+            // The lookup resumes: what it read is gone.
+            assert!(store.screen(held).is_none(), "{engine:?}");
+            assert!(store.lookup(&k, &HeaderMap::new()).await.is_none());
         }
     }
 
