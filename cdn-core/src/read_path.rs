@@ -351,7 +351,11 @@ impl ReadPath {
     ) {
         let this = self.clone();
         let (key, headers) = (key.to_string(), headers.clone());
-        tokio::spawn(async move { this.load(key, headers, stale, w).await });
+        // Boxed: the fill's state machine is large, and a task holding it inline copies all of
+        // it when spawned and again when it completes.
+        tokio::spawn(Box::pin(
+            async move { this.load(key, headers, stale, w).await },
+        ));
     }
 
     /// Asks each source in order until one produces a head.
@@ -372,7 +376,7 @@ impl ReadPath {
             let kind = source.kind();
             match source {
                 Source::Owners(owners) => {
-                    if owners.owners(&key).is_empty() {
+                    if !owners.has_owners() {
                         continue;
                     }
                     let id = self.ids.fetch_add(1, Ordering::Relaxed);

@@ -96,6 +96,15 @@ impl Upstream {
         self.pool.watch_members()
     }
 
+    /// Whether any member may own a key (what [`Upstream::owners`] would find non-empty,
+    /// without placing a key or copying members).
+    pub fn has_owners(&self) -> bool {
+        let all = self.members();
+        all.iter()
+            .any(|m| self.region.as_ref().is_none_or(|r| &m.region == r))
+            || (self.fallback_to_all && !all.is_empty())
+    }
+
     /// The owners of `key`, best first.
     pub fn owners(&self, key: &str) -> Vec<Member> {
         let all = self.members();
@@ -350,11 +359,8 @@ impl Upstream {
         use std::sync::atomic::{AtomicBool, Ordering};
         // A hedge asks only for what the next owner already stores: it must never start a
         // second origin fill for an object the first owner is merely slow to serve.
-        let mut hedge_headers = headers.clone();
-        hedge_headers.insert(
-            http::header::CACHE_CONTROL,
-            http::HeaderValue::from_static("only-if-cached"),
-        );
+        // Built when a hedge is first sent: most requests never hedge.
+        let hedge_headers = std::sync::OnceLock::new();
         let hedge_headers = &hedge_headers;
         let mut pending = FuturesUnordered::new();
         // Set when the first owner says it is filling (`Pending`): it is alive and the wait is
@@ -364,7 +370,18 @@ impl Upstream {
             let m = m.clone();
             async move {
                 let started = tokio::time::Instant::now();
-                let h = if hedge { hedge_headers } else { headers };
+                let h = if hedge {
+                    hedge_headers.get_or_init(|| {
+                        let mut h = headers.clone();
+                        h.insert(
+                            http::header::CACHE_CONTROL,
+                            http::HeaderValue::from_static("only-if-cached"),
+                        );
+                        h
+                    })
+                } else {
+                    headers
+                };
                 let r = self.request(&m, request_id, key, h, &alive).await;
                 let filled = alive.load(Ordering::Acquire);
                 (m, started.elapsed(), filled, hedge, r)
