@@ -62,7 +62,6 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     cdn_core::init_tracing();
-    cdn_core::log_runtime();
     cdn_core::install_crypto_provider();
     let mut cli: Cli = parse_args();
     if let Some(Cmd::InitTls { dir }) = cli.cmd.take() {
@@ -94,6 +93,7 @@ async fn run() -> anyhow::Result<()> {
         println!("config ok");
         return Ok(());
     }
+    cdn_core::log_runtime();
     cdn_core::raise_open_file_limit();
     let udp = std::net::UdpSocket::bind(config.member.listen)
         .map_err(|e| anyhow::anyhow!("binding QUIC {}: {e}", config.member.listen))?;

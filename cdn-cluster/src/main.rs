@@ -58,7 +58,6 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     cdn_core::init_tracing();
-    cdn_core::log_runtime();
     let cli: Cli = parse_args();
     let bad = |key: &str, msg: &str| -> ! { cdn_core::config::ConfigError::new(key, msg).exit() };
     if cli.nodes == 0 {
@@ -82,6 +81,7 @@ async fn run() -> anyhow::Result<()> {
     };
     cfg.node.member.capacity = cli.capacity;
     cfg.edge.member.capacity = cli.edge_capacity;
+    cdn_core::log_runtime();
     cdn_core::raise_open_file_limit();
     let cluster = Cluster::start(cfg).await?;
     println!("cdn-cluster is up");

@@ -33,7 +33,6 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     cdn_core::init_tracing();
-    cdn_core::log_runtime();
     cdn_core::install_crypto_provider();
     let cli: Cli = parse_args();
     let check_only = cli.launch.check_config;
@@ -42,6 +41,7 @@ async fn run() -> anyhow::Result<()> {
         println!("config ok");
         return Ok(());
     }
+    cdn_core::log_runtime();
     cdn_core::raise_open_file_limit();
     let http = cdn_core::http::listen(config.member.listen)
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.member.listen))?;
