@@ -99,15 +99,12 @@ impl Upstream {
     /// Whether any member may own a key (what [`Upstream::owners`] would find non-empty,
     /// without placing a key or copying members).
     pub fn has_owners(&self) -> bool {
-        let all = self.members();
-        all.iter()
-            .any(|m| self.region.as_ref().is_none_or(|r| &m.region == r))
-            || (self.fallback_to_all && !all.is_empty())
+        !self.placed_over(&self.members()).is_empty()
     }
 
-    /// The owners of `key`, best first.
-    pub fn owners(&self, key: &str) -> Vec<Member> {
-        let all = self.members();
+    /// The members keys are placed over: this region's, or every member when it has none and
+    /// `fallback_to_all` (borrowed, not copied).
+    fn placed_over<'a>(&self, all: &'a [Member]) -> Vec<&'a Member> {
         let mut members: Vec<&Member> = all
             .iter()
             .filter(|m| self.region.as_ref().is_none_or(|r| &m.region == r))
@@ -115,6 +112,13 @@ impl Upstream {
         if members.is_empty() && self.fallback_to_all {
             members = all.iter().collect();
         }
+        members
+    }
+
+    /// The owners of `key`, best first.
+    pub fn owners(&self, key: &str) -> Vec<Member> {
+        let all = self.members();
+        let members = self.placed_over(&all);
         cdn_proto::owners(key.as_bytes(), &members, self.replicas, |m| &m.id)
             .into_iter()
             .map(|i| members[i].clone())
