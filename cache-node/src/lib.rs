@@ -341,7 +341,7 @@ pub async fn start(
     admin: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<NodeHandle, NodeError> {
-    let net = Net::tokio(udp)?;
+    let net = Net::tokio(udp, config.member.udp_buffer.0)?;
     start_on(config, tls, net, Some(admin), shutdown).await
 }
 
@@ -372,16 +372,18 @@ pub async fn start_on(
             .map_err(NodeError::io("reading admin address"))?,
         None => SocketAddr::from(([0, 0, 0, 0], 0)),
     };
-    let transport = cdn_core::tls::transport(config.max_streams, config.member.idle_timeout);
+    let transport = cdn_core::tls::transport_for(
+        config.max_streams,
+        config.member.idle_timeout,
+        config.member.quic_mtu,
+    );
     let server_cfg = tls.quic_server(transport.clone())?;
     let client_cfg = tls.quic_client(transport)?;
-    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
-        tls.endpoint_config(quic_addr),
-        Some(server_cfg),
-        socket,
-        runtime,
-    )
-    .map_err(NodeError::io("starting QUIC endpoint"))?;
+    let mut endpoint_cfg = tls.endpoint_config(quic_addr);
+    cdn_core::tls::accept_datagrams(&mut endpoint_cfg, config.member.quic_mtu);
+    let mut endpoint =
+        quinn::Endpoint::new_with_abstract_socket(endpoint_cfg, Some(server_cfg), socket, runtime)
+            .map_err(NodeError::io("starting QUIC endpoint"))?;
     // The same socket dials other nodes, so they see this node's listen address.
     endpoint.set_default_client_config(client_cfg);
     let origin = cdn_core::launch::origin(&config.member, origin)?;

@@ -123,8 +123,10 @@ pub struct Net {
 }
 
 impl Net {
-    /// The real network: `udp` driven by tokio, TCP to the origin.
-    pub fn tokio(udp: std::net::UdpSocket) -> Result<Self, StartError> {
+    /// The real network: `udp` driven by tokio, its buffers asked to be `buffer` bytes each
+    /// (0: as the system gives them; see `udp_buffer`), TCP to the origin.
+    pub fn tokio(udp: std::net::UdpSocket, buffer: u64) -> Result<Self, StartError> {
+        size_buffers(&udp, buffer)?;
         let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
         let socket = runtime
             .wrap_udp_socket(udp)
@@ -135,6 +137,33 @@ impl Net {
             origin: None,
         })
     }
+}
+
+/// Asks for `bytes` of receive and send buffer on the QUIC socket (0: leaves them) and logs
+/// what the kernel gave: it caps the request at net.core.rmem_max / wmem_max silently.
+fn size_buffers(udp: &std::net::UdpSocket, bytes: u64) -> Result<(), StartError> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    let sock = socket2::SockRef::from(udp);
+    let want = usize::try_from(bytes).unwrap_or(usize::MAX);
+    sock.set_recv_buffer_size(want)
+        .map_err(StartError::io("setting the QUIC socket's receive buffer"))?;
+    sock.set_send_buffer_size(want)
+        .map_err(StartError::io("setting the QUIC socket's send buffer"))?;
+    let recv = sock
+        .recv_buffer_size()
+        .map_err(StartError::io("reading the QUIC socket's receive buffer"))?;
+    let send = sock
+        .send_buffer_size()
+        .map_err(StartError::io("reading the QUIC socket's send buffer"))?;
+    tracing::info!(
+        asked = want,
+        recv,
+        send,
+        "QUIC socket buffers (the kernel doubles what it grants and caps it at net.core.rmem_max / wmem_max)"
+    );
+    Ok(())
 }
 
 /// The member's store, as configured.

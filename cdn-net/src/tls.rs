@@ -317,7 +317,32 @@ pub const STREAM_WINDOW: u32 = 1 << 20;
 /// within `idle_timeout`. Send fairness is off: a cache serves whole objects, and round-robin
 /// between 64 large streams makes every one of them finish late (measured in STACK.md).
 pub fn transport(max_streams: u32, idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
+    transport_for(max_streams, idle_timeout, DEFAULT_MTU)
+}
+
+/// quinn's own ceiling for MTU discovery: what fits a 1,500-byte Ethernet frame over IPv6.
+pub const DEFAULT_MTU: u16 = 1452;
+
+/// The largest datagram that still leaves segmentation offload on: quinn hands the kernel up
+/// to 10 datagrams in one system call (GSO), and the kernel takes at most 64 KiB of UDP
+/// payload in one, so larger datagrams would make that call fail (and quinn lose the batch).
+pub const GSO_MTU_LIMIT: u16 = 6550;
+
+/// [`transport`] with MTU discovery searching up to `mtu` bytes of UDP payload. Connections
+/// start at 1,200 and probe upwards once the handshake is done, so a path that drops large
+/// datagrams costs lost probes, never a connection; the peer's receive limit (its
+/// [`accept_datagrams`]) caps the search too. Above [`GSO_MTU_LIMIT`] datagrams are sent
+/// one per system call.
+pub fn transport_for(
+    max_streams: u32,
+    idle_timeout: Duration,
+    mtu: u16,
+) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    let mut discovery = quinn::MtuDiscoveryConfig::default();
+    discovery.upper_bound(mtu);
+    t.mtu_discovery_config(Some(discovery));
+    t.enable_segmentation_offload(mtu <= GSO_MTU_LIMIT);
     t.max_concurrent_bidi_streams(max_streams.into());
     t.max_concurrent_uni_streams(max_streams.into());
     t.keep_alive_interval(Some(idle_timeout / 3));
@@ -344,6 +369,13 @@ pub fn transport(max_streams: u32, idle_timeout: Duration) -> Arc<quinn::Transpo
     Arc::new(t)
 }
 
+/// Lets `endpoint` receive datagrams of up to `mtu` bytes of UDP payload: quinn refuses more
+/// than 1,472 by default and tells peers so in the handshake, which caps their MTU search.
+pub fn accept_datagrams(endpoint: &mut quinn::EndpointConfig, mtu: u16) {
+    // The clamp keeps the value within quinn's bounds (1,200..=65,527): it cannot be refused.
+    let _ = endpoint.max_udp_payload_size(mtu.clamp(1472, 65_527));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,6 +392,77 @@ mod tests {
         m.quic_server(t.clone()).unwrap();
         m.quic_client(t).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A client and a server on loopback with these MTU settings: the client sends 64 KiB on
+    /// a stream and the server echoes it, up to `rounds` times or until the client's path MTU
+    /// passes `until`; gives the client's path MTU at the end.
+    async fn mtu_after(client_mtu: u16, server_mtu: u16, rounds: usize, until: u16) -> u16 {
+        install_crypto_provider();
+        let tls = TlsMaterial::generate().unwrap();
+        let mut server_endpoint = quinn::EndpointConfig::default();
+        accept_datagrams(&mut server_endpoint, server_mtu);
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let server = quinn::Endpoint::new(
+            server_endpoint,
+            Some(
+                tls.quic_server(transport_for(8, Duration::from_secs(5), server_mtu))
+                    .unwrap(),
+            ),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .unwrap();
+        let mut client_endpoint = quinn::EndpointConfig::default();
+        accept_datagrams(&mut client_endpoint, client_mtu);
+        let mut client = quinn::Endpoint::new(
+            client_endpoint,
+            None,
+            std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            Arc::new(quinn::TokioRuntime),
+        )
+        .unwrap();
+        client.set_default_client_config(
+            tls.quic_client(transport_for(8, Duration::from_secs(5), client_mtu))
+                .unwrap(),
+        );
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let got = recv.read_to_end(1 << 20).await.unwrap();
+                send.write_all(&got).await.unwrap();
+                send.finish().unwrap();
+            }
+        });
+        let conn = client.connect(addr, SERVER_NAME).unwrap().await.unwrap();
+        let body: Vec<u8> = (0..65_536u32).map(|i| (i % 251) as u8).collect();
+        for _ in 0..rounds {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(&body).await.unwrap();
+            send.finish().unwrap();
+            assert_eq!(recv.read_to_end(1 << 20).await.unwrap(), body);
+            if conn.stats().path.current_mtu > until {
+                break;
+            }
+        }
+        conn.stats().path.current_mtu
+    }
+
+    #[tokio::test]
+    async fn links_find_a_jumbo_mtu_when_both_ends_allow_it() {
+        // Loopback carries 64 KiB datagrams, so discovery climbs to the configured ceiling
+        // (to within quinn's search step of 20 bytes).
+        let mtu = mtu_after(8952, 8952, 200, 8900).await;
+        assert!((8900..=8952).contains(&mtu), "path MTU {mtu}");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_accepts_only_small_datagrams_caps_the_mtu() {
+        // The server accepts 1,472-byte datagrams at most (the default): the client's search
+        // stops there, and the data arrives intact.
+        let mtu = mtu_after(8952, DEFAULT_MTU, 50, 1472).await;
+        assert!(mtu <= 1472, "path MTU {mtu}");
     }
 
     #[test]

@@ -290,7 +290,7 @@ pub async fn start(
     .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let udp =
         std::net::UdpSocket::bind(bind).map_err(EdgeError::io("binding QUIC client socket"))?;
-    let net = Net::tokio(udp)?;
+    let net = Net::tokio(udp, config.member.udp_buffer.0)?;
     start_on(config, tls, net, http, http_addr, Some(admin), shutdown).await
 }
 
@@ -315,15 +315,14 @@ pub async fn start_on(
             .map_err(EdgeError::io("reading admin address"))?,
         None => SocketAddr::from(([0, 0, 0, 0], 0)),
     };
-    let transport = cdn_core::tls::transport(1024, config.member.idle_timeout);
+    let transport =
+        cdn_core::tls::transport_for(1024, config.member.idle_timeout, config.member.quic_mtu);
     let client_cfg = tls.quic_client(transport)?;
-    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
-        None,
-        net.socket,
-        net.runtime,
-    )
-    .map_err(EdgeError::io("starting the QUIC client endpoint"))?;
+    let mut endpoint_cfg = quinn::EndpointConfig::default();
+    cdn_core::tls::accept_datagrams(&mut endpoint_cfg, config.member.quic_mtu);
+    let mut endpoint =
+        quinn::Endpoint::new_with_abstract_socket(endpoint_cfg, None, net.socket, net.runtime)
+            .map_err(EdgeError::io("starting the QUIC client endpoint"))?;
     endpoint.set_default_client_config(client_cfg);
     let origin = cdn_core::launch::origin(&config.member, net.origin)?;
     let pool = PeerPool::new(
