@@ -124,8 +124,8 @@ impl TierConfig for Config {
 
 impl Config {
     /// The failure detector's timing.
-    pub fn gossip(&self) -> cdn_core::membership::GossipTiming {
-        cdn_core::membership::GossipTiming {
+    pub fn gossip(&self) -> cdn_net::membership::GossipTiming {
+        cdn_net::membership::GossipTiming {
             probe_period: self.probe_interval,
             probe_rtt: self.probe_timeout,
             suspect_to_down: self.suspect_timeout,

@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
-use cdn_core::peers::{Inbound, Positions};
-use cdn_core::quic::codes;
+use cdn_net::peers::{Inbound, Positions};
+use cdn_net::quic::codes;
 use cdn_proto::{Invalidation, Position};
 use futures::future::BoxFuture;
 

@@ -24,11 +24,11 @@ use std::time::Duration;
 
 use cdn_core::admin::{AdminState, Metric};
 use cdn_core::launch::TierConfig;
-use cdn_core::peers::{Me, PeerPool, PurgeReport, Timeouts};
 use cdn_core::read_path::{ReadPath, Source};
-use cdn_core::store::Store;
-use cdn_core::tls::TlsMaterial;
+use cdn_net::peers::{Me, PeerPool, PurgeReport, Timeouts};
+use cdn_net::tls::TlsMaterial;
 use cdn_proto::{Invalidation, Member, MemberState};
+use cdn_store::Store;
 pub use config::Config;
 use std::time::Instant;
 use tokio::net::TcpListener;
@@ -69,13 +69,13 @@ pub struct Node {
     // Fault injection (tests only, behind the `fault-injection` feature).
     #[cfg(feature = "fault-injection")]
     faults: Faults,
-    membership: Arc<cdn_core::membership::Membership>,
+    membership: Arc<cdn_net::membership::Membership>,
     // Set once the node announced it leaves; the endpoint then closes with `LEAVING`.
     leaving: std::sync::atomic::AtomicBool,
     // Requests being served, for draining on shutdown.
     inflight: tokio::sync::watch::Sender<u64>,
     // The last invalidations applied here, for the status page.
-    recent_purges: cdn_core::purge::Recent,
+    recent_purges: cdn_store::purge::Recent,
 }
 
 /// Counts a request in flight while alive.
@@ -221,7 +221,7 @@ impl Node {
         let deadline = self.purge_deadline();
         let mut local = self.receive_purge(id, true, inv).await;
         let mut remote = PurgeReport::default();
-        cdn_core::peers::fan_out_purge(&self.peers, &others, id, inv, deadline, &mut remote).await;
+        cdn_net::peers::fan_out_purge(&self.peers, &others, id, inv, deadline, &mut remote).await;
         local.merge(remote.acked, remote.missing);
         local.settle(started);
         metrics::histogram!("cdn_purge_fanout_seconds", "member" => self.config.member.id.clone())
@@ -277,7 +277,7 @@ impl AdminState for Node {
             "inflight": self.inflight(),
             "edges": self.links.connected_edges(),
             "recent_purges": self.recent_purges.to_json(),
-            "now_ms": cdn_core::purge::unix_ms(),
+            "now_ms": cdn_store::purge::unix_ms(),
             "parent_region": self.config.parent_region,
         });
         cdn_core::admin::store_status(&mut doc, &self.reads);
@@ -372,7 +372,7 @@ pub async fn start_on(
             .map_err(NodeError::io("reading admin address"))?,
         None => SocketAddr::from(([0, 0, 0, 0], 0)),
     };
-    let transport = cdn_core::tls::transport_for(
+    let transport = cdn_net::tls::transport_for(
         config.max_streams,
         config.member.idle_timeout,
         config.member.quic_mtu,
@@ -380,7 +380,7 @@ pub async fn start_on(
     let server_cfg = tls.quic_server(transport.clone())?;
     let client_cfg = tls.quic_client(transport)?;
     let mut endpoint_cfg = tls.endpoint_config(quic_addr);
-    cdn_core::tls::accept_datagrams(&mut endpoint_cfg, config.member.quic_mtu);
+    cdn_net::tls::accept_datagrams(&mut endpoint_cfg, config.member.quic_mtu);
     let mut endpoint =
         quinn::Endpoint::new_with_abstract_socket(endpoint_cfg, Some(server_cfg), socket, runtime)
             .map_err(NodeError::io("starting QUIC endpoint"))?;
@@ -411,12 +411,8 @@ pub async fn start_on(
     );
     peers.set_view(reachable, vec![member.clone()]);
     let seeds = config.member.seeds.clone();
-    let membership = cdn_core::membership::Membership::start(
-        cdn_core::membership::NodeIdentity::new(
-            &config.member.id,
-            reachable,
-            &config.member.region,
-        ),
+    let membership = cdn_net::membership::Membership::start(
+        cdn_net::membership::NodeIdentity::new(&config.member.id, reachable, &config.member.region),
         peers.clone(),
         seeds.clone(),
         config.gossip(),
@@ -474,7 +470,7 @@ pub async fn start_on(
             membership,
             leaving: std::sync::atomic::AtomicBool::new(false),
             inflight: tokio::sync::watch::Sender::new(0),
-            recent_purges: cdn_core::purge::Recent::default(),
+            recent_purges: cdn_store::purge::Recent::default(),
             config,
         }
     });

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cdn_core::peers::PurgeReport;
 use cdn_core::push::{write_push, PushObject};
-use cdn_core::quic::{send_frame, FrameReader};
+use cdn_net::peers::PurgeReport;
+use cdn_net::quic::{send_frame, FrameReader};
 use cdn_proto::{Frame, Invalidation, Member, Position};
 
 /// How long a disconnected edge still counts as expected to acknowledge purges.
@@ -74,7 +74,7 @@ impl Links {
             let ours = m
                 .get(&id)
                 .is_some_and(|l| l.conn.as_ref().is_some_and(|c| c.stable_id() == stable));
-            if ours && cdn_core::peers::close::is_leaving(&why) {
+            if ours && cdn_net::peers::close::is_leaving(&why) {
                 // Shut down on purpose: no longer expected to acknowledge purges.
                 m.remove(&id);
             } else if let Some(l) = m.get_mut(&id).filter(|_| ours) {

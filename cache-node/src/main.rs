@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use cache_node::Config;
 use cdn_core::config::parse_args;
 use cdn_core::launch::{load_or_exit, ConfigArgs};
-use cdn_core::store::{Engine, Eviction};
+use cdn_store::{Engine, Eviction};
 use clap::{Parser, Subcommand};
 
 // A cache churns through objects: glibc's allocator keeps much of what is freed, so a full
@@ -55,17 +55,17 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
-    cdn_core::server_runtime()
+    cdn_http::server_runtime()
         .map_err(|e| anyhow::anyhow!("starting the runtime: {e}"))?
         .block_on(run())
 }
 
 async fn run() -> anyhow::Result<()> {
-    cdn_core::init_tracing();
-    cdn_core::install_crypto_provider();
+    cdn_http::init_tracing();
+    cdn_net::tls::install_crypto_provider();
     let mut cli: Cli = parse_args();
     if let Some(Cmd::InitTls { dir }) = cli.cmd.take() {
-        cdn_core::tls::init_dir(&dir).map_err(|e| anyhow::anyhow!("init-tls: {e}"))?;
+        cdn_net::tls::init_dir(&dir).map_err(|e| anyhow::anyhow!("init-tls: {e}"))?;
         println!(
             "wrote cluster CA and member certificate to {}",
             dir.display()
@@ -93,11 +93,11 @@ async fn run() -> anyhow::Result<()> {
         println!("config ok");
         return Ok(());
     }
-    cdn_core::log_runtime();
-    cdn_core::raise_open_file_limit();
+    cdn_http::log_runtime();
+    cdn_http::raise_open_file_limit();
     let udp = std::net::UdpSocket::bind(config.member.listen)
         .map_err(|e| anyhow::anyhow!("binding QUIC {}: {e}", config.member.listen))?;
-    let admin = cdn_core::http::listen(config.member.admin)
+    let admin = cdn_http::listen(config.member.admin)
         .map_err(|e| anyhow::anyhow!("binding admin {}: {e}", config.member.admin))?;
     let shutdown = CancellationToken::new();
     let handle = cache_node::start(config, &tls, udp, admin, shutdown.clone()).await?;
@@ -107,7 +107,7 @@ async fn run() -> anyhow::Result<()> {
         handle.quic_addr,
         handle.admin_addr
     );
-    cdn_core::shutdown_signal().await;
+    cdn_http::shutdown_signal().await;
     handle.stop().await;
     Ok(())
 }

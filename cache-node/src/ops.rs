@@ -2,9 +2,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use cdn_core::peers::{fetch_whole, PurgeReport};
 use cdn_core::prewarm::{NotFetched, Prewarm, Prewarmed};
 use cdn_core::push::{push_to, PushObject, PushReport};
+use cdn_net::peers::{fetch_whole, PurgeReport};
 use cdn_proto::{CacheStatus, Member};
 use std::sync::atomic::Ordering;
 

@@ -5,12 +5,12 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use cdn_core::fill::{FillErrorKind, FlightReader, Head};
-use cdn_core::policy;
-use cdn_core::quic::{
-    codes, fields_from_headers, headers_from_fields, send_data, send_entry, send_frame,
-    FrameReader, WireError,
-};
+use cdn_core::quic::send_entry;
 use cdn_core::read_path::Lookup;
+use cdn_http::policy;
+use cdn_net::quic::{
+    codes, fields_from_headers, headers_from_fields, send_data, send_frame, FrameReader, WireError,
+};
 use cdn_proto::{CacheStatus, ErrorCode, Frame, Role};
 use tokio_util::sync::CancellationToken;
 
@@ -41,8 +41,8 @@ pub async fn run(node: Arc<Node>, endpoint: quinn::Endpoint, shutdown: Cancellat
     // Leaving on purpose (`NodeHandle::stop`) or dropped in a fault test (`abort`).
     if node.leaving.load(std::sync::atomic::Ordering::SeqCst) {
         endpoint.close(
-            cdn_core::peers::close::LEAVING.into(),
-            cdn_core::peers::close::LEAVING_REASON,
+            cdn_net::peers::close::LEAVING.into(),
+            cdn_net::peers::close::LEAVING_REASON,
         );
     } else {
         endpoint.close(0u32.into(), b"node stopped");
@@ -131,7 +131,7 @@ async fn serve_stream(
             headers,
             forward,
         })) => {
-            let body = match cdn_core::push::read_body(&mut reader, node.config.member.max_object())
+            let body = match cdn_net::quic::read_body(&mut reader, node.config.member.max_object())
                 .await
             {
                 Ok(b) => b,
@@ -144,7 +144,7 @@ async fn serve_stream(
             if let Err(e) = node.store_pushed(&obj).await {
                 return refuse(&mut send, ErrorCode::BadRequest, e).await;
             }
-            let mut report = cdn_core::peers::PurgeReport {
+            let mut report = cdn_net::peers::PurgeReport {
                 acked: vec![node.config.member.id.clone()],
                 ..Default::default()
             };
@@ -277,7 +277,7 @@ async fn serve_request(
 async fn respond_entry(
     node: &Node,
     send: &mut quinn::SendStream,
-    entry: &cdn_core::store::Entry,
+    entry: &cdn_store::Entry,
     cache: CacheStatus,
     request: &http::HeaderMap,
     now: SystemTime,
@@ -319,7 +319,7 @@ async fn send_not_modified(
 async fn break_mid_body(
     node: &Node,
     send: &mut quinn::SendStream,
-    entry: &cdn_core::store::Entry,
+    entry: &cdn_store::Entry,
     cache: CacheStatus,
 ) -> Result<(), WireError> {
     send_frame(

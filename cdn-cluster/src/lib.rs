@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cache_node::NodeHandle;
-use cdn_core::tls::TlsMaterial;
+use cdn_net::tls::TlsMaterial;
 use edge::EdgeHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -100,16 +100,15 @@ fn port(base: u16, offset: usize) -> anyhow::Result<u16> {
 impl Cluster {
     /// Starts everything on 127.0.0.1 and waits until every edge knows every node.
     pub async fn start(cfg: ClusterConfig) -> anyhow::Result<Self> {
-        cdn_core::install_crypto_provider();
+        cdn_net::tls::install_crypto_provider();
         let shutdown = CancellationToken::new();
         let stub_shutdown = shutdown.child_token();
         let tls = TlsMaterial::generate().context("generating cluster certificates")?;
         let (origin_url, stub) = match &cfg.origin {
             Some(url) => (url.clone(), None),
             None => {
-                let listener =
-                    cdn_core::http::listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-                        .context("binding origin-stub")?;
+                let listener = cdn_http::listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+                    .context("binding origin-stub")?;
                 let addr = listener.local_addr()?;
                 let stub = origin_stub::OriginStub::new(cfg.origin_stub.clone());
                 let stats = stub.stats();
@@ -143,12 +142,12 @@ impl Cluster {
             if let Some(r) = cfg.edge_regions.get(i) {
                 c.member.region = r.clone();
             }
-            let http = cdn_core::http::listen(std::net::SocketAddr::from((
+            let http = cdn_http::listen(std::net::SocketAddr::from((
                 [127, 0, 0, 1],
                 port(cfg.edge_port, i)?,
             )))
             .with_context(|| format!("binding edge-{i} HTTP port"))?;
-            let admin = cdn_core::http::listen(std::net::SocketAddr::from((
+            let admin = cdn_http::listen(std::net::SocketAddr::from((
                 [127, 0, 0, 1],
                 port(cfg.admin_port, i)?,
             )))
@@ -300,7 +299,7 @@ async fn start_node(
         c.member.region = region.clone();
         c.parent_region = parent.clone();
     }
-    let admin = cdn_core::http::listen(std::net::SocketAddr::from((
+    let admin = cdn_http::listen(std::net::SocketAddr::from((
         [127, 0, 0, 1],
         port(cfg.admin_port, 50 + j)?,
     )))

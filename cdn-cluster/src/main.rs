@@ -51,13 +51,13 @@ fn random_token() -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    cdn_core::server_runtime()
+    cdn_http::server_runtime()
         .map_err(|e| anyhow::anyhow!("starting the runtime: {e}"))?
         .block_on(run())
 }
 
 async fn run() -> anyhow::Result<()> {
-    cdn_core::init_tracing();
+    cdn_http::init_tracing();
     let cli: Cli = parse_args();
     let bad = |key: &str, msg: &str| -> ! { cdn_core::config::ConfigError::new(key, msg).exit() };
     if cli.nodes == 0 {
@@ -81,8 +81,8 @@ async fn run() -> anyhow::Result<()> {
     };
     cfg.node.member.capacity = cli.capacity;
     cfg.edge.member.capacity = cli.edge_capacity;
-    cdn_core::log_runtime();
-    cdn_core::raise_open_file_limit();
+    cdn_http::log_runtime();
+    cdn_http::raise_open_file_limit();
     let cluster = Cluster::start(cfg).await?;
     println!("cdn-cluster is up");
     if let Some(s) = &cluster.stub {
@@ -120,7 +120,7 @@ async fn run() -> anyhow::Result<()> {
         println!("  curl -s  http://{}/metrics", e.admin_addr);
     }
     println!("Ctrl-C stops everything.");
-    cdn_core::shutdown_signal().await;
+    cdn_http::shutdown_signal().await;
     println!("shutting down");
     cluster.stop().await;
     Ok(())

@@ -20,7 +20,7 @@ use cdn_net::peers::PurgeReport;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{full, serve, text, Body, ServerLimits};
+use cdn_http::{full, serve, text, Body, ServerLimits};
 
 /// What a member exposes on its admin port. The admin API is served generically over it
 /// ([`serve_admin`]), so a tier writes its operations as plain async methods; what follows from
@@ -496,7 +496,7 @@ async fn push_route<S: AdminState>(state: Arc<S>, req: http::Request<Incoming>) 
     let obj = PushObject::from_request(key, &headers, body);
     if let Err(e) = obj.entry(
         std::time::SystemTime::now(),
-        &crate::policy::Rules::default(),
+        &cdn_http::policy::Rules::default(),
     ) {
         return text(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Engine, Eviction};
+use cdn_store::{Engine, Eviction};
 
 pub use cdn_http::config::*;
 
@@ -165,7 +165,7 @@ impl MemberConfig {
         if self.capacity.0 == 0 {
             return Err(ConfigError::new("capacity", "must be greater than 0"));
         }
-        crate::origin::check_url(&self.origin).map_err(|e| ConfigError::new("origin", e))?;
+        cdn_http::origin::check_url(&self.origin).map_err(|e| ConfigError::new("origin", e))?;
         if self.replicas == 0 {
             return Err(ConfigError::new("replicas", "must be at least 1"));
         }
@@ -187,14 +187,14 @@ impl MemberConfig {
             return Err(ConfigError::new("idle_timeout", "must be at least 100ms"));
         }
         for s in &self.seeds {
-            crate::peers::check_seed(s).map_err(|e| ConfigError::new("seeds", e))?;
+            cdn_net::peers::check_seed(s).map_err(|e| ConfigError::new("seeds", e))?;
         }
         Ok(())
     }
 
     /// The caching rules this member applies.
-    pub fn rules(&self) -> crate::policy::Rules {
-        crate::policy::Rules {
+    pub fn rules(&self) -> cdn_http::policy::Rules {
+        cdn_http::policy::Rules {
             store_set_cookie: self.cache_set_cookie,
             grace: self.grace,
             stale_on_error: self.stale_on_error,

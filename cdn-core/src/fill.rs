@@ -53,8 +53,10 @@ pub fn variant_of(
     headers: &http::HeaderMap,
     request: &http::HeaderMap,
 ) -> Option<String> {
-    match crate::policy::vary_names(headers) {
-        Some(names) if !names.is_empty() => Some(crate::policy::variant_key(key, &names, request)),
+    match cdn_http::policy::vary_names(headers) {
+        Some(names) if !names.is_empty() => {
+            Some(cdn_http::policy::variant_key(key, &names, request))
+        }
         _ => None,
     }
 }
@@ -62,10 +64,10 @@ pub fn variant_of(
 /// Whether a coalesced response also answers `request` (a follower's): it does unless it
 /// varies on a field whose value differs. Followers it does not fit fetch on their own.
 pub fn fits(head: &Head, key: &str, request: &http::HeaderMap) -> bool {
-    match (&head.variant, crate::policy::vary_names(&head.headers)) {
+    match (&head.variant, cdn_http::policy::vary_names(&head.headers)) {
         (_, None) => false,
         (Some(v), Some(names)) if !names.is_empty() => {
-            crate::policy::variant_key(key, &names, request) == *v
+            cdn_http::policy::variant_key(key, &names, request) == *v
         }
         _ => true,
     }
@@ -138,17 +140,17 @@ pub struct Sink<'a> {
     /// Largest object stored.
     pub max_object: u64,
     /// Caching rules.
-    pub rules: &'a crate::policy::Rules,
+    pub rules: &'a cdn_http::policy::Rules,
 }
 
 /// The request fields a fill sends upstream: the client's end-to-end fields without
 /// hop-by-hop ones, `Host`, or the client's own conditionals and range.
 pub fn fill_headers(client: &http::HeaderMap) -> http::HeaderMap {
     let mut headers = client.clone();
-    crate::http::strip_hop_by_hop(&mut headers);
+    cdn_http::strip_hop_by_hop(&mut headers);
     headers.remove(http::header::HOST);
     // Between members only: an origin or a parent fill never sees ours.
-    headers.remove(crate::policy::REFRESH_FIELD);
+    headers.remove(cdn_http::policy::REFRESH_FIELD);
     for f in FILL_DROPPED {
         headers.remove(f);
     }
@@ -162,13 +164,13 @@ pub fn revalidated(
     not_modified: &http::HeaderMap,
     policy_req: &http::request::Parts,
     now: std::time::SystemTime,
-    rules: &crate::policy::Rules,
+    rules: &cdn_http::policy::Rules,
 ) -> (cdn_store::NewEntry, bool) {
-    let merged = crate::policy::merge_not_modified(&stale.headers(), not_modified);
+    let merged = cdn_http::policy::merge_not_modified(&stale.headers(), not_modified);
     let mut r = http::Response::new(());
     *r.status_mut() = stale.status();
     *r.headers_mut() = merged.clone();
-    let decision = crate::policy::evaluate_with(policy_req, &r.into_parts().0, now, rules);
+    let decision = cdn_http::policy::evaluate_with(policy_req, &r.into_parts().0, now, rules);
     let storable = decision.storable;
     let mut e = cdn_store::NewEntry::new(stale.status(), &merged, stale.body(), decision, now);
     if let Some(source) = stale.source() {
@@ -192,7 +194,7 @@ const FILL_DROPPED: [&str; 6] = [
 /// complete, at most `max_object` bytes, and not purged while it was in flight. The entry is
 /// stored before the flight finishes; a short, broken or oversized body is never stored.
 pub async fn fetch_origin(
-    origin: &crate::origin::Origin,
+    origin: &cdn_http::origin::Origin,
     into: &Sink<'_>,
     key: &str,
     req_headers: &http::HeaderMap,
@@ -208,13 +210,13 @@ pub async fn fetch_origin(
 
     let mut headers = fill_headers(req_headers);
     let request_fields = headers.clone();
-    let policy_req = crate::policy::policy_request(&http::Method::GET, key, &headers);
+    let policy_req = cdn_http::policy::policy_request(&http::Method::GET, key, &headers);
     let stale = stale.filter(|s| s.validators() || s.stale_if_error() > std::time::Duration::ZERO);
     if let Some(s) = stale.as_ref().filter(|s| s.validators()) {
-        headers.extend(crate::policy::validators_for(&s.headers()));
+        headers.extend(cdn_http::policy::validators_for(&s.headers()));
     }
     let mark = store.fill_mark();
-    let mut req = http::Request::new(crate::http::empty());
+    let mut req = http::Request::new(cdn_http::empty());
     *req.uri_mut() = key.parse().map_err(|_| {
         FillError::new(
             FillErrorKind::Unreachable,
@@ -265,11 +267,11 @@ pub async fn fetch_origin(
             return Ok(());
         }
     }
-    let decision = crate::policy::evaluate_with(&policy_req, &parts, now, rules);
+    let decision = cdn_http::policy::evaluate_with(&policy_req, &parts, now, rules);
     let content_length = http_body::Body::size_hint(&body).exact();
     let mut storable = decision.storable && content_length.is_none_or(|l| l <= max_object);
     let mut resp_headers = parts.headers;
-    crate::http::strip_hop_by_hop(&mut resp_headers);
+    cdn_http::strip_hop_by_hop(&mut resp_headers);
     w.set_head(
         Head {
             status: parts.status,

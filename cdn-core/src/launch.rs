@@ -13,10 +13,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::config::{apply_env, load_toml, ConfigError, MemberArgs, MemberConfig};
-use crate::origin::{Dialer, Origin};
 use crate::read_path::ReadSettings;
-use crate::store::Store;
-use crate::tls::TlsMaterial;
+use cdn_http::origin::{Dialer, Origin};
+use cdn_net::tls::TlsMaterial;
+use cdn_store::Store;
 
 /// The flags every member binary takes to find its config: each `main`'s `Cli` flattens
 /// them (`#[command(flatten)]`) beside its own.
@@ -91,7 +91,7 @@ pub enum StartError {
     Config(#[from] ConfigError),
     /// TLS material could not be loaded or used.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] cdn_net::tls::TlsError),
     /// A socket could not be bound or set up.
     #[error("{what}: {source}")]
     Io {

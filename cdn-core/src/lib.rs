@@ -1,12 +1,10 @@
 //! The runtime both tiers compose: the read path, fills from the origin and from a node tier,
 //! pushes, the admin API.
 //!
-//! What it is built on lives in crates of their own, re-exported here under their old paths
-//! while the tiers move to them: HTTP (body, accept loop, cache policy, ranges, the origin
-//! client, config loading) in `cdn-http`, as [`http`], [`policy`], [`range`], [`origin`]; the
-//! store, purge matching and the coalescer in `cdn-store`, as [`store`], [`purge`] and through
-//! [`fill`]; TLS, QUIC frame I/O, the peer pool and membership in `cdn-net`, as [`tls`],
-//! [`peers`], [`membership`] and (with `send_entry` added) [`quic`].
+//! It is built on three crates below it, which its users name directly: `cdn-http` (body,
+//! accept loop, cache policy, ranges, the origin client, config loading, process start-up),
+//! `cdn-store` (the store, purge matching, the coalescer) and `cdn-net` (TLS, QUIC frame I/O,
+//! the peer pool, membership).
 //!
 //! Layout:
 //! - [`config`]: the loading helpers (from `cdn-http`), the section and flags both tiers share,
@@ -22,7 +20,7 @@
 //! - [`launch`]: what both members do first: the config from file, environment and flags,
 //!   the TLS material, and the store, origin client and read settings it configures.
 //! - [`upstream`]: a cache tier seen from in front of it: owners, hedges, the fill from a node.
-//! - [`quic`]: `cdn-net`'s frame I/O plus sending a stored entry.
+//! - [`quic`]: sending a stored entry over `cdn-net`'s frame I/O.
 //! - [`admin`]: the admin HTTP API every member serves (`/healthz`, `/status`, `/metrics`).
 //! - `testing` (feature `test-support`): checks both tiers' tests make of their binaries and
 //!   example config files.
@@ -41,22 +39,3 @@ pub mod read_path;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod upstream;
-
-pub use cdn_http as http;
-pub use cdn_http::{origin, policy, range};
-pub use cdn_store::purge;
-
-/// The store (from `cdn-store`), under its old path while the tiers move to `cdn_store`.
-pub mod store {
-    pub use cdn_http::policy::{variant_key, vary_names};
-    pub use cdn_store::{
-        primary, Chunks, Engine, Entry, Eviction, Fields, Freshness, NewEntry, Store, MAX_VARIANTS,
-    };
-}
-
-pub use cdn_net::tls::install_crypto_provider;
-pub use cdn_net::{membership, peers, tls};
-
-pub use cdn_http::{
-    init_tracing, log_runtime, raise_open_file_limit, server_runtime, shutdown_signal,
-};

@@ -4,8 +4,8 @@
 use cdn_proto::Invalidation;
 
 use crate::counters::{Counter, Counters};
-use crate::purge::{matches, surrogate_keys, Recent};
 use crate::read_path::ReadPath;
+use cdn_store::purge::{matches, surrogate_keys, Recent};
 
 /// Applies `inv` to the member's store and detaches matching fills in progress, so no request
 /// arriving after this returns is served the purged body; counts it and records it for the

@@ -9,9 +9,6 @@ use http::{HeaderMap, StatusCode};
 
 use cdn_net::peers::{PeerError, PeerPool};
 use cdn_net::quic::{fields_from_headers, send_data, send_frame, FrameReader};
-
-/// Reading a pushed body is frame I/O (`cdn-net`), kept here under its old path.
-pub use cdn_net::quic::read_body;
 use cdn_store::NewEntry;
 
 /// Request fields of a push that become the stored response's fields; everything else the
@@ -63,7 +60,11 @@ impl PushObject {
 
     /// The entry to store at `now`, under the same freshness rules as a fetched response
     /// (the member's `rules`); `Err` says why it is not storable.
-    pub fn entry(&self, now: SystemTime, rules: &crate::policy::Rules) -> Result<NewEntry, String> {
+    pub fn entry(
+        &self,
+        now: SystemTime,
+        rules: &cdn_http::policy::Rules,
+    ) -> Result<NewEntry, String> {
         let mut headers = self.headers.clone();
         if !headers.contains_key(http::header::DATE) {
             headers.insert(
@@ -74,11 +75,12 @@ impl PushObject {
         }
         let len: usize = self.body.iter().map(Bytes::len).sum();
         headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
-        let req = crate::policy::policy_request(&http::Method::GET, &self.key, &HeaderMap::new());
+        let req =
+            cdn_http::policy::policy_request(&http::Method::GET, &self.key, &HeaderMap::new());
         let mut resp = http::Response::new(());
         *resp.status_mut() = self.status;
         *resp.headers_mut() = headers.clone();
-        let decision = crate::policy::evaluate_with(&req, &resp.into_parts().0, now, rules);
+        let decision = cdn_http::policy::evaluate_with(&req, &resp.into_parts().0, now, rules);
         if !decision.storable {
             return Err("not cacheable: give it a lifetime (Cache-Control: max-age=N or s-maxage=N) and no private/no-store".into());
         }

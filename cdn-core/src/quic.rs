@@ -1,12 +1,11 @@
-//! Frame I/O over quinn streams (from `cdn-net`, re-exported under its old path), and the one
-//! piece of it that needs the store: sending a stored entry. The frame layer sends a head and
-//! chunks it is given; turning an [`Entry`] into them happens here, above it.
+//! The one piece of frame I/O that needs the store: sending a stored entry. The frame layer
+//! (`cdn_net::quic`) sends a head and chunks it is given; turning an [`Entry`] into them
+//! happens here, above it.
 
 use bytes::Bytes;
+use cdn_net::quic::{send_whole, WireError};
 use cdn_proto::Frame;
 use cdn_store::Entry;
-
-pub use cdn_net::quic::*;
 
 /// Sends a stored entry on a stream: head (with `Age` at `now`), body, `End`, finish.
 pub async fn send_entry(

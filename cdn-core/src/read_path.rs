@@ -33,9 +33,9 @@ use crate::fill::{
     self, Coalescer, FillBudget, FillError, FillErrorKind, FlightReader, FlightWriter, Head,
     Joined, Served,
 };
-use crate::origin::Origin;
-use crate::policy::{self, Rules};
 use crate::upstream::Upstream;
+use cdn_http::origin::Origin;
+use cdn_http::policy::{self, Rules};
 use cdn_proto::CacheStatus;
 use cdn_store::{Entry, Freshness, Store};
 

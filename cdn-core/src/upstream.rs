@@ -255,13 +255,13 @@ impl Upstream {
             // We are refreshing a copy that went stale here: a stale copy from the node would
             // only be stored again as if it were new (RFC 9111 §4.2.4, RFC 5861 §3).
             with_validators.insert(
-                crate::policy::REFRESH_FIELD,
+                cdn_http::policy::REFRESH_FIELD,
                 http::HeaderValue::from_static("1"),
             );
         }
         let stale = stale.filter(|s| s.validators());
         if let Some(s) = stale {
-            with_validators.extend(crate::policy::validators_for(&s.headers()));
+            with_validators.extend(cdn_http::policy::validators_for(&s.headers()));
         }
         let owners = self.in_preference_order(self.owners(key));
         let Some((member, mut head, body)) = self
@@ -277,7 +277,7 @@ impl Upstream {
             *r.headers_mut() = head.headers.clone();
             r.into_parts().0
         };
-        let policy_req = crate::policy::policy_request(&http::Method::GET, key, headers);
+        let policy_req = cdn_http::policy::policy_request(&http::Method::GET, key, headers);
         if let (Some(s), http::StatusCode::NOT_MODIFIED) = (stale, head.status) {
             // The node confirmed our copy: refresh it and serve its body.
             let (entry, storable) =
@@ -325,7 +325,7 @@ impl Upstream {
             w.finish();
             return Ok(Ok(()));
         }
-        let decision = crate::policy::evaluate_with(&policy_req, &parts, now, rules);
+        let decision = cdn_http::policy::evaluate_with(&policy_req, &parts, now, rules);
         head.storable = decision.storable;
         head.variant = crate::fill::variant_of(key, &head.headers, headers);
         let fill = NodeFill {
@@ -608,7 +608,7 @@ struct NodeFill<'a> {
     max_object: u64,
     status: http::StatusCode,
     headers: http::HeaderMap,
-    decision: crate::policy::Decision,
+    decision: cdn_http::policy::Decision,
     now: SystemTime,
     source: Arc<str>,
     request: http::HeaderMap,

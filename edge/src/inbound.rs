@@ -10,8 +10,8 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
-use cdn_core::peers::{Inbound, Positions};
-use cdn_core::quic::{codes, send_frame, FrameReader};
+use cdn_net::peers::{Inbound, Positions};
+use cdn_net::quic::{codes, send_frame, FrameReader};
 use cdn_proto::{Frame, Invalidation, Position};
 use futures::future::BoxFuture;
 
@@ -67,7 +67,7 @@ impl Inbound for FromNodes {
                 })) => {
                     let stored = async {
                         let body =
-                            cdn_core::push::read_body(&mut reader, edge.config.member.max_object())
+                            cdn_net::quic::read_body(&mut reader, edge.config.member.max_object())
                                 .await?;
                         let obj =
                             cdn_core::push::PushObject::from_frame(key, status, headers, body)?;

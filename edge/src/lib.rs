@@ -22,12 +22,12 @@ use std::time::Duration;
 
 use cdn_core::admin::{AdminState, Metric};
 use cdn_core::launch::TierConfig;
-use cdn_core::origin::Origin;
-use cdn_core::peers::{Me, PeerPool, PurgeReport, Timeouts};
 use cdn_core::read_path::{ReadPath, Source};
-use cdn_core::store::Store;
-use cdn_core::tls::TlsMaterial;
 use cdn_core::upstream::Upstream;
+use cdn_http::origin::Origin;
+use cdn_net::peers::{Me, PeerPool, PurgeReport, Timeouts};
+use cdn_net::tls::TlsMaterial;
+use cdn_store::Store;
 pub use config::Config;
 use std::time::Instant;
 use tokio::net::TcpListener;
@@ -58,9 +58,9 @@ pub struct Edge {
     // Shared with `reads`, which numbers its node requests from it.
     next_request_id: Arc<AtomicU64>,
     // Purges accepted here that some node has not acknowledged yet: sent again until it does.
-    undelivered: Arc<cdn_core::peers::Undelivered>,
+    undelivered: Arc<cdn_net::peers::Undelivered>,
     // The last invalidations applied here, for the status page.
-    recent_purges: cdn_core::purge::Recent,
+    recent_purges: cdn_store::purge::Recent,
 }
 
 impl Edge {
@@ -96,7 +96,7 @@ impl Edge {
 
     /// Whether an L1 entry may be served. In strict mode an entry from a node whose link (and
     /// so its invalidation stream) is down is not: a purge might have been missed.
-    pub fn may_serve(&self, entry: &cdn_core::store::Entry) -> bool {
+    pub fn may_serve(&self, entry: &cdn_store::Entry) -> bool {
         may_serve(self.is_strict(), &self.upstream, entry)
     }
 
@@ -121,15 +121,8 @@ impl Edge {
             .cloned()
             .collect();
         let deadline = self.config.member.purge_timeout;
-        cdn_core::peers::fan_out_purge(
-            self.upstream.pool(),
-            &nodes,
-            id,
-            inv,
-            deadline,
-            &mut report,
-        )
-        .await;
+        cdn_net::peers::fan_out_purge(self.upstream.pool(), &nodes, id, inv, deadline, &mut report)
+            .await;
         // A node that did not acknowledge gets it again until it does: unlike a node, an edge
         // keeps no log its peers replay from.
         let owed: Vec<String> = nodes
@@ -152,7 +145,7 @@ impl Edge {
 }
 
 /// [`Edge::may_serve`], for the read path's filter (which cannot hold the `Edge` itself).
-fn may_serve(strict: bool, upstream: &Upstream, entry: &cdn_core::store::Entry) -> bool {
+fn may_serve(strict: bool, upstream: &Upstream, entry: &cdn_store::Entry) -> bool {
     if !strict {
         return true;
     }
@@ -217,7 +210,7 @@ impl AdminState for Edge {
             "region": self.config.member.region,
             "members": members,
             "recent_purges": self.recent_purges.to_json(),
-            "now_ms": cdn_core::purge::unix_ms(),
+            "now_ms": cdn_store::purge::unix_ms(),
             "undelivered_purges": self.undelivered.len(),
         });
         cdn_core::admin::store_status(&mut doc, &self.reads);
@@ -303,7 +296,7 @@ pub async fn start_on(
     config: Config,
     tls: &TlsMaterial,
     net: Net,
-    http: impl cdn_core::http::Listener,
+    http: impl cdn_http::Listener,
     http_addr: SocketAddr,
     admin: Option<TcpListener>,
     shutdown: CancellationToken,
@@ -316,10 +309,10 @@ pub async fn start_on(
         None => SocketAddr::from(([0, 0, 0, 0], 0)),
     };
     let transport =
-        cdn_core::tls::transport_for(1024, config.member.idle_timeout, config.member.quic_mtu);
+        cdn_net::tls::transport_for(1024, config.member.idle_timeout, config.member.quic_mtu);
     let client_cfg = tls.quic_client(transport)?;
     let mut endpoint_cfg = quinn::EndpointConfig::default();
-    cdn_core::tls::accept_datagrams(&mut endpoint_cfg, config.member.quic_mtu);
+    cdn_net::tls::accept_datagrams(&mut endpoint_cfg, config.member.quic_mtu);
     let mut endpoint =
         quinn::Endpoint::new_with_abstract_socket(endpoint_cfg, None, net.socket, net.runtime)
             .map_err(EdgeError::io("starting the QUIC client endpoint"))?;
@@ -362,7 +355,7 @@ pub async fn start_on(
         counters.clone(),
         next_request_id.clone(),
     )
-    .with_filter(Arc::new(move |e: &cdn_core::store::Entry| {
+    .with_filter(Arc::new(move |e: &cdn_store::Entry| {
         may_serve(strict, &filter_upstream, e)
     }));
     let edge = Arc::new(Edge {
@@ -372,7 +365,7 @@ pub async fn start_on(
         counters,
         next_request_id,
         undelivered: Arc::default(),
-        recent_purges: cdn_core::purge::Recent::default(),
+        recent_purges: cdn_store::purge::Recent::default(),
         config,
     });
     tokio::spawn(edge.undelivered.clone().run(

@@ -26,14 +26,14 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    cdn_core::server_runtime()
+    cdn_http::server_runtime()
         .map_err(|e| anyhow::anyhow!("starting the runtime: {e}"))?
         .block_on(run())
 }
 
 async fn run() -> anyhow::Result<()> {
-    cdn_core::init_tracing();
-    cdn_core::install_crypto_provider();
+    cdn_http::init_tracing();
+    cdn_net::tls::install_crypto_provider();
     let cli: Cli = parse_args();
     let check_only = cli.launch.check_config;
     let (config, tls) = load_or_exit::<Config>(cli.launch, |_| {});
@@ -41,11 +41,11 @@ async fn run() -> anyhow::Result<()> {
         println!("config ok");
         return Ok(());
     }
-    cdn_core::log_runtime();
-    cdn_core::raise_open_file_limit();
-    let http = cdn_core::http::listen(config.member.listen)
+    cdn_http::log_runtime();
+    cdn_http::raise_open_file_limit();
+    let http = cdn_http::listen(config.member.listen)
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.member.listen))?;
-    let admin = cdn_core::http::listen(config.member.admin)
+    let admin = cdn_http::listen(config.member.admin)
         .map_err(|e| anyhow::anyhow!("binding admin {}: {e}", config.member.admin))?;
     let shutdown = CancellationToken::new();
     let handle = edge::start(config, &tls, http, admin, shutdown.clone()).await?;
@@ -53,7 +53,7 @@ async fn run() -> anyhow::Result<()> {
         "edge http=http://{} admin=http://{}",
         handle.http_addr, handle.admin_addr
     );
-    cdn_core::shutdown_signal().await;
+    cdn_http::shutdown_signal().await;
     handle.stop().await;
     Ok(())
 }

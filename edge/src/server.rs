@@ -7,14 +7,12 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use cdn_core::fill::{FlightReader, Head, Via};
-use cdn_core::http::{
-    empty, serve, strip_hop_by_hop, text, Body, BoxError, Listener, ServerLimits,
-};
-use cdn_core::policy;
-use cdn_core::range::{self, RangeAnswer};
 use cdn_core::read_path::Lookup;
-use cdn_core::store::{Chunks, Entry, NewEntry};
+use cdn_http::policy;
+use cdn_http::range::{self, RangeAnswer};
+use cdn_http::{empty, serve, strip_hop_by_hop, text, Body, BoxError, Listener, ServerLimits};
 use cdn_proto::CacheStatus;
+use cdn_store::{Chunks, Entry, NewEntry};
 use futures::stream;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -292,7 +290,7 @@ fn entry_response(entry: &Entry, now: SystemTime, head_only: bool) -> Response<B
 
 fn chunks_body(chunks: Vec<Bytes>) -> Body {
     if chunks.len() == 1 {
-        return cdn_core::http::full(chunks.into_iter().next().unwrap_or_default());
+        return cdn_http::full(chunks.into_iter().next().unwrap_or_default());
     }
     StreamBody::new(stream::iter(
         chunks
@@ -305,7 +303,7 @@ fn chunks_body(chunks: Vec<Bytes>) -> Body {
 /// A stored body as a response body (one buffer: no allocation beyond the body's box).
 fn stored_body(body: &Chunks) -> Body {
     match body {
-        Chunks::One(b) => cdn_core::http::full(b.clone()),
+        Chunks::One(b) => cdn_http::full(b.clone()),
         Chunks::Many(_) => chunks_body(body.to_vec()),
     }
 }

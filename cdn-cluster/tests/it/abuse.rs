@@ -340,7 +340,7 @@ async fn a_slow_reader_storm_of_large_objects_keeps_both_tiers_memory_bounded() 
     // allocator; 64 MiB more for the debug build. Without the budget this storm took the
     // node to 1.8 GB and the edge to 690 MB (measured with `CDN_FILL_MEMORY=100GiB`).
     let per_response =
-        cdn_core::fill::TIGHT_WINDOW + u64::from(cdn_core::tls::STREAM_WINDOW) + (2 << 20);
+        cdn_core::fill::TIGHT_WINDOW + u64::from(cdn_net::tls::STREAM_WINDOW) + (2 << 20);
     let node_bound = node_base + (64 << 20) + CLIENTS as u64 * per_response + (64 << 20);
     let edge_bound = edge_base + CLIENTS as u64 * per_response + (64 << 20);
     assert!(

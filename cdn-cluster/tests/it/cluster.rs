@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use cdn_core::tls::{transport, SERVER_NAME};
+use cdn_net::tls::{transport, SERVER_NAME};
 use cdn_proto::Frame;
 
 use crate::support::cluster;
@@ -28,9 +28,9 @@ async fn any_node_answers_a_key_it_does_not_own() {
         path: key.into(),
         headers: vec![],
     };
-    cdn_core::quic::send_frame(&mut send, &req).await.unwrap();
+    cdn_net::quic::send_frame(&mut send, &req).await.unwrap();
     send.finish().unwrap();
-    let mut reader = cdn_core::quic::FrameReader::new(recv);
+    let mut reader = cdn_net::quic::FrameReader::new(recv);
     // A miss is announced (`Pending`) before the head.
     let mut first = reader.next().await.unwrap();
     assert_eq!(first, Some(Frame::Pending));
@@ -40,7 +40,7 @@ async fn any_node_answers_a_key_it_does_not_own() {
     };
     assert_eq!(status, 200);
     assert_eq!(node, other.id(), "answered by the node asked, not an error");
-    let body = cdn_core::push::read_body(&mut reader, 1 << 20)
+    let body = cdn_net::quic::read_body(&mut reader, 1 << 20)
         .await
         .unwrap();
     let bytes: Vec<u8> = body.iter().flat_map(|b| b.iter().copied()).collect();

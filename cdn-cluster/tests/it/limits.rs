@@ -117,10 +117,10 @@ async fn every_response_carries_a_request_id() {
 /// A connection to node 0 with the cluster's client certificate, as another member makes.
 async fn node_connection(c: &cdn_cluster::Cluster) -> quinn::Connection {
     let node = c.nodes[0].as_ref().unwrap().quic_addr;
-    let t = cdn_core::tls::transport(16, Duration::from_secs(5));
+    let t = cdn_net::tls::transport(16, Duration::from_secs(5));
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(c.tls.quic_client(t).unwrap());
-    ep.connect(node, cdn_core::tls::SERVER_NAME)
+    ep.connect(node, cdn_net::tls::SERVER_NAME)
         .unwrap()
         .await
         .unwrap()
@@ -129,11 +129,11 @@ async fn node_connection(c: &cdn_cluster::Cluster) -> quinn::Connection {
 /// Asks for the member list on a new stream of `conn` and checks the node answers it.
 async fn asks_members(conn: &quinn::Connection) {
     let (mut send, recv) = conn.open_bi().await.unwrap();
-    cdn_core::quic::send_frame(&mut send, &cdn_proto::Frame::MembersRequest)
+    cdn_net::quic::send_frame(&mut send, &cdn_proto::Frame::MembersRequest)
         .await
         .unwrap();
     send.finish().unwrap();
-    let answer = cdn_core::quic::FrameReader::new(recv).next().await.unwrap();
+    let answer = cdn_net::quic::FrameReader::new(recv).next().await.unwrap();
     assert!(
         matches!(answer, Some(cdn_proto::Frame::Members { .. })),
         "{answer:?}"
@@ -187,7 +187,7 @@ async fn a_garbage_oversized_or_truncated_frame_closes_only_its_stream() {
         let _ = send.finish();
         let answer = tokio::time::timeout(
             Duration::from_secs(5),
-            cdn_core::quic::FrameReader::new(recv).next(),
+            cdn_net::quic::FrameReader::new(recv).next(),
         )
         .await
         .unwrap_or_else(|_| panic!("{what}: the node answered or closed the stream"));

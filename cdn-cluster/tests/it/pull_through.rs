@@ -161,15 +161,15 @@ async fn keys_spread_evenly_and_both_edges_agree_on_owners() {
 
 #[tokio::test]
 async fn a_node_store_never_holds_more_than_its_capacity() {
-    store_bound(cdn_core::store::Engine::Moka).await;
+    store_bound(cdn_store::Engine::Moka).await;
 }
 
 #[tokio::test]
 async fn a_node_store_on_the_compact_engine_never_holds_more_than_its_capacity() {
-    store_bound(cdn_core::store::Engine::Compact).await;
+    store_bound(cdn_store::Engine::Compact).await;
 }
 
-async fn store_bound(engine: cdn_core::store::Engine) {
+async fn store_bound(engine: cdn_store::Engine) {
     let cap: u64 = 1 << 20;
     let c = cluster(1, 1, |cfg| {
         cfg.node.member.capacity = cdn_core::config::ByteSize(cap);

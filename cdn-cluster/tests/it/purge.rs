@@ -126,7 +126,7 @@ async fn purge_method_on_an_edge_needs_the_token_and_soft_purge_refetches() {
 }
 
 /// A cluster whose nodes and edges all store on `engine`.
-async fn cluster_on(engine: cdn_core::store::Engine) -> crate::support::TestCluster {
+async fn cluster_on(engine: cdn_store::Engine) -> crate::support::TestCluster {
     cluster(3, 2, |cfg| {
         cfg.node.member.store_engine = engine;
         cfg.edge.member.store_engine = engine;
@@ -136,15 +136,15 @@ async fn cluster_on(engine: cdn_core::store::Engine) -> crate::support::TestClus
 
 #[tokio::test]
 async fn purge_by_tag_removes_exactly_the_tagged_objects_everywhere() {
-    purge_by_tag(cdn_core::store::Engine::Moka).await;
+    purge_by_tag(cdn_store::Engine::Moka).await;
 }
 
 #[tokio::test]
 async fn purge_by_tag_on_the_compact_engine() {
-    purge_by_tag(cdn_core::store::Engine::Compact).await;
+    purge_by_tag(cdn_store::Engine::Compact).await;
 }
 
-async fn purge_by_tag(engine: cdn_core::store::Engine) {
+async fn purge_by_tag(engine: cdn_store::Engine) {
     let c = cluster_on(engine).await;
     let a = "/p/tag/1?size=100&tags=red%20round&cc=max-age=600";
     let b = "/p/tag/2?size=100&tags=red&cc=max-age=600";
@@ -174,15 +174,15 @@ async fn purge_by_tag(engine: cdn_core::store::Engine) {
 
 #[tokio::test]
 async fn purge_by_prefix_removes_exactly_what_is_under_it() {
-    purge_by_prefix(cdn_core::store::Engine::Moka).await;
+    purge_by_prefix(cdn_store::Engine::Moka).await;
 }
 
 #[tokio::test]
 async fn purge_by_prefix_on_the_compact_engine() {
-    purge_by_prefix(cdn_core::store::Engine::Compact).await;
+    purge_by_prefix(cdn_store::Engine::Compact).await;
 }
 
-async fn purge_by_prefix(engine: cdn_core::store::Engine) {
+async fn purge_by_prefix(engine: cdn_store::Engine) {
     let c = cluster_on(engine).await;
     let inside = ["/p/img/a?size=10", "/p/img/b/c?size=10"];
     let outside = "/p/imgx?size=10";
@@ -489,18 +489,18 @@ async fn a_node_partitioned_during_a_purge_replays_it_when_it_rejoins() {
 
 #[tokio::test]
 async fn tag_and_prefix_purges_during_slow_fills_keep_every_old_body_out() {
-    purges_during_slow_fills(cdn_core::store::Engine::Moka).await;
+    purges_during_slow_fills(cdn_store::Engine::Moka).await;
 }
 
 #[tokio::test]
 async fn tag_and_prefix_purges_during_slow_fills_on_the_compact_engine() {
-    purges_during_slow_fills(cdn_core::store::Engine::Compact).await;
+    purges_during_slow_fills(cdn_store::Engine::Compact).await;
 }
 
 /// Fills of tagged objects under a prefix are under way at both tiers when a tag purge and a
 /// prefix purge are acknowledged: no edge serves an old body after that, and no store keeps
 /// one once the fills complete.
-async fn purges_during_slow_fills(engine: cdn_core::store::Engine) {
+async fn purges_during_slow_fills(engine: cdn_store::Engine) {
     let c = cluster_on(engine).await;
     let targets: Vec<String> = (0..4)
         .map(|i| {
@@ -569,10 +569,7 @@ async fn purges_during_slow_fills(engine: cdn_core::store::Engine) {
 
 #[tokio::test]
 async fn an_edge_cut_off_during_tag_and_prefix_purges_replays_them_when_it_reconnects() {
-    for engine in [
-        cdn_core::store::Engine::Moka,
-        cdn_core::store::Engine::Compact,
-    ] {
+    for engine in [cdn_store::Engine::Moka, cdn_store::Engine::Compact] {
         let c = cluster(3, 2, |cfg| {
             cfg.edge.member.purge_timeout = Duration::from_secs(1);
             cfg.node.member.purge_timeout = Duration::from_secs(1);

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cdn_core::tls::{transport, TlsMaterial, SERVER_NAME};
+use cdn_net::tls::{transport, TlsMaterial, SERVER_NAME};
 use cdn_proto::Frame;
 
 use crate::support::cluster;
@@ -24,13 +24,13 @@ async fn try_connect(
     .map_err(|e| e.to_string())?;
     // With TLS 1.3 a refused client certificate can surface on first use, not at connect.
     let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    cdn_core::quic::send_frame(&mut send, &Frame::MembersRequest)
+    cdn_net::quic::send_frame(&mut send, &Frame::MembersRequest)
         .await
         .map_err(|e| e.to_string())?;
     let _ = send.finish();
     match tokio::time::timeout(
         Duration::from_secs(5),
-        cdn_core::quic::FrameReader::new(recv).next(),
+        cdn_net::quic::FrameReader::new(recv).next(),
     )
     .await
     {

@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cache_node::{Config, Node};
-use cdn_core::tls::TlsMaterial;
+use cdn_net::tls::TlsMaterial;
 use quinn::udp::{RecvMeta, Transmit};
 use rand::{RngExt, SeedableRng};
 use tokio::sync::mpsc;
@@ -164,7 +164,7 @@ fn edge_name(i: usize) -> String {
 /// The edges' client listener on the simulated network.
 struct SimListener(turmoil::net::TcpListener);
 
-impl cdn_core::http::Listener for SimListener {
+impl cdn_http::Listener for SimListener {
     type Io = turmoil::net::TcpStream;
 
     async fn accept(&self) -> io::Result<(Self::Io, SocketAddr)> {
@@ -273,13 +273,13 @@ fn parse_generation(body: &[u8], key: &str) -> Option<u64> {
 }
 
 /// Origin connections over the simulated network.
-fn sim_dialer() -> cdn_core::origin::Dialer {
-    cdn_core::origin::Dialer::new(|uri: http::Uri| {
+fn sim_dialer() -> cdn_http::origin::Dialer {
+    cdn_http::origin::Dialer::new(|uri: http::Uri| {
         Box::pin(async move {
             let host = uri.host().unwrap_or_default().to_string();
             let port = uri.port_u16().unwrap_or(80);
             let s = turmoil::net::TcpStream::connect((host.as_str(), port)).await?;
-            Ok(cdn_core::origin::OriginIo::new(s))
+            Ok(cdn_http::origin::OriginIo::new(s))
         })
     })
 }
@@ -351,7 +351,7 @@ fn schedule(seed: u64) -> Vec<(Duration, Fault)> {
 }
 
 fn run_seed(seed: u64) {
-    cdn_core::install_crypto_provider();
+    cdn_net::tls::install_crypto_provider();
     // `RUST_LOG=...` shows the nodes' logs, stamped with simulated time.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

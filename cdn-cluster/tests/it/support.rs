@@ -89,7 +89,7 @@ pub async fn cluster(
 
 /// The store engine every member of a test cluster uses, from `CDN_TEST_STORE_ENGINE`
 /// (`moka`, `compact`); unset: each member's default. CI runs these tests once per engine.
-pub fn test_store_engine() -> Option<cdn_core::store::Engine> {
+pub fn test_store_engine() -> Option<cdn_store::Engine> {
     let name = std::env::var("CDN_TEST_STORE_ENGINE").ok()?;
     Some(
         name.parse()

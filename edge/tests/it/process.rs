@@ -42,7 +42,7 @@ fn bad_values_exit_2_naming_the_key() {
 fn the_commented_example_config_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     let tls = dir.path().join("tls");
-    cdn_core::tls::init_dir(&tls).unwrap();
+    cdn_net::tls::init_dir(&tls).unwrap();
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/edge.toml");
     let out = bin()
         .args(["--config", example, "--check-config", "--tls-dir"])
