@@ -7,7 +7,7 @@
 # installed, and the origin itself as the reference), interleaved, REPS times each.
 # Results: OUTDIR/summary.md (medians, ratios to the origin), OUTDIR/runs.tsv, OUTDIR/raw/.
 # Knobs: everything run-anchors.sh takes (SIZES, PATTERNS, REPS, DUR, TARGETS, ...) plus
-# EDGE_PORT (18090).
+# EDGE_PORT (18090), BIN (a directory with cdn-cluster: no cargo build).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -16,11 +16,16 @@ EDGE_PORT="${EDGE_PORT:-18090}"
 ORIGIN_PORT="${ORIGIN_PORT:-18080}"
 SERVER_CPUS="${BENCH_SERVER_CPUS:-0}"
 
-(cd "$root" && cargo build --release -p cdn-cluster -p loadgen)
+if [ -n "${BIN:-}" ]; then # already built binaries: nothing is built
+    bin="$(cd "$BIN" && pwd)"
+else
+    (cd "$root" && cargo build --release -p cdn-cluster -p loadgen)
+    bin="$root/target/release"
+fi
 log="$OUTDIR/edge.log"
 mkdir -p "$OUTDIR"
 # The edge fronts the origin run-anchors.sh is about to start; connections are made lazily.
-nice -n "${BENCH_NICE:--20}" taskset -c "$SERVER_CPUS" "$root/target/release/cdn-cluster" \
+nice -n "${BENCH_NICE:--20}" taskset -c "$SERVER_CPUS" "$bin/cdn-cluster" \
     --origin "http://127.0.0.1:$ORIGIN_PORT" --nodes 1 --edges 1 \
     --capacity 2GiB --edge-capacity 1GiB \
     --edge-port "$EDGE_PORT" --admin-port "$((EDGE_PORT + 1000))" >"$log" 2>&1 &

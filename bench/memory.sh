@@ -7,15 +7,20 @@
 #   roomy: capacity for all of them -> bytes per object over the payload (target: < 250);
 #   full:  capacity for a quarter of them (the store evicts) -> resident memory against
 #          capacity + 64 MiB (the target: within 15 %).
-# Needs only the workspace's release binaries; prints one line per configuration.
+# Needs only the workspace's release binaries (built here, or taken from BIN); prints one line
+# per configuration.
 set -euo pipefail
 N="${1:-1000000}"
 SIZE="${2:-1024}"
 ENGINES="${ENGINES:-${CDN_STORE_ENGINE:-compact moka}}"
 unset CDN_STORE_ENGINE
 root="$(cd "$(dirname "$0")/.." && pwd)"
-(cd "$root" && cargo build --release -q -p cache-node -p edge -p origin-stub -p loadgen)
-bin="$root/target/release"
+if [ -n "${BIN:-}" ]; then # already built binaries: nothing is built
+    bin="$(cd "$BIN" && pwd)"
+else
+    (cd "$root" && cargo build --release -q -p cache-node -p edge -p origin-stub -p loadgen)
+    bin="$root/target/release"
+fi
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/bench-memory.XXXXXX")"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
