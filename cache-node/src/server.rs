@@ -9,7 +9,8 @@ use cdn_core::quic::send_entry;
 use cdn_core::read_path::Lookup;
 use cdn_http::policy;
 use cdn_net::quic::{
-    codes, fields_from_headers, headers_from_fields, send_data, send_frame, FrameReader, WireError,
+    codes, fields_from_headers, headers_from_fields, prioritise, send_data, send_frame,
+    FrameReader, WireError,
 };
 use cdn_proto::{CacheStatus, ErrorCode, Frame, Role};
 use tokio_util::sync::CancellationToken;
@@ -304,6 +305,7 @@ async fn send_not_modified(
     headers: &http::HeaderMap,
     cache: CacheStatus,
 ) -> Result<(), WireError> {
+    prioritise(send, Some(0));
     let head = Frame::ResponseHead {
         status: 304,
         cache,
@@ -358,6 +360,7 @@ async fn stream_flight(
     if head.status == http::StatusCode::OK && policy::not_modified(request, &head.headers) {
         return send_not_modified(node, send, &head.headers, cache).await;
     }
+    prioritise(send, head.content_length);
     let mut fields = fields_from_headers(&head.headers);
     if !head.headers.contains_key(http::header::AGE) {
         fields.push(("age".into(), Bytes::from_static(b"0")));

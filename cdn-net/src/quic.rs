@@ -134,14 +134,34 @@ pub fn headers_from_fields(
     Ok(h)
 }
 
+/// Responses up to this size go out ahead of larger ones on a connection.
+pub const SMALL_RESPONSE: u64 = 64 << 10;
+
+/// Orders a response's stream on its connection by size: small ones (up to
+/// [`SMALL_RESPONSE`]) first, then up to 1 MiB, then larger or unknown ones. Send fairness is
+/// off on member links (a cache serves whole objects), so without this a small response
+/// written after the queued bodies of large downloads waits for all of them to go out: a
+/// storm of large objects would hold every ordinary response sharing the connection.
+pub fn prioritise(send: &quinn::SendStream, len: Option<u64>) {
+    let priority = match len {
+        Some(n) if n <= SMALL_RESPONSE => 2,
+        Some(n) if n <= 1 << 20 => 1,
+        _ => 0,
+    };
+    // Fails only on a stream already closed, which the write that follows reports.
+    let _ = send.set_priority(priority);
+}
+
 /// Sends a whole response on a stream: `head` (a `ResponseHead`), `body` as `Data` frames,
-/// `End`, finish. Returns the body bytes sent. What the head and chunks are made of (a stored
-/// entry, say) is the caller's business: this layer knows frames, not the store.
+/// `End`, finish, at the priority of its size ([`prioritise`]). Returns the body bytes sent.
+/// What the head and chunks are made of (a stored entry, say) is the caller's business: this
+/// layer knows frames, not the store.
 pub async fn send_whole(
     send: &mut quinn::SendStream,
     head: &Frame,
     body: &[Bytes],
 ) -> Result<u64, WireError> {
+    prioritise(send, Some(body.iter().map(|c| c.len() as u64).sum()));
     send_frame(send, head).await?;
     let mut len = 0;
     for chunk in body {
@@ -179,6 +199,85 @@ pub async fn read_body(reader: &mut FrameReader, max: u64) -> Result<Vec<Bytes>,
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Eight large responses are written on one connection, then a small one: the small one
+    /// arrives while most of the large ones' bytes are still to come (without priorities it
+    /// waited for all 8 MiB ahead of it).
+    #[tokio::test]
+    async fn a_small_response_overtakes_large_ones_queued_before_it() {
+        const LARGE: usize = 1 << 20;
+        crate::tls::install_crypto_provider();
+        let tls = crate::tls::TlsMaterial::generate().unwrap();
+        let t = crate::tls::transport(16, Duration::from_secs(5));
+        let server = quinn::Endpoint::server(
+            tls.quic_server(t.clone()).unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(tls.quic_client(t).unwrap());
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            // The client opens nine streams; each says which it is with its first byte.
+            let mut large = Vec::new();
+            let mut small = None;
+            for _ in 0..9 {
+                let (send, mut recv) = conn.accept_bi().await.unwrap();
+                let mut which = [0u8; 1];
+                recv.read_exact(&mut which).await.unwrap();
+                if which[0] == b'L' {
+                    large.push(send);
+                } else {
+                    small = Some(send);
+                }
+            }
+            for send in &mut large {
+                prioritise(send, Some(LARGE as u64 * 4));
+                send.write_all(&vec![7u8; LARGE]).await.unwrap();
+                send.finish().unwrap();
+            }
+            let mut send = small.unwrap();
+            prioritise(&send, Some(1024));
+            send.write_all(&[1u8; 1024]).await.unwrap();
+            send.finish().unwrap();
+            conn.closed().await;
+        });
+        let conn = client
+            .connect(addr, crate::tls::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut readers = Vec::new();
+        for _ in 0..8 {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(b"L").await.unwrap();
+            let received = received.clone();
+            readers.push(tokio::spawn(async move {
+                while let Some(chunk) = recv.read_chunk(usize::MAX, true).await.unwrap() {
+                    received.fetch_add(chunk.bytes.len(), std::sync::atomic::Ordering::SeqCst);
+                }
+            }));
+        }
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"S").await.unwrap();
+        let small = recv.read_to_end(4096).await.unwrap();
+        let large_by_then = received.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(small.len(), 1024);
+        assert!(
+            large_by_then < 4 * LARGE,
+            "{large_by_then} of {} large bytes had arrived before the small response",
+            8 * LARGE
+        );
+        for r in readers {
+            r.await.unwrap();
+        }
+        assert_eq!(
+            received.load(std::sync::atomic::Ordering::SeqCst),
+            8 * LARGE
+        );
+    }
 
     #[tokio::test]
     async fn a_stream_that_stalls_mid_frame_fails_as_idle() {

@@ -195,9 +195,6 @@ async fn main() -> anyhow::Result<()> {
             p.purges, p.incomplete, p.visible_p50_us, p.visible_p99_us, p.visible_max_us, p.acked_p50_us, p.acked_p99_us, p.acked_max_us
         );
     }
-    if let Some(path) = &cli.plot {
-        loadgen::plot::svg(&runs, path)?;
-    }
     if let Some(path) = cli.json {
         let phases: Vec<_> = runs
             .iter()
@@ -207,6 +204,12 @@ async fn main() -> anyhow::Result<()> {
         let v = serde_json::json!({ "load": load, "phases": phases, "purge": purge_report });
         std::fs::write(&path, serde_json::to_vec_pretty(&v)?)
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    // The picture last, and not fatal: the numbers are already printed and written.
+    if let Some(path) = &cli.plot {
+        if let Err(e) = loadgen::plot::svg(&runs, path) {
+            eprintln!("loadgen: warning: no plot: {e:#}");
+        }
     }
     Ok(())
 }
