@@ -40,6 +40,23 @@ pub struct ClusterConfig {
     pub node_regions: Vec<(String, Option<String>)>,
     /// Edge i's region (edges past the list keep the template's).
     pub edge_regions: Vec<String>,
+    /// Put before every member id (`{prefix}node-0`, `{prefix}edge-0`). Every member of a
+    /// process records metrics into the one process-wide recorder, told apart by `member`:
+    /// two clusters in one process (tests running side by side) that read `/metrics` need
+    /// different ids, or each would see the other's series as its own.
+    pub id_prefix: String,
+}
+
+impl ClusterConfig {
+    /// Node `j`'s member id.
+    pub fn node_id(&self, j: usize) -> String {
+        format!("{}node-{j}", self.id_prefix)
+    }
+
+    /// Edge `i`'s member id.
+    pub fn edge_id(&self, i: usize) -> String {
+        format!("{}edge-{i}", self.id_prefix)
+    }
 }
 
 impl Default for ClusterConfig {
@@ -57,6 +74,7 @@ impl Default for ClusterConfig {
             origin_stub: origin_stub::Config::default(),
             node_regions: Vec::new(),
             edge_regions: Vec::new(),
+            id_prefix: String::new(),
         }
     }
 }
@@ -134,7 +152,7 @@ impl Cluster {
         let mut edges = Vec::new();
         for i in 0..cfg.edges {
             let mut c = cfg.edge.clone();
-            c.member.id = format!("edge-{i}");
+            c.member.id = cfg.edge_id(i);
             c.member.origin = origin_url.clone();
             c.member.seeds = seeds.clone();
             c.member.replicas = cfg.replicas;
@@ -146,17 +164,17 @@ impl Cluster {
                 [127, 0, 0, 1],
                 port(cfg.edge_port, i)?,
             )))
-            .with_context(|| format!("binding edge-{i} HTTP port"))?;
+            .with_context(|| format!("binding {} HTTP port", cfg.edge_id(i)))?;
             let admin = cdn_http::listen(std::net::SocketAddr::from((
                 [127, 0, 0, 1],
                 port(cfg.admin_port, i)?,
             )))
-            .with_context(|| format!("binding edge-{i} admin port"))?;
+            .with_context(|| format!("binding {} admin port", cfg.edge_id(i)))?;
             c.member.listen = http.local_addr()?;
             c.member.admin = admin.local_addr()?;
             let h = edge::start(c, &tls, http, admin, shutdown.child_token())
                 .await
-                .with_context(|| format!("starting edge-{i}"))?;
+                .with_context(|| format!("starting {}", cfg.edge_id(i)))?;
             edges.push(h);
         }
         // Every node sees every other alive (gossip converged) before the cluster is ready.
@@ -167,7 +185,12 @@ impl Cluster {
                 members.wait_for(|m| m.len() >= cfg.nodes),
             )
             .await
-            .with_context(|| format!("node-{j} did not see every node alive within 30 s"))?
+            .with_context(|| {
+                format!(
+                    "{} did not see every node alive within 30 s",
+                    cfg.node_id(j)
+                )
+            })?
             .context("node stopped")?;
         }
         for e in &edges {
@@ -233,7 +256,7 @@ impl Cluster {
         )
         .await?;
         self.nodes.push(Some(h));
-        let id = format!("node-{j}");
+        let id = self.cfg.node_id(j);
         let knows = |m: &Arc<Vec<cdn_proto::Member>>| m.iter().any(|m| m.id == id);
         let wait = std::time::Duration::from_secs(30);
         for n in self.nodes.iter().flatten() {
@@ -289,7 +312,7 @@ async fn start_node(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<NodeHandle> {
     let mut c = cfg.node.clone();
-    c.member.id = format!("node-{j}");
+    c.member.id = cfg.node_id(j);
     c.member.seeds = seeds.to_vec();
     c.member.replicas = cfg.replicas;
     c.member.origin = origin_url.to_string();
@@ -303,9 +326,9 @@ async fn start_node(
         [127, 0, 0, 1],
         port(cfg.admin_port, 50 + j)?,
     )))
-    .with_context(|| format!("binding node-{j} admin port"))?;
+    .with_context(|| format!("binding {} admin port", cfg.node_id(j)))?;
     c.member.admin = admin.local_addr()?;
     cache_node::start(c, tls, udp, admin, shutdown.child_token())
         .await
-        .with_context(|| format!("starting node-{j}"))
+        .with_context(|| format!("starting {}", cfg.node_id(j)))
 }

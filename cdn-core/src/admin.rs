@@ -240,7 +240,8 @@ impl Metric {
 
 /// The process's Prometheus recorder (the `metrics` crate's global one), installed on first
 /// use. Events are recorded where they happen (`metrics::histogram!` and friends); the
-/// member's counters and gauges are published into it at each scrape.
+/// member's counters and gauges are published into it at each scrape; the accept loop's
+/// counters are registered at zero when it is installed.
 pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
         std::sync::OnceLock::new();
@@ -261,6 +262,7 @@ pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("another metrics recorder is installed: /metrics shows only ours");
         }
+        cdn_http::describe_metrics();
         handle
     })
 }
@@ -634,6 +636,11 @@ mod tests {
         // Events recorded where they happen come out as histograms with buckets.
         assert!(
             out.contains("test_event_seconds_bucket{le=\"0.005\"} 1\n"),
+            "{out}"
+        );
+        // The accept loop's counters are there before their first event.
+        assert!(
+            out.contains("# TYPE cdn_connections_refused_total counter\n"),
             "{out}"
         );
         // A counter published again is set, not added to.

@@ -18,6 +18,33 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{Body, BoxError};
 
+/// Connections refused at the budget (none idle to close).
+const CONNECTIONS_REFUSED: &str = "cdn_connections_refused_total";
+/// Idle connections closed to make room for a new one.
+const CONNECTIONS_EVICTED: &str = "cdn_connections_evicted_total";
+/// Accepts that failed (e.g. out of file descriptors).
+const ACCEPT_ERRORS: &str = "cdn_accept_errors_total";
+
+/// Describes the accept loop's counters to the installed `metrics` recorder and registers each
+/// at zero: a counter that first appears at its first event has no series for `rate()` until
+/// then, so a dashboard would show "no data" where the answer is "none".
+pub fn describe_metrics() {
+    for (name, help) in [
+        (
+            CONNECTIONS_REFUSED,
+            "Connections refused at the connection budget (none idle to close).",
+        ),
+        (
+            CONNECTIONS_EVICTED,
+            "Idle connections closed to make room at the connection budget.",
+        ),
+        (ACCEPT_ERRORS, "Accepts that failed."),
+    ] {
+        metrics::describe_counter!(name, help);
+        metrics::counter!(name).increment(0);
+    }
+}
+
 /// Limits applied to every client connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {

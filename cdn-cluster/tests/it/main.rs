@@ -4,6 +4,7 @@
 mod abuse;
 mod cluster;
 mod conformance;
+mod grafana;
 mod limits;
 mod load;
 mod processes;

@@ -96,11 +96,11 @@ impl Table {
                 Some(v) if conns.len() < self.inner.cap + slack => v.evict.cancel(),
                 _ => {
                     drop(conns);
-                    metrics::counter!("cdn_connections_refused_total").increment(1);
+                    metrics::counter!(super::CONNECTIONS_REFUSED).increment(1);
                     return None;
                 }
             }
-            metrics::counter!("cdn_connections_evicted_total").increment(1);
+            metrics::counter!(super::CONNECTIONS_EVICTED).increment(1);
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(ConnState {
@@ -354,7 +354,7 @@ impl AcceptBackoff {
         } else {
             self.suppressed += 1;
         }
-        metrics::counter!("cdn_accept_errors_total").increment(1);
+        metrics::counter!(super::ACCEPT_ERRORS).increment(1);
         backoff_delay(self.failures)
     }
 
