@@ -5,10 +5,10 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked \
-        -p cdn-cluster -p cache-node -p edge -p origin-stub -p loadgen \
+        -p cdn-cluster -p cache-node -p edge -p origin-stub -p loadgen -p cdnctl \
  && mkdir /out \
  && cp target/release/cdn-cluster target/release/cache-node target/release/edge \
-       target/release/origin-stub target/release/loadgen /out/
+       target/release/origin-stub target/release/loadgen target/release/cdnctl /out/
 
 # No OpenSSL or other shared libraries to carry: TLS is rustls with ring, linked in.
 FROM debian:bookworm-slim

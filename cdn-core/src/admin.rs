@@ -267,8 +267,8 @@ pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     })
 }
 
-/// The store's size, what fills in flight hold against their budget, and the record of lazy
-/// purges, under the `/status` keys every member uses.
+/// The store's size, what fills in flight hold against their budget, entries removed by cause,
+/// and the record of lazy purges, under the `/status` keys every member uses.
 pub fn store_status(doc: &mut serde_json::Value, reads: &crate::read_path::ReadPath) {
     let store = reads.store();
     doc["entries"] = store.entry_count().into();
@@ -276,6 +276,10 @@ pub fn store_status(doc: &mut serde_json::Value, reads: &crate::read_path::ReadP
     doc["capacity"] = store.capacity().into();
     doc["fill_bytes"] = reads.fills().budget().used().into();
     doc["fill_budget"] = reads.fills().budget().limit().into();
+    // Entries removed by cause: the same numbers as `cdn_evictions_total` (`cdnctl top` shows
+    // them beside the other counters without scraping `/metrics`).
+    let (size, expiry, purge) = store.evictions();
+    doc["evictions"] = serde_json::json!({ "size": size, "expiry": expiry, "purge": purge });
     // Purges by tag, prefix or `all` waiting for the sweeper, and what it has done.
     let (items, bytes) = store.recorded_purges();
     let (_, swept, sweeps) = store.purge_work();
