@@ -39,7 +39,9 @@
 # WRK and PURGE: no cargo build), BASELINE_BIN (a directory with the cache-node and edge to
 # compare ours with), SCALE (0), SCALE_NODES ("1 2 4 8", at most 20), SCALE_QUOTA_PCT (10),
 # SCALE_PERIOD_US (100000, the CFS period the quota is a share of), SCALE_EDGES (2, at most 4),
-# SCALE_KEYS (10000), SCALE_CONNS (64, loadgen's connections over all the edges), SCALE_CPUS
+# SCALE_KEYS (10000), SCALE_CONNS (64 per node: loadgen's connections over all the edges are N x
+# this, so each node sees the same concurrency whatever N; a node's cost per request falls
+# with its concurrency, so a fixed total would charge the larger clusters more), SCALE_CPUS
 # (every core: nodes, edges and loadgen alike), SCALE_IDLE_MIN_PCT (20), WRK (1), MEMORY (1),
 # MEMORY_N (1000000), PURGE (1), PURGE_N (100000), ports SUITE_PORT (18300..18379 by default):
 #   P+0 origin, P+1 node (QUIC), P+2 node admin, P+3 edge, P+4 edge admin, P+5 edge with no L1,
@@ -540,7 +542,7 @@ import resource, subprocess, sys
 rc = subprocess.call(sys.argv[2:], stdout=subprocess.DEVNULL)
 u = resource.getrusage(resource.RUSAGE_CHILDREN)
 open(sys.argv[1], "w").write(f"{u.ru_utime + u.ru_stime:.3f}\n")
-sys.exit(rc)' "$lg_cpu" "$bin/loadgen" "${targets[@]}" -c "$SCALE_CONNS" -d "$DUR" --keys "$SCALE_KEYS" \
+sys.exit(rc)' "$lg_cpu" "$bin/loadgen" "${targets[@]}" -c "$((SCALE_CONNS * n))" -d "$DUR" --keys "$SCALE_KEYS" \
                 --dist zipf:0.99 --seed "$rep" --path "$path" --origin "127.0.0.1:$origin" \
                 --json "$json" --plot "$OUTDIR/plots/scale-out-$n-$rep.svg" </dev/null &
             lgpid=$!
