@@ -200,15 +200,12 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// Eight large responses are written on one connection, then a small one: the small one
-    /// arrives while most of the large ones' bytes are still to come (without priorities it
-    /// waited for all 8 MiB ahead of it).
-    #[tokio::test]
-    async fn a_small_response_overtakes_large_ones_queued_before_it() {
-        const LARGE: usize = 1 << 20;
+    /// A QUIC server and client on loopback with member transport for `max_streams`
+    /// streams, and the server's address.
+    fn endpoints(max_streams: u32) -> (quinn::Endpoint, quinn::Endpoint, std::net::SocketAddr) {
         crate::tls::install_crypto_provider();
         let tls = crate::tls::TlsMaterial::generate().unwrap();
-        let t = crate::tls::transport(16, Duration::from_secs(5));
+        let t = crate::tls::transport(max_streams, Duration::from_secs(5));
         let server = quinn::Endpoint::server(
             tls.quic_server(t.clone()).unwrap(),
             "127.0.0.1:0".parse().unwrap(),
@@ -217,6 +214,16 @@ mod tests {
         let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         client.set_default_client_config(tls.quic_client(t).unwrap());
         let addr = server.local_addr().unwrap();
+        (server, client, addr)
+    }
+
+    /// Eight large responses are written on one connection, then a small one: the small one
+    /// arrives while most of the large ones' bytes are still to come (without priorities it
+    /// waited for all 8 MiB ahead of it).
+    #[tokio::test]
+    async fn a_small_response_overtakes_large_ones_queued_before_it() {
+        const LARGE: usize = 1 << 20;
+        let (server, client, addr) = endpoints(16);
         tokio::spawn(async move {
             let conn = server.accept().await.unwrap().await.unwrap();
             // The client opens nine streams; each says which it is with its first byte.
@@ -281,17 +288,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_that_stalls_mid_frame_fails_as_idle() {
-        crate::tls::install_crypto_provider();
-        let tls = crate::tls::TlsMaterial::generate().unwrap();
-        let t = crate::tls::transport(8, Duration::from_secs(5));
-        let server = quinn::Endpoint::server(
-            tls.quic_server(t.clone()).unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .unwrap();
-        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        client.set_default_client_config(tls.quic_client(t).unwrap());
-        let addr = server.local_addr().unwrap();
+        let (server, client, addr) = endpoints(8);
         let accept = tokio::spawn(async move {
             let conn = server.accept().await.unwrap().await.unwrap();
             let (_send, recv) = conn.accept_bi().await.unwrap();

@@ -135,6 +135,24 @@ impl Admin {
         success(what, addr, a)
     }
 
+    /// POSTs `body` as JSON to `path` with the token; answers as [`Self::send`].
+    pub async fn post_json(
+        &self,
+        what: &str,
+        addr: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<Answer, Error> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        let body = Bytes::from(body.to_string());
+        self.send(what, addr, Method::POST, path, headers, body)
+            .await
+    }
+
     /// Sends a request with the token (for anything but GET); answers of every status come
     /// back except 401/403, which are [`Error::Token`].
     pub async fn send(

@@ -71,21 +71,7 @@ pub async fn purge(admin: &Admin, addr: &str, args: PurgeArgs) -> Result<(), Err
         "all": args.all,
         "soft": args.soft,
     });
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let a = admin
-        .send(
-            "purge",
-            addr,
-            Method::POST,
-            "/purge",
-            headers,
-            Bytes::from(body.to_string()),
-        )
-        .await?;
+    let a = admin.post_json("purge", addr, "/purge", &body).await?;
     // 503 carries the report too: strict consistency and a member that did not acknowledge.
     let a = report_or_error("purge", addr, a)?;
     if args.json {
@@ -230,21 +216,7 @@ pub async fn prewarm(admin: &Admin, addr: &str, args: PrewarmArgs) -> Result<(),
     let mut results = Vec::new();
     for batch in urls.chunks(PREWARM_BATCH) {
         let body = serde_json::json!({ "urls": batch, "edges": args.edges });
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        let a = admin
-            .send(
-                "prewarm",
-                addr,
-                Method::POST,
-                "/prewarm",
-                headers,
-                Bytes::from(body.to_string()),
-            )
-            .await?;
+        let a = admin.post_json("prewarm", addr, "/prewarm", &body).await?;
         let a = success("prewarm", addr, a)?;
         if args.json {
             print_body(&a.body);
