@@ -283,7 +283,10 @@ async fn respond_entry(
     request: &http::HeaderMap,
     now: SystemTime,
 ) -> Result<(), WireError> {
-    if entry.status() == http::StatusCode::OK && policy::not_modified(request, &entry.headers()) {
+    if entry.status() == http::StatusCode::OK
+        && policy::conditional(request)
+        && policy::not_modified(request, &entry.headers())
+    {
         let mut headers = entry.headers();
         headers.insert(
             http::header::AGE,

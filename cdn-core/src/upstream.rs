@@ -250,33 +250,30 @@ impl Upstream {
         let mark = l1.fill_mark();
         // The client's own conditionals never shape a shared fill; ours revalidate a stale copy.
         let headers = &crate::fill::fill_headers(client_headers);
-        let mut with_validators = headers.clone();
-        if stale.is_some() {
+        // Our own fields for a refresh; the client's as they are otherwise (no copy).
+        let with_validators = stale.map(|stale| {
+            let mut h = headers.clone();
             // We are refreshing a copy that went stale here: a stale copy from the node would
             // only be stored again as if it were new (RFC 9111 §4.2.4, RFC 5861 §3).
-            with_validators.insert(
+            h.insert(
                 cdn_http::policy::REFRESH_FIELD,
                 http::HeaderValue::from_static("1"),
             );
-        }
+            if stale.validators() {
+                h.extend(cdn_http::policy::validators_for(&stale.headers()));
+            }
+            h
+        });
         let stale = stale.filter(|s| s.validators());
-        if let Some(s) = stale {
-            with_validators.extend(cdn_http::policy::validators_for(&s.headers()));
-        }
         let owners = self.in_preference_order(self.owners(key));
+        let asked = with_validators.as_ref().unwrap_or(headers);
         let Some((member, mut head, body)) = self
-            .first_head(&owners, request_id, key, &with_validators, &mut failures)
+            .first_head(&owners, request_id, key, asked, &mut failures)
             .await
         else {
             return Err((w, failures));
         };
         let now = SystemTime::now();
-        let parts = {
-            let mut r = http::Response::new(());
-            *r.status_mut() = head.status;
-            *r.headers_mut() = head.headers.clone();
-            r.into_parts().0
-        };
         let policy_req = cdn_http::policy::policy_request(&http::Method::GET, key, headers);
         if let (Some(s), http::StatusCode::NOT_MODIFIED) = (stale, head.status) {
             // The node confirmed our copy: refresh it and serve its body.
@@ -325,7 +322,8 @@ impl Upstream {
             w.finish();
             return Ok(Ok(()));
         }
-        let decision = cdn_http::policy::evaluate_with(&policy_req, &parts, now, rules);
+        let decision =
+            cdn_http::policy::evaluate_head(&policy_req, head.status, &head.headers, now, rules);
         head.storable = decision.storable;
         head.variant = crate::fill::variant_of(key, &head.headers, headers);
         let fill = NodeFill {
@@ -478,9 +476,16 @@ impl Upstream {
             }
         );
         let mut a = self.answers.lock().unwrap_or_else(|p| p.into_inner());
-        let e = a.entry(id.to_string()).or_default();
-        e.0 += 1;
-        e.1 += u64::from(hit);
+        // Looked up before inserting: no key allocated per answer.
+        match a.get_mut(id) {
+            Some(e) => {
+                e.0 += 1;
+                e.1 += u64::from(hit);
+            }
+            None => {
+                a.insert(id.to_string(), (1, u64::from(hit)));
+            }
+        }
     }
 
     /// Per member: heads received from it, and how many were hits in its store.

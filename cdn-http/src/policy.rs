@@ -128,8 +128,19 @@ pub fn evaluate_with(
     now: SystemTime,
     rules: &Rules,
 ) -> Decision {
-    let has_cookie = resp.headers.contains_key(http::header::SET_COOKIE);
-    let norm = Normalised::of(resp.status, &resp.headers);
+    evaluate_head(req, resp.status, &resp.headers, now, rules)
+}
+
+/// [`evaluate_with`] for a response given as its status and fields (no `Parts` to build).
+pub fn evaluate_head(
+    req: &request::Parts,
+    status: http::StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+    rules: &Rules,
+) -> Decision {
+    let has_cookie = headers.contains_key(http::header::SET_COOKIE);
+    let norm = Normalised::of(status, headers);
     let view = norm.view(now, rules);
     let policy = CachePolicy::new_options(req, &view, now, CacheOptions::default());
     // The view has no `Age` and was received `now`: its time to live is the whole lifetime.
@@ -140,8 +151,8 @@ pub fn evaluate_with(
     // that much of its stale windows already.
     let late = age.saturating_sub(lifetime);
     let cookie_ok = rules.store_set_cookie || !has_cookie;
-    let validators = resp.headers.contains_key(http::header::ETAG)
-        || resp.headers.contains_key(http::header::LAST_MODIFIED);
+    let validators = headers.contains_key(http::header::ETAG)
+        || headers.contains_key(http::header::LAST_MODIFIED);
     let cc = &norm.directives;
     let revalidate_only =
         cc.has("must-revalidate") || cc.has("proxy-revalidate") || cc.has("no-cache");
@@ -164,7 +175,7 @@ pub fn evaluate_with(
     // with `Vary: *`, which no later request can match.
     let storable = req.method == Method::GET
         && norm.status_storable
-        && vary_names(&resp.headers).is_some()
+        && vary_names(headers).is_some()
         && policy.is_storable()
         && (!ttl.is_zero() || validators)
         && cookie_ok;
@@ -583,6 +594,18 @@ pub fn merge_not_modified(stored: &HeaderMap, fresh: &HeaderMap) -> HeaderMap {
 /// fields, so the answer is 304 (RFC 9110 §13.1.2, §13.1.3, §13.2.2: `If-None-Match` with
 /// weak comparison wins over `If-Modified-Since`).
 pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    conditional(request) && not_modified_given(request, stored)
+}
+
+/// Whether `request` carries a validator a stored response could match (`If-None-Match` or
+/// `If-Modified-Since`): without one, [`not_modified`] is false whatever is stored, so a
+/// caller can skip building the stored fields.
+pub fn conditional(request: &HeaderMap) -> bool {
+    request.contains_key(http::header::IF_NONE_MATCH)
+        || request.contains_key(http::header::IF_MODIFIED_SINCE)
+}
+
+fn not_modified_given(request: &HeaderMap, stored: &HeaderMap) -> bool {
     if let Some(inm) = request
         .get(http::header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())

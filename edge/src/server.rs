@@ -153,17 +153,21 @@ fn stored_response(
     now: SystemTime,
     head_only: bool,
 ) -> Response<Body> {
+    // The stored fields as a map, built once: the conditionals, the range and the response
+    // all read it.
+    let headers = entry.headers();
     let conditional =
-        entry.status() == StatusCode::OK && policy::not_modified(req.headers(), &entry.headers());
+        entry.status() == StatusCode::OK && policy::not_modified(req.headers(), &headers);
     let answer = range_answer(
         req,
         entry.status(),
-        &entry.headers(),
+        &headers,
         Some(entry.body_len()),
         conditional,
     );
     let mut r = entry_response(
         entry,
+        headers,
         now,
         head_only || conditional || answer != RangeAnswer::Full,
     );
@@ -273,7 +277,12 @@ fn x_cache(head: &Head) -> HeaderValue {
     }
 }
 
-fn entry_response(entry: &Entry, now: SystemTime, head_only: bool) -> Response<Body> {
+fn entry_response(
+    entry: &Entry,
+    headers: http::HeaderMap,
+    now: SystemTime,
+    head_only: bool,
+) -> Response<Body> {
     let mut r = Response::new(if head_only {
         empty()
     } else {
@@ -281,7 +290,7 @@ fn entry_response(entry: &Entry, now: SystemTime, head_only: bool) -> Response<B
     });
     *r.status_mut() = entry.status();
     let h = r.headers_mut();
-    *h = entry.headers();
+    *h = headers;
     h.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
     h.insert(X_CACHE, HeaderValue::from_static("HIT"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body_len()));
