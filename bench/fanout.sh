@@ -38,14 +38,13 @@ log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUTDIR/fanout.log" >&2; }
 
 udp_out() { awk '/^Udp:/ {n++} n==2 && /^Udp:/ {print $5; exit}' /proc/net/snmp; }
 
-# applied EDGES: cdn_purges_total summed over every member.
+# applied EDGES: cdn_purges_total summed over every member. Each series is counted once:
+# members in one process share one metrics registry, so each member's /metrics lists all.
 applied() {
-    local e="$1" total=0 i v
+    local e="$1" i
     for i in $(seq 0 $((e - 1))) $(seq 50 $((50 + NODES - 1))); do
-        v="$(curl -sf "http://127.0.0.1:$((A + i))/metrics" | awk '/^cdn_purges_total/ {s += $2} END {print s + 0}')"
-        total=$((total + ${v%.*}))
-    done
-    echo "$total"
+        curl -sf "http://127.0.0.1:$((A + i))/metrics" | grep '^cdn_purges_total' || true
+    done | sort -u | awk '{s += $2} END {printf "%d\n", s}'
 }
 
 # purge EDGES VIA ADMIN_PORT URL: one purge, checked to reach every member, recorded.

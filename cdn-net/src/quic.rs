@@ -44,7 +44,7 @@ impl FrameReader {
     pub fn new(recv: quinn::RecvStream) -> Self {
         Self {
             recv,
-            buf: BytesMut::new(),
+            buf: BytesMut::with_capacity(16 * 1024),
             idle: STREAM_IDLE,
         }
     }
@@ -64,9 +64,6 @@ impl FrameReader {
             let idle = self.idle;
             let chunk = within(idle, self.recv.read_chunk(256 * 1024, true)).await??;
             match chunk {
-                // Nothing buffered: decode from the chunk itself (a whole response usually
-                // arrives as one), no copy.
-                Some(chunk) if self.buf.is_empty() => self.buf = BytesMut::from(chunk.bytes),
                 Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
                 None if self.buf.is_empty() => return Ok(None),
                 None => return Err(WireError::Truncated),
@@ -182,14 +179,18 @@ pub async fn send_whole(
     // together): each write takes the connection's lock and wakes its driver, and a response
     // written in three went out in more packets.
     if len <= SMALL_RESPONSE {
-        let mut out = BytesMut::with_capacity(256 + len as usize);
+        // The frame headers around the body's own buffers (not copied): one call.
+        let mut pieces = Vec::with_capacity(2 * body.len() + 2);
+        let mut out = BytesMut::with_capacity(256);
         head.encode(&mut out);
         for chunk in body.iter().filter(|c| !c.is_empty()) {
             encode_data_header(chunk.len(), &mut out);
-            out.extend_from_slice(chunk);
+            pieces.push(out.split().freeze());
+            pieces.push(chunk.clone());
         }
         Frame::End { len }.encode(&mut out);
-        within(STREAM_IDLE, send.write_chunk(out.freeze())).await??;
+        pieces.push(out.freeze());
+        within(STREAM_IDLE, send.write_all_chunks(&mut pieces)).await??;
     } else {
         send_frame(send, head).await?;
         for chunk in body {
