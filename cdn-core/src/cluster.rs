@@ -167,7 +167,7 @@ impl<T> Cached<T> {
 }
 
 /// What one gather collected, before it is merged.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Collected {
     /// The gathering member's report of itself.
     pub me: Report,
@@ -177,18 +177,6 @@ pub struct Collected {
     pub answers: Vec<(String, Result<Vec<Report>, String>)>,
     /// The edges linked to the gathering member (a node), as it asked them.
     pub edges: Vec<Report>,
-}
-
-impl Default for Report {
-    fn default() -> Self {
-        Self {
-            id: String::new(),
-            role: "node".into(),
-            state: None,
-            status: None,
-            error: None,
-        }
-    }
 }
 
 /// Asks every node in `pool`'s roster but `me` for its status and its linked edges' (each
@@ -308,8 +296,11 @@ fn liveness(state: &str) -> u8 {
 }
 
 /// Merges a gather into the view's document (pure but for `memory`, which it updates; `now_ms`
-/// is our clock). See the module doc for the shape; each member's line is its summary with
-/// `state`, `link`, rates and ratios added.
+/// is our clock): `{gathered_by, now_ms, members: [line], total}`, where each member's line is
+/// its summary (fresh, or the last one seen) with `role` (`edge`, `node`), `state`, `link`
+/// (`self`, `up`, `unreachable`), `requests_per_s`, `bytes_per_s`, `hit_ratio`,
+/// `origin_offload`, and `error` and `last_seen_ms` when it did not answer. Edges come first,
+/// then nodes, each by id.
 pub fn merge(memory: &mut Memory, c: Collected, now_ms: u64) -> Value {
     let mut lines: BTreeMap<String, Line> = BTreeMap::new();
     let me = c.me.id.clone();
