@@ -63,7 +63,12 @@ impl Links {
     /// Registers `conn` as edge `id`'s link, and forgets it when it closes.
     pub fn register_edge(self: &std::sync::Arc<Self>, id: String, conn: quinn::Connection) {
         let stable = conn.stable_id();
-        self.lock().insert(
+        let mut m = self.lock();
+        // Edges gone longer than `REMEMBER` are forgotten here, so edges that come and go
+        // (a rolling deploy names new pods) do not pile up.
+        let now = Instant::now();
+        m.retain(|_, l| l.conn.is_some() || now.duration_since(l.last_seen) < REMEMBER);
+        m.insert(
             id.clone(),
             Link {
                 conn: Some(conn.clone()),
@@ -71,6 +76,7 @@ impl Links {
                 left: false,
             },
         );
+        drop(m);
         self.publish();
         let links = self.clone();
         tokio::spawn(async move {
