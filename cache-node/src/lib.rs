@@ -76,6 +76,17 @@ pub struct Node {
     inflight: tokio::sync::watch::Sender<u64>,
     // The last invalidations applied here, for the status page.
     recent_purges: cdn_store::purge::Recent,
+    // Fan-out times of the purges accepted here, for `/status` and the cluster view.
+    purge_latency: cdn_core::purging::Latency,
+    // Where the admin API is reached, in `/status` (so tools reach every member from one).
+    admin_addr: String,
+    // The config's fingerprint (`cdn_core::config::fingerprint`), in `/status`.
+    config_version: String,
+    // `/cluster`: the last gather, and what it remembers of each member.
+    cluster: cdn_core::cluster::ClusterView,
+    // What the linked edges last said of themselves: asked once a second at most, however
+    // many members gather at once (`cdn_core::cluster`).
+    linked: cdn_core::cluster::Cached<Vec<cdn_core::cluster::Report>>,
 }
 
 /// Counts a request in flight while alive.
@@ -224,6 +235,7 @@ impl Node {
         cdn_net::peers::fan_out_purge(&self.peers, &others, id, inv, deadline, &mut remote).await;
         local.merge(remote.acked, remote.missing);
         local.settle(started);
+        self.purge_latency.record(started.elapsed());
         metrics::histogram!("cdn_purge_fanout_seconds", "member" => self.config.member.id.clone())
             .record(started.elapsed().as_secs_f64());
         local
@@ -231,6 +243,24 @@ impl Node {
 
     fn purge_deadline(&self) -> Duration {
         self.config.member.purge_timeout
+    }
+
+    /// The answer to `StatusRequest`: this node's report of itself, then, when `linked`, what
+    /// each edge linked to it says of itself (asked at most once a second).
+    pub async fn status_reports(&self, linked: bool) -> Vec<bytes::Bytes> {
+        let mut docs = vec![cdn_core::cluster::Report::own(&self.status()).encode()];
+        if linked {
+            docs.extend(self.linked_edges().await.iter().map(|r| r.encode()));
+        }
+        docs
+    }
+
+    async fn linked_edges(&self) -> Arc<Vec<cdn_core::cluster::Report>> {
+        self.linked
+            .get(cdn_core::cluster::FRESH_FOR, || {
+                self.links.ask_edges(cdn_core::cluster::ASK_EDGE)
+            })
+            .await
     }
 }
 
@@ -279,10 +309,28 @@ impl AdminState for Node {
             "recent_purges": self.recent_purges.to_json(),
             "now_ms": cdn_store::purge::unix_ms(),
             "parent_region": self.config.parent_region,
+            "admin_addr": self.admin_addr,
+            "config_version": self.config_version,
+            "purge_latency": self.purge_latency.to_json(),
         });
         cdn_core::admin::store_status(&mut doc, &self.reads);
         c.write_status(&mut doc);
         doc
+    }
+
+    async fn cluster(&self) -> Arc<serde_json::Value> {
+        // A node asks its peers (each reports itself and its edges) and its own edges.
+        self.cluster
+            .get(|| async {
+                let own_edges = async { self.linked_edges().await.as_ref().clone() };
+                cdn_core::cluster::collect(
+                    cdn_core::cluster::Report::own(&self.status()),
+                    &self.peers,
+                    own_edges,
+                )
+                .await
+            })
+            .await
     }
 
     fn metrics(&self) -> Vec<Metric> {
@@ -343,6 +391,15 @@ pub async fn start(
 ) -> Result<NodeHandle, NodeError> {
     let net = Net::tokio(udp, config.member.udp_buffer.0)?;
     start_on(config, tls, net, Some(admin), shutdown).await
+}
+
+/// The admin address others reach: a wildcard address (`0.0.0.0:9050` in a container) takes
+/// the IP the node advertises for QUIC.
+fn reachable_admin(admin: SocketAddr, advertise: Option<SocketAddr>) -> SocketAddr {
+    match advertise {
+        Some(a) if admin.ip().is_unspecified() => SocketAddr::new(a.ip(), admin.port()),
+        _ => admin,
+    }
 }
 
 /// How a node reaches the network: its QUIC socket, and the origin.
@@ -471,6 +528,11 @@ pub async fn start_on(
             leaving: std::sync::atomic::AtomicBool::new(false),
             inflight: tokio::sync::watch::Sender::new(0),
             recent_purges: cdn_store::purge::Recent::default(),
+            purge_latency: Default::default(),
+            admin_addr: reachable_admin(admin_addr, config.advertise).to_string(),
+            config_version: cdn_core::config::fingerprint(&config),
+            cluster: Default::default(),
+            linked: Default::default(),
             config,
         }
     });

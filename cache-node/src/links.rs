@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use cdn_core::cluster::Report;
 use cdn_core::push::{write_push, PushObject};
 use cdn_net::peers::PurgeReport;
 use cdn_net::quic::{send_frame, FrameReader};
@@ -19,6 +20,9 @@ pub const REMEMBER: Duration = Duration::from_secs(300);
 struct Link {
     conn: Option<quinn::Connection>,
     last_seen: Instant,
+    // Closed with `LEAVING`: shut down on purpose, no longer expected to acknowledge purges
+    // (kept only to show it `left` in the cluster view).
+    left: bool,
 }
 
 /// Invalidations kept for edges that reconnect: at thousands of purges per second this is
@@ -59,13 +63,20 @@ impl Links {
     /// Registers `conn` as edge `id`'s link, and forgets it when it closes.
     pub fn register_edge(self: &std::sync::Arc<Self>, id: String, conn: quinn::Connection) {
         let stable = conn.stable_id();
-        self.lock().insert(
+        let mut m = self.lock();
+        // Edges gone longer than `REMEMBER` are forgotten here, so edges that come and go
+        // (a rolling deploy names new pods) do not pile up.
+        let now = Instant::now();
+        m.retain(|_, l| l.conn.is_some() || now.duration_since(l.last_seen) < REMEMBER);
+        m.insert(
             id.clone(),
             Link {
                 conn: Some(conn.clone()),
                 last_seen: Instant::now(),
+                left: false,
             },
         );
+        drop(m);
         self.publish();
         let links = self.clone();
         tokio::spawn(async move {
@@ -74,12 +85,11 @@ impl Links {
             let ours = m
                 .get(&id)
                 .is_some_and(|l| l.conn.as_ref().is_some_and(|c| c.stable_id() == stable));
-            if ours && cdn_net::peers::close::is_leaving(&why) {
-                // Shut down on purpose: no longer expected to acknowledge purges.
-                m.remove(&id);
-            } else if let Some(l) = m.get_mut(&id).filter(|_| ours) {
+            if let Some(l) = m.get_mut(&id).filter(|_| ours) {
                 l.conn = None;
                 l.last_seen = Instant::now();
+                // Shut down on purpose: no longer expected to acknowledge purges.
+                l.left = cdn_net::peers::close::is_leaving(&why);
             }
             drop(m);
             links.publish();
@@ -173,6 +183,57 @@ impl Links {
             .collect()
     }
 
+    /// What each edge linked to this node (or disconnected within [`REMEMBER`]) says of itself,
+    /// each asked within `deadline`: its report, or one saying why there is none (`down`: the
+    /// link closed; `left`: it shut down on purpose).
+    pub async fn ask_edges(&self, deadline: Duration) -> Vec<Report> {
+        let (live, gone): (Vec<_>, Vec<_>) = {
+            let now = Instant::now();
+            let m = self.lock();
+            let live: Vec<(String, quinn::Connection)> = m
+                .iter()
+                .filter_map(|(id, l)| l.conn.clone().map(|c| (id.clone(), c)))
+                .collect();
+            let gone: Vec<Report> = m
+                .iter()
+                .filter(|(_, l)| l.conn.is_none() && now.duration_since(l.last_seen) < REMEMBER)
+                .map(|(id, l)| {
+                    let (state, why) = if l.left {
+                        ("left", "left the cluster")
+                    } else {
+                        ("down", "its link to this node is closed")
+                    };
+                    Report::without_status(id, "edge", state, why)
+                })
+                .collect();
+            (live, gone)
+        };
+        let asks = live.into_iter().map(|(id, conn)| async move {
+            let answer = cdn_net::status::ask_link(&conn, deadline).await;
+            let own = answer.as_ref().ok().and_then(|docs| {
+                docs.iter()
+                    .filter_map(|d| Report::decode(d))
+                    .find(|r| r.id == id && r.role == "edge")
+            });
+            match (own, answer) {
+                (Some(mut r), _) => {
+                    r.state = Some("alive".into());
+                    r
+                }
+                (None, Err(e)) => Report::without_status(&id, "edge", "alive", e),
+                (None, Ok(_)) => Report::without_status(
+                    &id,
+                    "edge",
+                    "alive",
+                    "its answer did not include itself",
+                ),
+            }
+        });
+        let mut out = futures::future::join_all(asks).await;
+        out.extend(gone);
+        out
+    }
+
     /// Sends `Purge { forward: false }` to every connected edge and waits up to `deadline`
     /// for each acknowledgement. Edges that do not answer, and edges disconnected within
     /// [`REMEMBER`], are reported missing.
@@ -257,7 +318,9 @@ impl Links {
                 .collect();
             let gone: Vec<String> = m
                 .iter()
-                .filter(|(_, l)| l.conn.is_none() && now.duration_since(l.last_seen) < REMEMBER)
+                .filter(|(_, l)| {
+                    l.conn.is_none() && !l.left && now.duration_since(l.last_seen) < REMEMBER
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             (live, gone)

@@ -125,6 +125,10 @@ async fn serve_stream(
             serve_request(node, &path, &headers, &mut send).await
         }
         Ok(Some(Frame::MembersRequest)) => send_members(node, &mut send).await,
+        Ok(Some(Frame::StatusRequest { linked })) => {
+            let docs = node.status_reports(linked).await;
+            cdn_net::status::answer(&mut send, &docs).await
+        }
         Ok(Some(Frame::Push {
             id,
             key,

@@ -117,6 +117,10 @@ async fn run() -> anyhow::Result<()> {
         println!("  curl -si 'http://{a}/hello?size=64&ct=text/plain' | grep -iE 'x-cache|age|content'   # MISS, then HIT");
         println!("  curl -s  'http://{a}/big?size=64MiB' | wc -c");
         println!("  curl -s  http://{}/status", e.admin_addr);
+        println!(
+            "  open     http://{}/cluster.html   # every member on one page (JSON: /cluster)",
+            e.admin_addr
+        );
         println!("  curl -s  http://{}/metrics", e.admin_addr);
     }
     println!("Ctrl-C stops everything.");

@@ -1,5 +1,6 @@
 //! The admin HTTP API every member serves: `/healthz`, `/status` (JSON), `/metrics`
-//! (Prometheus text). Components supply their state through [`AdminState`].
+//! (Prometheus text), `/cluster` (every member's status, JSON) and the pages over them (`/`,
+//! `/cluster.html`). Components supply their state through [`AdminState`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,6 +33,9 @@ pub trait AdminState: Prewarm + Send + Sync + 'static {
     fn status(&self) -> serde_json::Value;
     /// Metric samples for `/metrics`.
     fn metrics(&self) -> Vec<Metric>;
+    /// The `/cluster` document: every member's status, gathered over the member links
+    /// (`crate::cluster`), at most a second old.
+    fn cluster(&self) -> impl Future<Output = Arc<serde_json::Value>> + Send;
     /// Accepts a purge and fans it out; resolves when every member acknowledged or the
     /// deadline passed.
     fn purge(&self, inv: Invalidation) -> impl Future<Output = PurgeReport> + Send;
@@ -419,6 +423,17 @@ pub async fn serve_admin<S: AdminState>(
 
 /// The status page (`GET /`): plain HTML and JavaScript polling `/status`, no build step.
 const STATUS_PAGE: &str = include_str!("status.html");
+/// The cluster page (`GET /cluster.html`): the same, polling `/cluster`.
+const CLUSTER_PAGE: &str = include_str!("cluster.html");
+
+fn html(page: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(page));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "text/html; charset=utf-8".parse().expect("static"),
+    );
+    r
+}
 
 async fn route<S: AdminState>(state: Arc<S>, req: http::Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
@@ -456,14 +471,9 @@ async fn route<S: AdminState>(state: Arc<S>, req: http::Request<Incoming>) -> Re
         );
     }
     match path.as_str() {
-        "/" | "/index.html" => {
-            let mut r = Response::new(full(STATUS_PAGE));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                "text/html; charset=utf-8".parse().expect("static"),
-            );
-            r
-        }
+        "/" | "/index.html" => html(STATUS_PAGE),
+        "/cluster.html" => html(CLUSTER_PAGE),
+        "/cluster" => json(StatusCode::OK, &*state.cluster().await),
         "/healthz" => text(StatusCode::OK, "ok"),
         "/status" => {
             let body = serde_json::to_vec_pretty(&state.status()).unwrap_or_default();

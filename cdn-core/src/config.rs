@@ -220,6 +220,35 @@ impl MemberConfig {
     }
 }
 
+/// Keys that differ from member to member by design, left out of [`fingerprint`]: who and
+/// where the member is (id, addresses, seeds, region) and its secrets and their paths.
+const PER_MEMBER: &[&str] = &[
+    "id",
+    "listen",
+    "admin",
+    "advertise",
+    "seeds",
+    "admin_token",
+    "tls_dir",
+    "region",
+    "parent_region",
+];
+
+/// A short hash of a member's effective config (a tier's whole `Config`, defaults included),
+/// without the keys that differ per member by design ([`PER_MEMBER`]): `config_version` in
+/// `/status` and the cluster view, so members of one tier running different settings stand
+/// out. 12 hex digits of blake3 over the config as JSON (whose keys serde_json sorts).
+pub fn fingerprint(config: &impl Serialize) -> String {
+    let mut v = serde_json::to_value(config).unwrap_or_default();
+    if let Some(map) = v.as_object_mut() {
+        for k in PER_MEMBER {
+            map.remove(*k);
+        }
+    }
+    let bytes = serde_json::to_vec(&v).unwrap_or_default();
+    blake3::hash(&bytes).to_hex()[..12].to_string()
+}
+
 /// The flags both binaries take, for keys of [`MemberConfig`]: each `main`'s `Cli` has them
 /// with `#[command(flatten)]` and puts them over the file and the environment with
 /// [`MemberArgs::apply`]. Flags for a tier's own keys stay in its `main`.
@@ -337,6 +366,25 @@ mod tests {
                 own_timeout: Duration::from_secs(1),
             }
         }
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_identity_and_follows_settings() {
+        let a = Tier::default();
+        let mut b = Tier::default();
+        b.member.id = "t-1".into();
+        b.member.admin = SocketAddr::from(([10, 0, 0, 1], 9));
+        b.member.seeds = vec!["10.0.0.2:4433".into()];
+        b.member.admin_token = Some("secret".into());
+        b.member.region = "eu".into();
+        let fa = fingerprint(&a);
+        assert_eq!(fa.len(), 12);
+        assert_eq!(fa, fingerprint(&b), "identity and secrets do not count");
+        b.member.purge_timeout = Duration::from_secs(9);
+        assert_ne!(fa, fingerprint(&b), "a setting does");
+        b.member.purge_timeout = a.member.purge_timeout;
+        b.own_timeout = Duration::from_secs(2);
+        assert_ne!(fa, fingerprint(&b), "so does a tier's own key");
     }
 
     #[test]

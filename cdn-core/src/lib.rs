@@ -21,12 +21,16 @@
 //!   the TLS material, and the store, origin client and read settings it configures.
 //! - [`upstream`]: a cache tier seen from in front of it: owners, hedges, the fill from a node.
 //! - [`quic`]: sending a stored entry over `cdn-net`'s frame I/O.
-//! - [`admin`]: the admin HTTP API every member serves (`/healthz`, `/status`, `/metrics`).
+//! - [`cluster`]: the cluster view: every member's status gathered over the member links,
+//!   merged with rates, ratios and a total (`/cluster`), within time and size bounds.
+//! - [`admin`]: the admin HTTP API every member serves (`/healthz`, `/status`, `/metrics`,
+//!   `/cluster`, the status and cluster pages).
 //! - `testing` (feature `test-support`): checks both tiers' tests make of their binaries and
 //!   example config files.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod counters;
 pub mod fill;

@@ -10,9 +10,12 @@
 //! - [`peers`]: pooled QUIC connections to cache nodes, `Hello`, the member list and its
 //!   votes, streams nodes open back, purge fan-out and redelivery.
 //! - [`membership`]: SWIM (foca) among cache nodes over the pool's datagrams.
+//! - [`status`]: members' status documents over the links (`StatusRequest`, `Status`),
+//!   bounded in time and size.
 #![forbid(unsafe_code)]
 
 pub mod membership;
 pub mod peers;
 pub mod quic;
+pub mod status;
 pub mod tls;

@@ -33,7 +33,9 @@ const T_ACK: u8 = 10;
 const T_RESUME: u8 = 11;
 const T_PUSH: u8 = 12;
 const T_PENDING: u8 = 13;
-const T_LAST: u8 = T_PENDING;
+const T_STATUS_REQUEST: u8 = 14;
+const T_STATUS: u8 = 15;
+const T_LAST: u8 = T_STATUS;
 
 /// Request methods a node serves. Anything else never leaves the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,6 +317,20 @@ pub enum Frame {
         /// Members that did not acknowledge.
         missing: Vec<String>,
     },
+    /// Any member → a linked member: how are you? Answered by one `Status` frame per member
+    /// reported, then the end of the stream.
+    StatusRequest {
+        /// A node also reports the edges linked to it (asking each of them in turn); an edge,
+        /// or a node asked without it, reports itself alone.
+        linked: bool,
+    },
+    /// One member's status, as a document the protocol does not interpret (JSON, UTF-8,
+    /// written and read by the tiers' admin code). At most [`MAX_PAYLOAD`] bytes like every
+    /// frame; senders keep it far smaller.
+    Status {
+        /// The document.
+        doc: Bytes,
+    },
 }
 
 /// A frame could not be decoded; the stream it came from must be closed.
@@ -348,6 +364,8 @@ impl Frame {
             Frame::Push { .. } => "Push",
             Frame::Pending => "Pending",
             Frame::Resume { .. } => "Resume",
+            Frame::StatusRequest { .. } => "StatusRequest",
+            Frame::Status { .. } => "Status",
         }
     }
 
@@ -479,6 +497,15 @@ impl Frame {
                 put_list(&mut payload, acked);
                 put_list(&mut payload, missing);
                 T_ACK
+            }
+            Frame::StatusRequest { linked } => {
+                payload.put_u8(u8::from(*linked));
+                T_STATUS_REQUEST
+            }
+            Frame::Status { doc } => {
+                // Length-prefixed by the frame itself: a document may exceed a u16 string.
+                payload.put_slice(doc);
+                T_STATUS
             }
         };
         dst.put_u8(ty);
@@ -614,6 +641,10 @@ impl Frame {
                 acked: get_list(&mut p)?,
                 missing: get_list(&mut p)?,
             },
+            T_STATUS_REQUEST => Frame::StatusRequest {
+                linked: get_bool(&mut p)?,
+            },
+            T_STATUS => return Ok(Some(Frame::Status { doc: p })),
             _ => return Err(DecodeError::UnknownType(ty)),
         };
         if p.has_remaining() {
@@ -871,6 +902,12 @@ mod tests {
                 acked: vec!["node-0".into(), "edge-1".into()],
                 missing: vec!["edge-2".into()],
             },
+            Frame::StatusRequest { linked: true },
+            Frame::StatusRequest { linked: false },
+            Frame::Status {
+                doc: Bytes::from_static(br#"{"status":{"id":"edge-0","requests":5}}"#),
+            },
+            Frame::Status { doc: Bytes::new() },
         ]
     }
 

@@ -60,7 +60,8 @@ pub enum Command {
     Prewarm(PrewarmArgs),
     /// The member's counters, store and the cluster members it knows.
     Status(StatusArgs),
-    /// A live view of the cluster, one line per member, refreshed in place (q quits).
+    /// A live view of the whole cluster, one line per member (every member's own numbers,
+    /// gathered by the contacted member), refreshed in place (q quits).
     Top(TopArgs),
 }
 
@@ -156,11 +157,6 @@ pub struct TopArgs {
     /// Print one frame and exit (for scripts).
     #[arg(long)]
     pub once: bool,
-    /// Admin addresses of other members to show in full (repeatable or comma-separated).
-    /// `/status` lists the cache nodes a member knows, with their state and link, but not
-    /// their admin addresses: without this, those rows show what the contacted member knows.
-    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',', value_parser = admin_addr)]
-    pub also: Vec<String>,
 }
 
 /// An admin address as `HOST:PORT` (an `http://` prefix and a trailing `/` are dropped).

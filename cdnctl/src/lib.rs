@@ -9,19 +9,18 @@
 //! cdnctl push /promo.html --file promo.html --content-type text/html --max-age 600 --edges all
 //! cdnctl prewarm /a /b --edges                     # or --from urls.txt (- for stdin)
 //! cdnctl status                                    # counters, store, known nodes; --json
-//! cdnctl top --also 127.0.0.1:9050,127.0.0.1:9051  # live view, q quits; --once for scripts
+//! cdnctl top                                       # every member, live; q quits; --once for scripts
 //! ```
 //!
 //! Purges and pushes print who acknowledged and who is missing, and exit 5 when not every
 //! member did. Errors are one line on stderr; exit codes: 1 server error or other, 2 bad input,
 //! 3 member unreachable, 4 token refused, 5 incomplete (see `cdnctl --help`).
 //!
-//! `top` shows one line per member: the contacted one, the cache nodes it knows and (from a
-//! node) the edges linked to it, with state and link as the contacted member sees them, and
-//! each member's requests, requests/s (the change between refreshes), hit ratio, origin offload
-//! (requests not sent to the origin), bytes out, entries and evictions, and totals. `/status`
-//! gives no member's admin address, so members other than the contacted one show their own
-//! numbers only when their admin addresses are given with `--also`; the frame says which.
+//! `top` shows one line per member of the whole cluster, from the contacted member's
+//! `/cluster` (which it gathers over the cluster's links): state and link, requests,
+//! requests/s, hit ratio, origin offload (requests not sent to the origin), bytes out, entries,
+//! evictions, purge latency and config version, and totals. A member that does not answer is
+//! shown with the numbers it last reported, and the frame says so.
 //!
 //! Layout (each module uses only those before it):
 //! - `fmt`: paths from URLs, durations, byte sizes, ratios, tables (pure).
@@ -31,7 +30,7 @@
 //! - `ops`: purge, push, prewarm.
 //! - `status`: `cdnctl status`.
 //! - `term`: the terminal for `top` (keys without echo, alternate screen, restored on drop).
-//! - `top`: `cdnctl top`: fetching, the rows and frames (pure), the refresh loop.
+//! - `top`: `cdnctl top`: fetching `/cluster`, the rows and frames (pure), the refresh loop.
 //! - `app`: runs a parsed command line.
 #![forbid(unsafe_code)]
 

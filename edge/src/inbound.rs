@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
+use cdn_core::admin::AdminState;
 use cdn_net::peers::{Inbound, Positions};
 use cdn_net::quic::{codes, send_frame, FrameReader};
 use cdn_proto::{Frame, Invalidation, Position};
@@ -101,6 +102,13 @@ impl Inbound for FromNodes {
                     };
                     if send_frame(&mut send, &ack).await.is_ok() {
                         let _ = send.finish();
+                    }
+                }
+                Ok(Some(Frame::StatusRequest { .. })) => {
+                    // An edge reports itself alone: it links to no one a node cannot ask.
+                    let own = cdn_core::cluster::Report::own(&edge.status()).encode();
+                    if let Err(e) = cdn_net::status::answer(&mut send, &[own]).await {
+                        tracing::debug!(node = %from, error = %e, "status answer not sent");
                     }
                 }
                 Ok(Some(other)) => {

@@ -61,6 +61,14 @@ pub struct Edge {
     undelivered: Arc<cdn_net::peers::Undelivered>,
     // The last invalidations applied here, for the status page.
     recent_purges: cdn_store::purge::Recent,
+    // Fan-out times of the purges accepted here, for `/status` and the cluster view.
+    purge_latency: cdn_core::purging::Latency,
+    // Where the admin API listens, in `/status` (so tools reach every member from one).
+    admin_addr: String,
+    // The config's fingerprint (`cdn_core::config::fingerprint`), in `/status`.
+    config_version: String,
+    // `/cluster`: the last gather, and what it remembers of each member.
+    cluster: cdn_core::cluster::ClusterView,
 }
 
 impl Edge {
@@ -132,6 +140,7 @@ impl Edge {
             .collect();
         self.undelivered.add(id, inv.clone(), owed);
         report.settle(started);
+        self.purge_latency.record(started.elapsed());
         metrics::histogram!("cdn_purge_fanout_seconds", "member" => self.config.member.id.clone())
             .record(started.elapsed().as_secs_f64());
         report
@@ -212,10 +221,26 @@ impl AdminState for Edge {
             "recent_purges": self.recent_purges.to_json(),
             "now_ms": cdn_store::purge::unix_ms(),
             "undelivered_purges": self.undelivered.len(),
+            "admin_addr": self.admin_addr,
+            "config_version": self.config_version,
+            "purge_latency": self.purge_latency.to_json(),
         });
         cdn_core::admin::store_status(&mut doc, &self.reads);
         self.counters.write_status(&mut doc);
         doc
+    }
+
+    async fn cluster(&self) -> Arc<serde_json::Value> {
+        // An edge knows only nodes: each reports itself and the edges linked to it.
+        self.cluster
+            .get(|| {
+                cdn_core::cluster::collect(
+                    cdn_core::cluster::Report::own(&self.status()),
+                    self.upstream.pool(),
+                    async { Vec::new() },
+                )
+            })
+            .await
     }
 
     fn metrics(&self) -> Vec<Metric> {
@@ -366,6 +391,10 @@ pub async fn start_on(
         next_request_id,
         undelivered: Arc::default(),
         recent_purges: cdn_store::purge::Recent::default(),
+        purge_latency: Default::default(),
+        admin_addr: admin_addr.to_string(),
+        config_version: cdn_core::config::fingerprint(&config),
+        cluster: Default::default(),
         config,
     });
     tokio::spawn(edge.undelivered.clone().run(

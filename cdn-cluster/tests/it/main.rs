@@ -3,6 +3,7 @@
 
 mod abuse;
 mod cluster;
+mod cluster_page;
 mod conformance;
 mod grafana;
 mod limits;

@@ -7,7 +7,7 @@ use crate::support::cluster;
 
 /// The browser to drive, if one is installed. `.ci/run` installs Debian's `chromium` and sets
 /// `CDN_REQUIRE_CHROMIUM=1`, so in CI a missing browser fails the test instead of skipping it.
-fn chromium() -> Option<&'static str> {
+pub fn chromium() -> Option<&'static str> {
     let found = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .find(|b| {
@@ -28,7 +28,7 @@ fn chromium() -> Option<&'static str> {
 
 /// Loads `url` headless, lets its timers run for `budget` of virtual time (network waits do
 /// not count), and returns the DOM as the page left it.
-async fn dump_dom(browser: &str, url: &str, budget: Duration) -> String {
+pub async fn dump_dom(browser: &str, url: &str, budget: Duration) -> String {
     let out = tokio::process::Command::new(browser)
         .args([
             "--headless",

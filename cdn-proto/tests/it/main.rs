@@ -142,6 +142,10 @@ fn frame() -> impl Strategy<Value = Frame> {
                 forward,
             }
         ),
+        any::<bool>().prop_map(|linked| Frame::StatusRequest { linked }),
+        prop::collection::vec(any::<u8>(), 0..2000).prop_map(|d| Frame::Status {
+            doc: Bytes::from(d)
+        }),
     ]
 }
 

@@ -46,13 +46,6 @@ pub fn node_admin(c: &Cluster, j: usize) -> String {
         .to_string()
 }
 
-/// Every member's admin address except edge 0's.
-pub fn others(c: &Cluster) -> String {
-    let mut v: Vec<String> = (1..c.edges.len()).map(|i| edge_admin(c, i)).collect();
-    v.extend((0..c.nodes.len()).map(|j| node_admin(c, j)));
-    v.join(",")
-}
-
 /// The `cdnctl` command with a clean environment (no admin address or token inherited).
 pub fn command(args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cdnctl"));

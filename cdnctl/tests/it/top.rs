@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{cached, cdnctl, cluster, edge_admin, get, node_admin, others, status_of};
+use crate::support::{cached, cdnctl, cluster, edge_admin, get, node_admin, status_of};
 
 /// The cells of `member`'s line in a frame.
 fn cells<'a>(frame: &'a str, member: &str) -> Vec<&'a str> {
@@ -29,72 +29,59 @@ async fn one_frame_lists_every_member_with_its_status_numbers() {
     }
     get(c.edges[1].http_addr, "/top/a?size=100").await;
 
-    let run = cdnctl(&[
-        "top",
-        "--once",
-        "--admin",
-        &edge_admin(&c, 0),
-        "--also",
-        &others(&c),
-    ])
-    .await;
-    assert_eq!(run.code, 0, "{run:?}");
-    let frame = &run.stdout;
-    assert!(!frame.contains('\x1b'), "no escape codes in --once output");
-    let mut edge_requests = 0;
-    let admins = [
-        ("edge-0", edge_admin(&c, 0)),
-        ("edge-1", edge_admin(&c, 1)),
-        ("node-0", node_admin(&c, 0)),
-        ("node-1", node_admin(&c, 1)),
-    ];
-    for (id, admin) in &admins {
-        let doc = status_of(admin).await;
-        let requests = doc["requests"].as_u64().expect("requests");
-        let hits = doc["hits"].as_u64().expect("hits");
-        let origin = doc["origin_fetches"].as_u64().expect("origin_fetches");
-        let ev = &doc["evictions"];
-        let evictions: u64 = ["size", "expiry", "purge"]
-            .iter()
-            .map(|k| ev[*k].as_u64().expect("eviction count"))
-            .sum();
-        let row = cells(frame, id);
-        // MEMBER ROLE STATE LINK REQS REQ/S HIT% OFFLOAD OUT OUT/S ENTRIES EVICT
-        assert_eq!(
-            row[1],
-            if id.starts_with("edge") {
+    // Every member's numbers through one admin address, an edge's or a node's: the member
+    // gathers them over the cluster's links.
+    for contacted in [edge_admin(&c, 0), node_admin(&c, 1)] {
+        let run = cdnctl(&["top", "--once", "--admin", &contacted]).await;
+        assert_eq!(run.code, 0, "{run:?}");
+        let frame = &run.stdout;
+        assert!(!frame.contains('\x1b'), "no escape codes in --once output");
+        let mut edge_requests = 0;
+        let admins = [
+            ("edge-0", edge_admin(&c, 0)),
+            ("edge-1", edge_admin(&c, 1)),
+            ("node-0", node_admin(&c, 0)),
+            ("node-1", node_admin(&c, 1)),
+        ];
+        for (id, admin) in &admins {
+            let doc = status_of(admin).await;
+            let requests = doc["requests"].as_u64().expect("requests");
+            let hits = doc["hits"].as_u64().expect("hits");
+            let origin = doc["origin_fetches"].as_u64().expect("origin_fetches");
+            let ev = &doc["evictions"];
+            let evictions: u64 = ["size", "expiry", "purge"]
+                .iter()
+                .map(|k| ev[*k].as_u64().expect("eviction count"))
+                .sum();
+            let row = cells(frame, id);
+            // MEMBER ROLE STATE LINK REQS REQ/S HIT% OFFLOAD OUT OUT/S ENTRIES EVICT PURGE CONFIG
+            let role = if id.starts_with("edge") {
                 "edge"
             } else {
                 "node"
+            };
+            assert_eq!(row[1], role);
+            assert_eq!(row[2], "alive", "{id}\n{frame}");
+            let link = if *admin == contacted { "self" } else { "up" };
+            assert_eq!(row[3], link, "{id}\n{frame}");
+            assert_eq!(row[4], requests.to_string(), "{id} requests\n{frame}");
+            if requests > 0 {
+                assert_eq!(row[6], percent(hits, requests), "{id} hit ratio\n{frame}");
+                assert_eq!(row[7], percent(requests - origin, requests), "{id} offload");
             }
+            assert_eq!(row[11], evictions.to_string(), "{id} evictions");
+            assert_eq!(row[13], doc["config_version"].as_str().unwrap(), "{id}");
+            if id.starts_with("edge") {
+                edge_requests += requests;
+            }
+        }
+        assert_eq!(edge_requests, 5);
+        assert_eq!(
+            cells(frame, "TOTAL")[1],
+            "5",
+            "TOTAL counts the edges' requests\n{frame}"
         );
-        assert_eq!(row[4], requests.to_string(), "{id} requests\n{frame}");
-        assert_eq!(row[5], "-", "no rate from a single frame");
-        if requests > 0 {
-            assert_eq!(row[6], percent(hits, requests), "{id} hit ratio\n{frame}");
-            assert_eq!(row[7], percent(requests - origin, requests), "{id} offload");
-        }
-        assert_eq!(row[11], evictions.to_string(), "{id} evictions");
-        if id.starts_with("edge") {
-            edge_requests += requests;
-        }
     }
-    assert_eq!(cells(frame, "edge-0")[3], "self");
-    assert_eq!(cells(frame, "node-1")[2], "alive");
-    assert_eq!(cells(frame, "node-1")[3], "up");
-    assert_eq!(edge_requests, 5);
-    assert_eq!(
-        cells(frame, "TOTAL")[1],
-        "5",
-        "TOTAL counts the edges' requests\n{frame}"
-    );
-
-    // Without --also, the nodes are listed from edge-0's view, and the frame says so.
-    let run = cdnctl(&["top", "--once", "--admin", &edge_admin(&c, 0)]).await;
-    assert_eq!(run.code, 0, "{run:?}");
-    let row = cells(&run.stdout, "node-0");
-    assert_eq!(&row[1..5], ["node", "alive", "up", "-"]);
-    assert!(run.stdout.contains("add --also HOST:PORT"), "{run:?}");
     c.stop().await;
 }
 
@@ -104,10 +91,9 @@ async fn the_live_view_redraws_in_a_terminal_and_quits_on_q() {
     get(c.edges[0].http_addr, "/live?size=10").await;
     // `script` (util-linux) runs cdnctl on a pseudo-terminal: our pipe is its keyboard.
     let line = format!(
-        "{} top --admin {} --also {} --interval 100ms",
+        "{} top --admin {} --interval 100ms",
         env!("CARGO_BIN_EXE_cdnctl"),
         edge_admin(&c, 0),
-        node_admin(&c, 0)
     );
     let mut child = tokio::process::Command::new("script")
         .args(["-q", "-e", "-f", "-c", &line, "/dev/null"])
