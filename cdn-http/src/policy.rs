@@ -15,11 +15,12 @@ use std::time::{Duration, SystemTime};
 use http::{request, response, HeaderMap, Method};
 use http_cache_semantics::{CacheOptions, CachePolicy};
 
-/// Request fields the policy never sees, by default: CDNs ignore a client's wish to bypass
-/// the shared cache (`no-cache`, `max-age=0`), or one client could force origin traffic.
-const CLIENT_CACHE_FIELDS: [&str; 2] = ["cache-control", "pragma"];
-
-/// The request as the policy sees it.
+/// The request as the policy sees it: its method, target and the one request field that
+/// bears on what a shared cache may store, `Authorization` (RFC 9111 §3.5). The client's own
+/// `Cache-Control` and `Pragma` are left out (CDNs ignore a client's wish to bypass the shared
+/// cache, `no-cache` or `max-age=0`, or one client could force origin traffic), and so is
+/// everything else: the policy reads nothing more, and copying every field per fill showed in
+/// the miss path's profile.
 pub fn policy_request(method: &Method, path: &str, headers: &HeaderMap) -> request::Parts {
     let mut b = http::Request::builder().method(method.clone());
     b = b.uri(
@@ -30,10 +31,8 @@ pub fn policy_request(method: &Method, path: &str, headers: &HeaderMap) -> reque
         .body(())
         .unwrap_or_else(|_| http::Request::new(()))
         .into_parts();
-    parts.headers = headers.clone();
-    parts.headers.remove(http::header::HOST);
-    for f in CLIENT_CACHE_FIELDS {
-        parts.headers.remove(f);
+    for v in headers.get_all(http::header::AUTHORIZATION) {
+        parts.headers.append(http::header::AUTHORIZATION, v.clone());
     }
     parts
 }
@@ -243,18 +242,32 @@ impl<'a> Normalised<'a> {
 
     /// The response as http-cache-semantics should see it.
     fn view(&self, now: SystemTime, rules: &Rules) -> response::Parts {
-        use http::header::{AGE, CACHE_CONTROL, DATE, EXPIRES, LAST_MODIFIED, PRAGMA, SET_COOKIE};
-        let mut h = self.headers.clone();
-        h.remove(AGE);
-        h.remove(CACHE_CONTROL);
-        h.remove(CDN_CACHE_CONTROL);
-        if self.targeted || self.headers.contains_key(CACHE_CONTROL) {
-            // Pragma counts only without Cache-Control (RFC 9111 §5.4); the view may have
-            // no Cache-Control left (no directive the crate acts on), so it goes too.
-            h.remove(PRAGMA);
+        use http::header::{CACHE_CONTROL, DATE, EXPIRES, LAST_MODIFIED, PRAGMA, SET_COOKIE, VARY};
+        // Only the fields http-cache-semantics reads for storability and freshness (it copies
+        // what it is given; the rest of a response's fields would be copied for nothing).
+        // `Age` is left out (counted here), and so are both cache-control fields (the
+        // governing directives are rebuilt below).
+        let mut h = HeaderMap::with_capacity(8);
+        let mut copy = |name: http::header::HeaderName| {
+            for v in self.headers.get_all(&name) {
+                h.append(name.clone(), v.clone());
+            }
+        };
+        copy(DATE);
+        copy(LAST_MODIFIED);
+        copy(VARY);
+        // Pragma counts only without Cache-Control (RFC 9111 §5.4); the view may have no
+        // Cache-Control left (no directive the crate acts on), so it goes too.
+        if !self.targeted && !self.headers.contains_key(CACHE_CONTROL) {
+            copy(PRAGMA);
         }
-        if self.targeted {
-            h.remove(EXPIRES);
+        if !self.targeted {
+            copy(EXPIRES);
+        }
+        // The crate refuses Set-Cookie responses unless `public`; with `store_set_cookie` the
+        // operator chose.
+        if !rules.store_set_cookie {
+            copy(SET_COOKIE);
         }
         let cc = self.directives.for_crate();
         if !cc.is_empty() {
@@ -263,30 +276,29 @@ impl<'a> Normalised<'a> {
             }
         }
         for field in [DATE, LAST_MODIFIED] {
-            match h.get(&field).map(http_date) {
-                Some(Some(t)) => {
+            match h.get(&field).map(|v| (http_date(v), is_imf_fixdate(v))) {
+                // Already in the form the crate parses: kept as it is.
+                Some((Some(_), true)) | None => {}
+                Some((Some(t), false)) => {
                     h.insert(field, imf_fixdate(t));
                 }
-                Some(None) => {
+                Some((None, _)) => {
                     h.remove(field);
                 }
-                None => {}
             }
         }
-        if let Some(expires) = h.get(EXPIRES).map(http_date) {
-            // RFC 9111 §5.3: an invalid date means "already expired".
-            h.insert(
-                EXPIRES,
-                imf_fixdate(expires.unwrap_or(SystemTime::UNIX_EPOCH)),
-            );
+        if let Some(v) = h.get(EXPIRES) {
+            match (http_date(v), is_imf_fixdate(v)) {
+                (Some(_), true) => {}
+                // RFC 9111 §5.3: an invalid date means "already expired".
+                (t, _) => {
+                    h.insert(EXPIRES, imf_fixdate(t.unwrap_or(SystemTime::UNIX_EPOCH)));
+                }
+            }
             if !h.contains_key(DATE) {
                 // The crate measures Expires from Date, or from the response time.
                 h.insert(DATE, imf_fixdate(now));
             }
-        }
-        if rules.store_set_cookie {
-            // The crate refuses Set-Cookie responses unless `public`; the operator chose.
-            h.remove(SET_COOKIE);
         }
         let mut r = http::Response::new(());
         *r.status_mut() = if self.status_storable && !UNDERSTOOD.contains(&self.status.as_u16()) {
@@ -304,6 +316,28 @@ impl<'a> Normalised<'a> {
 /// accept, RFC 9110 §5.6.7); `None` for anything else (extra spaces, other zones, ...).
 fn http_date(v: &http::HeaderValue) -> Option<SystemTime> {
     httpdate::parse_http_date(v.to_str().ok()?).ok()
+}
+
+/// Whether `v` has the IMF-fixdate shape (`Sun, 06 Nov 1994 08:49:37 GMT`: 29 bytes, the
+/// comma, spaces and colons in place, digits where digits go). Together with [`http_date`]
+/// accepting it, the value is one the policy crate parses as it is.
+fn is_imf_fixdate(v: &http::HeaderValue) -> bool {
+    let b = v.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    b.len() == 29
+        && b[3] == b','
+        && b[4] == b' '
+        && b[7] == b' '
+        && b[11] == b' '
+        && b[16] == b' '
+        && b[19] == b':'
+        && b[22] == b':'
+        && &b[25..] == b" GMT"
+        && digits(5..7)
+        && digits(12..16)
+        && digits(17..19)
+        && digits(20..22)
+        && digits(23..25)
 }
 
 fn imf_fixdate(t: SystemTime) -> http::HeaderValue {
