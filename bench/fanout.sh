@@ -66,7 +66,6 @@ EOF
 for e in $EDGES_LIST; do
     [ "$e" -le 50 ] || die "at most 50 edges (admin ports)"
     log "cluster: $NODES nodes, $e edges"
-    # shellcheck disable=SC2046
     taskset -c "$SERVER_CPUS" "$BIN/cdn-cluster" --nodes "$NODES" --edges "$e" --edge-port "$P" \
         --admin-port "$A" --admin-token "$TOKEN" --capacity 64MiB --edge-capacity 8MiB \
         >"$OUTDIR/logs/cluster-$e.log" 2>&1 &

@@ -190,10 +190,7 @@ impl Links {
         let (live, gone): (Vec<_>, Vec<_>) = {
             let now = Instant::now();
             let m = self.lock();
-            let live: Vec<(String, quinn::Connection)> = m
-                .iter()
-                .filter_map(|(id, l)| l.conn.clone().map(|c| (id.clone(), c)))
-                .collect();
+            let live = connected(&m);
             let gone: Vec<Report> = m
                 .iter()
                 .filter(|(_, l)| l.conn.is_none() && now.duration_since(l.last_seen) < REMEMBER)
@@ -312,10 +309,7 @@ impl Links {
         let (live, gone): (Vec<_>, Vec<_>) = {
             let now = Instant::now();
             let m = self.lock();
-            let live: Vec<(String, quinn::Connection)> = m
-                .iter()
-                .filter_map(|(id, l)| l.conn.clone().map(|c| (id.clone(), c)))
-                .collect();
+            let live = connected(&m);
             let gone: Vec<String> = m
                 .iter()
                 .filter(|(_, l)| {
@@ -349,6 +343,13 @@ impl Links {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Link>> {
         self.edges.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The edges with an open link, and their connections (a snapshot taken under the lock).
+fn connected(m: &HashMap<String, Link>) -> Vec<(String, quinn::Connection)> {
+    m.iter()
+        .filter_map(|(id, l)| l.conn.clone().map(|c| (id.clone(), c)))
+        .collect()
 }
 
 async fn read_ack(recv: quinn::RecvStream) -> Result<Vec<String>, String> {
