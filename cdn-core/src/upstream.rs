@@ -249,7 +249,8 @@ impl Upstream {
         let mut failures = Vec::new();
         let mark = l1.fill_mark();
         // The client's own conditionals never shape a shared fill; ours revalidate a stale copy.
-        let headers = &crate::fill::fill_headers(client_headers);
+        let fill_headers = crate::fill::fill_headers(client_headers);
+        let headers = &fill_headers;
         // Our own fields for a refresh; the client's as they are otherwise (no copy).
         let with_validators = stale.map(|stale| {
             let mut h = headers.clone();
@@ -333,11 +334,10 @@ impl Upstream {
             storable: decision.storable && head.content_length.is_none_or(|l| l <= max_object),
             max_object,
             status: head.status,
-            headers: head.headers.clone(),
             decision,
             now,
             source: member.id.as_str().into(),
-            request: headers.clone(),
+            request: fill_headers,
         };
         w.set_head(head, fill.decision.storable);
         Ok(match body {
@@ -612,7 +612,6 @@ struct NodeFill<'a> {
     storable: bool,
     max_object: u64,
     status: http::StatusCode,
-    headers: http::HeaderMap,
     decision: cdn_http::policy::Decision,
     now: SystemTime,
     source: Arc<str>,
@@ -694,10 +693,13 @@ impl NodeFill<'_> {
     /// The body is complete: store it when it may be (whole, within the size limit), then
     /// finish the flight (after storing, so no request misses both).
     async fn finish(self, l1: &Store, w: FlightWriter<Head>) -> Result<(), FillError> {
-        if self.storable && w.is_retaining() && w.len() <= self.max_object {
+        let head = w
+            .head()
+            .filter(|_| w.is_retaining() && w.len() <= self.max_object);
+        if let (true, Some(head)) = (self.storable, head) {
             let entry = NewEntry::new(
                 self.status,
-                &self.headers,
+                &head.headers,
                 w.chunks(),
                 self.decision,
                 self.now,

@@ -26,4 +26,6 @@ pub use body::{empty, full, strip_hop_by_hop, text, Body, BoxError, HOP_BY_HOP};
 pub use process::{
     init_tracing, log_runtime, raise_open_file_limit, server_runtime, shutdown_signal,
 };
-pub use server::{describe_metrics, listen, serve, Listener, ServerLimits, LISTEN_BACKLOG};
+pub use server::{
+    describe_metrics, listen, serve, Listener, ServerLimits, H2_SEND_BUFFER, LISTEN_BACKLOG,
+};

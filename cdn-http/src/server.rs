@@ -108,6 +108,9 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Bytes of one HTTP/2 response hyper buffers beyond what the client's window lets it send.
+pub const H2_SEND_BUFFER: usize = 128 * 1024;
+
 /// Where client connections come from: a TCP listener, or any other transport (simulation
 /// tests serve over a simulated network).
 pub trait Listener: Send + 'static {
@@ -158,6 +161,10 @@ pub async fn serve<L, F, Fut>(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_streams)
+        // A response a client's flow-control window holds back keeps at most this much
+        // here (hyper's default, made explicit: the memory bound of a slow reader, per stream,
+        // in docs/DESIGN.md "Limits and overload"); behind it the fill's window waits.
+        .max_send_buf_size(H2_SEND_BUFFER)
         .max_header_list_size(limits.max_head_bytes as u32);
     let table = conns::Table::new(conns::connection_budget(limits.max_connections));
     let mut backoff = conns::AcceptBackoff::default();

@@ -338,6 +338,11 @@ impl<H> FlightWriter<H> {
         self.flight.changed.notify_waiters();
     }
 
+    /// The head published with [`FlightWriter::set_head`], if any.
+    pub fn head(&self) -> Option<Arc<H>> {
+        self.flight.lock().head.as_ref().map(|(h, _)| h.clone())
+    }
+
     /// Appends a body chunk.
     pub fn push(&mut self, chunk: Bytes) {
         if chunk.is_empty() {
@@ -558,6 +563,23 @@ impl<H> FlightReader<H> {
         }
     }
 
+    /// The whole body at once, when the fill has already ended well and this reader has read
+    /// nothing yet (a small response, read whole before its head was set): the caller sends
+    /// it as one body instead of waiting chunk by chunk. `None` otherwise: stream it with
+    /// [`FlightReader::next_chunk`].
+    pub fn whole_body(&mut self) -> Option<Vec<Bytes>> {
+        let mut s = self.flight.lock();
+        if !matches!(s.end, Some(Ok(()))) || s.base != 0 || self.next != 0 {
+            return None;
+        }
+        let chunks: Vec<Bytes> = s.chunks.iter().cloned().collect();
+        self.next = chunks.len();
+        let (id, next) = (self.id, self.next);
+        s.readers.insert(id, next);
+        s.release();
+        Some(chunks)
+    }
+
     /// Whether this reader belongs to the leader.
     pub fn is_leader(&self) -> bool {
         self.leader
@@ -567,6 +589,50 @@ impl<H> FlightReader<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_complete_flight_hands_its_whole_body_to_a_reader_that_read_nothing() {
+        let c = Coalescer::<u16>::default();
+        let Joined::Leader(mut w, mut r) = c.join("/k") else {
+            panic!("first must lead")
+        };
+        w.set_head(200, true);
+        w.push(Bytes::from_static(b"ab"));
+        // Not ended yet: stream it.
+        assert!(r.whole_body().is_none());
+        w.push(Bytes::from_static(b"cd"));
+        w.finish();
+        let body = r.whole_body().expect("ended: whole");
+        assert_eq!(
+            body,
+            vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]
+        );
+        // Everything was handed over: the stream that follows is empty, and not twice.
+        assert!(r.next_chunk().await.is_none());
+        assert!(r.whole_body().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_read_a_chunk_does_not_get_the_whole_body() {
+        let c = Coalescer::<u16>::default();
+        let Joined::Leader(mut w, mut r) = c.join("/k") else {
+            panic!("first must lead")
+        };
+        w.set_head(200, true);
+        w.push(Bytes::from_static(b"ab"));
+        assert_eq!(
+            r.next_chunk().await.unwrap().unwrap(),
+            Bytes::from_static(b"ab")
+        );
+        w.push(Bytes::from_static(b"cd"));
+        w.finish();
+        assert!(r.whole_body().is_none());
+        assert_eq!(
+            r.next_chunk().await.unwrap().unwrap(),
+            Bytes::from_static(b"cd")
+        );
+        assert!(r.next_chunk().await.is_none());
+    }
 
     #[tokio::test]
     async fn one_leader_and_followers_see_head_and_every_chunk() {

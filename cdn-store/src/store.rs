@@ -77,6 +77,9 @@ pub struct Store {
     work: Arc<Work>,
     // Which request fields each URL's responses vary on, learned from their `Vary`.
     vary: moka::future::Cache<Arc<str>, Arc<VaryMarker>>,
+    // Set once any response stored here had a `Vary` (never cleared): until then a lookup
+    // need not ask `vary` at all, and most stores never see one.
+    varies: Arc<std::sync::atomic::AtomicBool>,
     // Entries removed, by cause: size, expiry, purge (explicit removal).
     evictions: Arc<[std::sync::atomic::AtomicU64; 3]>,
 }
@@ -223,15 +226,24 @@ impl Store {
             vary: moka::future::Cache::builder()
                 .max_capacity(1_000_000)
                 .build(),
+            varies: Arc::default(),
         }
     }
 
     /// The entry a request for `key` with fields `request` would be served, if any.
     pub async fn lookup(&self, key: &str, request: &HeaderMap) -> Option<Entry> {
-        match self.vary.get(key).await {
+        match self.marker(key).await {
             Some(m) => self.get(variant_key(key, &m.names, request).as_str()).await,
             None => self.get(key).await,
         }
+    }
+
+    /// What `key`'s responses vary on, when they do.
+    async fn marker(&self, key: &str) -> Option<Arc<VaryMarker>> {
+        if !self.varies.load(Ordering::Acquire) {
+            return None;
+        }
+        self.vary.get(key).await
     }
 
     /// `entry` as the recorded purges leave it: gone (left for the sweeper to reclaim, or for
@@ -253,7 +265,7 @@ impl Store {
     /// The key concurrent misses coalesce under: the variant's key when the URL is known to
     /// vary, else the URL (the first response then decides; see `cdn_core::fill::fits`).
     pub async fn flight_key(&self, key: &str, request: &HeaderMap) -> String {
-        match self.vary.get(key).await {
+        match self.marker(key).await {
             Some(m) => variant_key(key, &m.names, request),
             None => key.to_string(),
         }
@@ -267,10 +279,16 @@ impl Store {
         request: &HeaderMap,
         entry: &NewEntry,
     ) -> Option<String> {
+        // Most responses have no `Vary`: no map of their fields for those.
+        if entry.fields().get("vary").is_none() {
+            return Some(key.to_string());
+        }
         let names = vary_names(&entry.fields().to_map())?;
         if names.is_empty() {
             return Some(key.to_string());
         }
+        // Before the marker is in: a lookup that finds the marker finds the flag set.
+        self.varies.store(true, Ordering::Release);
         let marker = self
             .vary
             .get_with(Arc::from(key), async {
@@ -348,7 +366,7 @@ impl Store {
         // A URL with variants: they live under "url\0…", found by the URL part of their key.
         let mut varying = Vec::new();
         for url in &inv.urls {
-            if self.vary.get(url.as_str()).await.is_some() {
+            if self.marker(url.as_str()).await.is_some() {
                 varying.push(url.as_str());
             }
         }

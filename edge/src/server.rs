@@ -108,8 +108,7 @@ async fn cached(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
         }
         Lookup::Miss { stale } => stale,
     };
-    let headers = req.headers().clone();
-    let (reader, head) = match edge.reads.fill(&key, &headers, stale).await {
+    let (reader, head) = match edge.reads.fill(&key, req.headers(), stale).await {
         Ok(filled) => filled,
         Err(e) => return upstream_failed(edge, &e.to_string()),
     };
@@ -320,9 +319,13 @@ fn stored_body(body: &Chunks) -> Body {
 /// A response that streams a flight's body as it arrives. If the fill fails mid-body the
 /// body errors, and hyper aborts the connection: the client never gets a short body that
 /// looks complete.
-fn flight_response(head: &Head, reader: FlightReader<Head>, head_only: bool) -> Response<Body> {
+fn flight_response(head: &Head, mut reader: FlightReader<Head>, head_only: bool) -> Response<Body> {
     let body = if head_only {
         empty()
+    } else if let Some(chunks) = reader.whole_body() {
+        // Already complete (a small response from a node is read whole before its head):
+        // one body, not a stream polled chunk by chunk.
+        chunks_body(chunks)
     } else {
         StreamBody::new(stream::unfold(reader, |mut r| async move {
             let c = r.next_chunk().await?;

@@ -43,6 +43,20 @@ fn hits_during(edge: SocketAddr, secs: u64) -> tokio::task::JoinHandle<loadgen::
     tokio::spawn(async move { loadgen::run(opts).await.expect("load runs") })
 }
 
+/// `GET /healthz` on an admin port, 100 a second, while an attack runs; its report.
+fn pings_during(admin: SocketAddr, secs: u64) -> tokio::task::JoinHandle<loadgen::Report> {
+    let opts = loadgen::Options {
+        targets: vec![admin],
+        connections: 2,
+        duration: Duration::from_secs(secs),
+        path: "/healthz".into(),
+        keys: 1,
+        rate: Some(100.0),
+        ..Default::default()
+    };
+    tokio::spawn(async move { loadgen::run(opts).await.expect("pings run") })
+}
+
 fn print(what: &str, r: &loadgen::Report) {
     eprintln!(
         "{what}: {} requests, errors {}, p50 {} us, p99 {} us, max {} us",
@@ -263,6 +277,16 @@ fn rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// How the storm's slow readers reach the edge.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Wire {
+    /// One HTTP/1.1 connection per reader, read 64 KiB every 100 ms.
+    Http1,
+    /// HTTP/2 (prior knowledge): 4 connections of 25 streams each; every stream is read a
+    /// data frame every 100 ms, so its flow-control window refills only that fast.
+    Http2,
+}
+
 /// 100 clients each ask for a different cacheable 16 MiB object and read it slowly (64 KiB
 /// every 100 ms). Before the fill budget the node kept every body whole for its store while
 /// the clients crawled (1.8 GB resident here; 7.3 GB with 64 MiB objects), and the edge held a
@@ -275,6 +299,89 @@ fn rss(pid: u32) -> u64 {
 // fills push back, and it must not delay the load generator's clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_storm_of_large_objects_keeps_both_tiers_memory_bounded() {
+    slow_reader_storm(Wire::Http1).await;
+}
+
+/// The same storm as 25 streams on each of 4 HTTP/2 connections: a stream's response is held
+/// back by the client's flow-control window, and hyper buffers at most `max_send_buf_size`
+/// (400 KiB, its default, set explicitly in `cdn_http::server`) of it; behind that the fill's
+/// tight window and the budget hold as for HTTP/1.1, so the same bound applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_storm_over_http2_keeps_both_tiers_memory_bounded() {
+    slow_reader_storm(Wire::Http2).await;
+}
+
+/// One slow HTTP/1.1 reader of `path`: bytes read until `stop`.
+async fn slow_h1_reader(
+    edge: SocketAddr,
+    path: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u64 {
+    let mut s = TcpStream::connect(edge).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: a\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n as u64,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    got
+}
+
+/// `paths.len()` slow HTTP/2 readers on one connection: bytes read until `stop`. The client's
+/// windows are 64 KiB a stream (HTTP/2's default), released as each frame is read.
+async fn slow_h2_readers(
+    edge: SocketAddr,
+    paths: Vec<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u64 {
+    use http_body_util::BodyExt;
+    let tcp = TcpStream::connect(edge).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(64 * 1024)
+            .initial_connection_window_size(64 * 1024 * paths.len() as u32)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("HTTP/2 handshake with the edge");
+    tokio::spawn(conn);
+    let mut streams = Vec::new();
+    for path in paths {
+        let mut sender = sender.clone();
+        let stop = stop.clone();
+        streams.push(tokio::spawn(async move {
+            let req = http::Request::get(format!("http://a{path}"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            sender.ready().await.expect("connection open");
+            let Ok(resp) = sender.send_request(req).await else {
+                return 0;
+            };
+            assert_eq!(resp.status(), http::StatusCode::OK, "{path}");
+            let mut body = resp.into_body();
+            let mut got = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match body.frame().await {
+                    Some(Ok(f)) => got += f.data_ref().map_or(0, |d| d.len() as u64),
+                    _ => break,
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            got
+        }));
+    }
+    let mut got = 0;
+    for s in streams {
+        got += s.await.unwrap();
+    }
+    got
+}
+
+async fn slow_reader_storm(wire: Wire) {
     const CLIENTS: usize = 100;
     const SIZE: u64 = 16 << 20;
     // Alone on the cores: the ordinary clients' latency below is reported, and comparable.
@@ -288,27 +395,26 @@ async fn a_slow_reader_storm_of_large_objects_keeps_both_tiers_memory_bounded() 
     let (node_base, edge_base) = (rss(node_pid), rss(edge_pid));
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let path = |i: usize| format!("/storm/{wire:?}/{i}?size={SIZE}&cc=max-age%3D600");
     let mut readers = Vec::new();
-    for i in 0..CLIENTS {
-        let stop = stop.clone();
-        readers.push(tokio::spawn(async move {
-            let mut s = TcpStream::connect(edge).await.unwrap();
-            let req =
-                format!("GET /storm/{i}?size={SIZE}&cc=max-age%3D600 HTTP/1.1\r\nhost: a\r\n\r\n");
-            s.write_all(req.as_bytes()).await.unwrap();
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut got = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got += n as u64,
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    match wire {
+        Wire::Http1 => {
+            for i in 0..CLIENTS {
+                readers.push(tokio::spawn(slow_h1_reader(edge, path(i), stop.clone())));
             }
-            got
-        }));
+        }
+        Wire::Http2 => {
+            for c in 0..4 {
+                let paths = (c * CLIENTS / 4..(c + 1) * CLIENTS / 4).map(path).collect();
+                readers.push(tokio::spawn(slow_h2_readers(edge, paths, stop.clone())));
+            }
+        }
     }
     let load = hits_during(edge, 6);
+    // What any request to each process waits at the same moment: its admin port's health
+    // check, which shares the process's runtime and CPU but none of the storm's queues.
+    let edge_ping = pings_during(f.edges[0].admin, 6);
+    let node_ping = pings_during(f.node_admin(0), 6);
     let (mut node_peak, mut edge_peak) = (0u64, 0u64);
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(6) {
@@ -324,7 +430,7 @@ async fn a_slow_reader_storm_of_large_objects_keeps_both_tiers_memory_bounded() 
     }
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     eprintln!(
-        "storm of {CLIENTS} slow readers x {} MiB: node RSS {:.0} -> peak {:.0} MiB, edge RSS {:.0} -> peak {:.0} MiB; clients read {:.0} MiB in all",
+        "{wire:?} storm of {CLIENTS} slow readers x {} MiB: node RSS {:.0} -> peak {:.0} MiB, edge RSS {:.0} -> peak {:.0} MiB; clients read {:.0} MiB in all",
         SIZE >> 20,
         mib(node_base),
         mib(node_peak),
@@ -333,6 +439,14 @@ async fn a_slow_reader_storm_of_large_objects_keeps_both_tiers_memory_bounded() 
         mib(read)
     );
     print("node-tier GETs during the storm", &report);
+    let (edge_ping, node_ping) = (edge_ping.await.unwrap(), node_ping.await.unwrap());
+    print("edge /healthz during the storm", &edge_ping);
+    print("node /healthz during the storm", &node_ping);
+    assert_eq!(
+        edge_ping.errors + node_ping.errors,
+        0,
+        "both admin ports answered throughout"
+    );
     assert!(read > 0, "the slow readers got their bodies' beginnings");
     assert_eq!(report.errors, 0, "ordinary clients were served throughout");
     // Fairness (the node sends small responses ahead of the storm's bodies on the connection
@@ -344,8 +458,16 @@ async fn a_slow_reader_storm_of_large_objects_keeps_both_tiers_memory_bounded() 
     // window in its flight, one QUIC stream window, and 2 MiB for the HTTP buffers and the
     // allocator; 64 MiB more for the debug build. Without the budget this storm took the
     // node to 1.8 GB and the edge to 690 MB (measured with `CDN_FILL_MEMORY=100GiB`).
-    let per_response =
-        cdn_core::fill::TIGHT_WINDOW + u64::from(cdn_net::tls::STREAM_WINDOW) + (2 << 20);
+    // Over HTTP/2 the edge also keeps up to hyper's send buffer of each stream the client's
+    // window holds back (over HTTP/1.1 that part waits in the kernel's socket buffer).
+    let h2_buffer = match wire {
+        Wire::Http1 => 0,
+        Wire::Http2 => cdn_http::H2_SEND_BUFFER as u64,
+    };
+    let per_response = cdn_core::fill::TIGHT_WINDOW
+        + u64::from(cdn_net::tls::STREAM_WINDOW)
+        + (2 << 20)
+        + h2_buffer;
     let node_bound = node_base + (64 << 20) + CLIENTS as u64 * per_response + (64 << 20);
     let edge_bound = edge_base + CLIENTS as u64 * per_response + (64 << 20);
     assert!(
