@@ -167,10 +167,7 @@ pub fn revalidated(
     rules: &cdn_http::policy::Rules,
 ) -> (cdn_store::NewEntry, bool) {
     let merged = cdn_http::policy::merge_not_modified(&stale.headers(), not_modified);
-    let mut r = http::Response::new(());
-    *r.status_mut() = stale.status();
-    *r.headers_mut() = merged.clone();
-    let decision = cdn_http::policy::evaluate_with(policy_req, &r.into_parts().0, now, rules);
+    let decision = cdn_http::policy::evaluate_head(policy_req, stale.status(), &merged, now, rules);
     let storable = decision.storable;
     let mut e = cdn_store::NewEntry::new(stale.status(), &merged, stale.body(), decision, now);
     if let Some(source) = stale.source() {

@@ -61,8 +61,7 @@ impl FrameReader {
             if let Some(f) = Frame::decode(&mut self.buf)? {
                 return Ok(Some(f));
             }
-            let idle = self.idle;
-            let chunk = within(idle, self.recv.read_chunk(256 * 1024, true)).await??;
+            let chunk = within(self.idle, self.recv.read_chunk(256 * 1024, true)).await??;
             match chunk {
                 Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
                 None if self.buf.is_empty() => return Ok(None),
@@ -175,9 +174,10 @@ pub async fn send_whole(
 ) -> Result<u64, WireError> {
     let len: u64 = body.iter().map(|c| c.len() as u64).sum();
     prioritise(send, Some(len));
-    // One write for the whole response when it is small (head, data and end frames encoded
-    // together): each write takes the connection's lock and wakes its driver, and a response
-    // written in three went out in more packets.
+    // One write for the whole response when it is small (the head, data and end frames in
+    // one call, the body's buffers passed along, not copied): each write takes the
+    // connection's lock and wakes its driver, and a response written in three went out in
+    // more packets.
     if len <= SMALL_RESPONSE {
         // The frame headers around the body's own buffers (not copied): one call.
         let mut pieces = Vec::with_capacity(2 * body.len() + 2);
