@@ -162,8 +162,8 @@ pub async fn serve<L, F, Fut>(
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_streams)
         // A response a client's flow-control window holds back keeps at most this much
-        // here (hyper's default, made explicit: the memory bound of a slow reader, per stream,
-        // in docs/DESIGN.md "Limits and overload"); behind it the fill's window waits.
+        // here (hyper's default is 400 KiB): the memory bound of a slow reader, per stream,
+        // in docs/DESIGN.md "Limits and overload"; behind it the fill's window waits.
         .max_send_buf_size(H2_SEND_BUFFER)
         .max_header_list_size(limits.max_head_bytes as u32);
     let table = conns::Table::new(conns::connection_budget(limits.max_connections));

@@ -563,13 +563,16 @@ impl<H> FlightReader<H> {
         }
     }
 
-    /// The whole body at once, when the fill has already ended well and this reader has read
-    /// nothing yet (a small response, read whole before its head was set): the caller sends
-    /// it as one body instead of waiting chunk by chunk. `None` otherwise: stream it with
-    /// [`FlightReader::next_chunk`].
-    pub fn whole_body(&mut self) -> Option<Vec<Bytes>> {
+    /// The whole body at once, when the fill has already ended well, the body is at most
+    /// `max` bytes and this reader has read nothing yet (a small response, read whole before
+    /// its head was set): the caller sends it as one body instead of waiting chunk by chunk.
+    /// `None` otherwise: stream it with [`FlightReader::next_chunk`]. The chunks handed out
+    /// stop counting against the fill budget once the flight ends (a streaming reader keeps
+    /// them counted until its client has them), hence `max`: keep it within the window a
+    /// reader may hold anyway.
+    pub fn whole_body(&mut self, max: u64) -> Option<Vec<Bytes>> {
         let mut s = self.flight.lock();
-        if !matches!(s.end, Some(Ok(()))) || s.base != 0 || self.next != 0 {
+        if !matches!(s.end, Some(Ok(()))) || s.base != 0 || self.next != 0 || s.len > max {
             return None;
         }
         let chunks: Vec<Bytes> = s.chunks.iter().cloned().collect();
@@ -599,17 +602,19 @@ mod tests {
         w.set_head(200, true);
         w.push(Bytes::from_static(b"ab"));
         // Not ended yet: stream it.
-        assert!(r.whole_body().is_none());
+        assert!(r.whole_body(1024).is_none());
         w.push(Bytes::from_static(b"cd"));
         w.finish();
-        let body = r.whole_body().expect("ended: whole");
+        // Larger than the caller allows: stream it.
+        assert!(r.whole_body(3).is_none());
+        let body = r.whole_body(4).expect("ended: whole");
         assert_eq!(
             body,
             vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]
         );
         // Everything was handed over: the stream that follows is empty, and not twice.
         assert!(r.next_chunk().await.is_none());
-        assert!(r.whole_body().is_none());
+        assert!(r.whole_body(1024).is_none());
     }
 
     #[tokio::test]
@@ -626,7 +631,7 @@ mod tests {
         );
         w.push(Bytes::from_static(b"cd"));
         w.finish();
-        assert!(r.whole_body().is_none());
+        assert!(r.whole_body(1024).is_none());
         assert_eq!(
             r.next_chunk().await.unwrap().unwrap(),
             Bytes::from_static(b"cd")

@@ -287,7 +287,8 @@ impl Store {
         if names.is_empty() {
             return Some(key.to_string());
         }
-        // Before the marker is in: a lookup that finds the marker finds the flag set.
+        // Set before the marker goes in: a lookup after the insert sees both (one racing it
+        // may miss the marker, as it would have just before the insert).
         self.varies.store(true, Ordering::Release);
         let marker = self
             .vary

@@ -322,9 +322,10 @@ fn stored_body(body: &Chunks) -> Body {
 fn flight_response(head: &Head, mut reader: FlightReader<Head>, head_only: bool) -> Response<Body> {
     let body = if head_only {
         empty()
-    } else if let Some(chunks) = reader.whole_body() {
+    } else if let Some(chunks) = reader.whole_body(cdn_core::fill::TIGHT_WINDOW) {
         // Already complete (a small response from a node is read whole before its head):
-        // one body, not a stream polled chunk by chunk.
+        // one body, not a stream polled chunk by chunk. At most the window a streaming reader
+        // may hold, since these bytes leave the fill budget when the flight ends.
         chunks_body(chunks)
     } else {
         StreamBody::new(stream::unfold(reader, |mut r| async move {

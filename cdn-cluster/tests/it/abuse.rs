@@ -31,30 +31,41 @@ async fn closed_after(mut s: TcpStream, from: Instant, limit: Duration) -> Optio
 
 /// A load of node-tier GETs through `edge` while an attack runs; its report.
 fn hits_during(edge: SocketAddr, secs: u64) -> tokio::task::JoinHandle<loadgen::Report> {
-    let opts = loadgen::Options {
-        targets: vec![edge],
-        connections: 8,
-        duration: Duration::from_secs(secs),
-        path: "/abuse/{key}?size=1024&cc=max-age%3D600".into(),
-        keys: 50,
-        rate: Some(500.0),
-        ..Default::default()
-    };
-    tokio::spawn(async move { loadgen::run(opts).await.expect("load runs") })
+    load_during(
+        loadgen::Options {
+            targets: vec![edge],
+            connections: 8,
+            path: "/abuse/{key}?size=1024&cc=max-age%3D600".into(),
+            keys: 50,
+            rate: Some(500.0),
+            ..Default::default()
+        },
+        secs,
+    )
 }
 
 /// `GET /healthz` on an admin port, 100 a second, while an attack runs; its report.
 fn pings_during(admin: SocketAddr, secs: u64) -> tokio::task::JoinHandle<loadgen::Report> {
+    load_during(
+        loadgen::Options {
+            targets: vec![admin],
+            connections: 2,
+            path: "/healthz".into(),
+            keys: 1,
+            rate: Some(100.0),
+            ..Default::default()
+        },
+        secs,
+    )
+}
+
+/// Runs `opts` for `secs` in its own task.
+fn load_during(opts: loadgen::Options, secs: u64) -> tokio::task::JoinHandle<loadgen::Report> {
     let opts = loadgen::Options {
-        targets: vec![admin],
-        connections: 2,
         duration: Duration::from_secs(secs),
-        path: "/healthz".into(),
-        keys: 1,
-        rate: Some(100.0),
-        ..Default::default()
+        ..opts
     };
-    tokio::spawn(async move { loadgen::run(opts).await.expect("pings run") })
+    tokio::spawn(async move { loadgen::run(opts).await.expect("load runs") })
 }
 
 fn print(what: &str, r: &loadgen::Report) {
@@ -304,7 +315,7 @@ async fn a_slow_reader_storm_of_large_objects_keeps_both_tiers_memory_bounded() 
 
 /// The same storm as 25 streams on each of 4 HTTP/2 connections: a stream's response is held
 /// back by the client's flow-control window, and hyper buffers at most `max_send_buf_size`
-/// (400 KiB, its default, set explicitly in `cdn_http::server`) of it; behind that the fill's
+/// (`H2_SEND_BUFFER`, 128 KiB, set in `cdn_http::server`) of it; behind that the fill's
 /// tight window and the budget hold as for HTTP/1.1, so the same bound applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_storm_over_http2_keeps_both_tiers_memory_bounded() {
@@ -357,17 +368,26 @@ async fn slow_h2_readers(
             let req = http::Request::get(format!("http://a{path}"))
                 .body(http_body_util::Empty::<bytes::Bytes>::new())
                 .unwrap();
-            sender.ready().await.expect("connection open");
-            let Ok(resp) = sender.send_request(req).await else {
+            // A stream that is refused or answered with an error reads nothing: the caller
+            // asserts the readers got bytes, as for HTTP/1.1. Every wait is bounded, so the
+            // storm ends when `stop` says so whatever the edge does.
+            let head = tokio::time::timeout(Duration::from_secs(10), async {
+                sender.ready().await.ok()?;
+                sender.send_request(req).await.ok()
+            });
+            let Ok(Some(resp)) = head.await else {
                 return 0;
             };
-            assert_eq!(resp.status(), http::StatusCode::OK, "{path}");
+            if resp.status() != http::StatusCode::OK {
+                return 0;
+            }
             let mut body = resp.into_body();
             let mut got = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match body.frame().await {
-                    Some(Ok(f)) => got += f.data_ref().map_or(0, |d| d.len() as u64),
-                    _ => break,
+                match tokio::time::timeout(Duration::from_millis(500), body.frame()).await {
+                    Ok(Some(Ok(f))) => got += f.data_ref().map_or(0, |d| d.len() as u64),
+                    Ok(_) => break,
+                    Err(_) => continue,
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -376,7 +396,7 @@ async fn slow_h2_readers(
     }
     let mut got = 0;
     for s in streams {
-        got += s.await.unwrap();
+        got += s.await.unwrap_or(0);
     }
     got
 }
@@ -464,12 +484,10 @@ async fn slow_reader_storm(wire: Wire) {
         Wire::Http1 => 0,
         Wire::Http2 => cdn_http::H2_SEND_BUFFER as u64,
     };
-    let per_response = cdn_core::fill::TIGHT_WINDOW
-        + u64::from(cdn_net::tls::STREAM_WINDOW)
-        + (2 << 20)
-        + h2_buffer;
+    let per_response =
+        cdn_core::fill::TIGHT_WINDOW + u64::from(cdn_net::tls::STREAM_WINDOW) + (2 << 20);
     let node_bound = node_base + (64 << 20) + CLIENTS as u64 * per_response + (64 << 20);
-    let edge_bound = edge_base + CLIENTS as u64 * per_response + (64 << 20);
+    let edge_bound = edge_base + CLIENTS as u64 * (per_response + h2_buffer) + (64 << 20);
     assert!(
         node_peak <= node_bound,
         "node peak {:.0} MiB over its bound {:.0} MiB",

@@ -306,12 +306,12 @@ impl Fleet {
         panic!("edge-{i} lost its ports three times");
     }
 
-    /// The process ids of node `j` and edge `i` (for reading their resident memory).
     /// Node `j`'s admin address.
     pub(crate) fn node_admin(&self, j: usize) -> SocketAddr {
         self.nodes[j].admin
     }
 
+    /// The process ids of node `j` and edge `i` (for reading their resident memory).
     pub(crate) fn pids(&self, j: usize, i: usize) -> (u32, u32) {
         let node = self.nodes[j].child.as_ref().expect("node running").id();
         (node, self.edges[i].child.id())
