@@ -77,10 +77,7 @@ impl PushObject {
         headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
         let req =
             cdn_http::policy::policy_request(&http::Method::GET, &self.key, &HeaderMap::new());
-        let mut resp = http::Response::new(());
-        *resp.status_mut() = self.status;
-        *resp.headers_mut() = headers.clone();
-        let decision = cdn_http::policy::evaluate_with(&req, &resp.into_parts().0, now, rules);
+        let decision = cdn_http::policy::evaluate_head(&req, self.status, &headers, now, rules);
         if !decision.storable {
             return Err("not cacheable: give it a lifetime (Cache-Control: max-age=N or s-maxage=N) and no private/no-store".into());
         }
