@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use http::{Method, StatusCode};
 
-use crate::support::{cluster, expected, get, send};
+use crate::support::{cluster, expected, get, origin_reaches, send};
 
 #[tokio::test]
 async fn bodies_are_byte_exact_with_the_origins_content_type() {
@@ -121,6 +121,40 @@ async fn two_hundred_concurrent_cold_gets_over_both_edges_make_one_origin_reques
         assert_eq!(g.status, StatusCode::OK);
         assert!(g.body == want);
     }
+    assert_eq!(c.origin_count(target), 1);
+    c.stop().await;
+}
+
+/// The request that leads a fill drives it from its own task; when that request goes away
+/// before the head (its client hung up), the rest of the fill goes on in a task of its own:
+/// the next request is served from that same fill or from what it stored, and the node tier
+/// is asked once.
+#[tokio::test]
+async fn a_fill_goes_on_when_the_client_that_started_it_hangs_up() {
+    use tokio::io::AsyncWriteExt;
+    let c = cluster(1, 1, |_| {}).await;
+    let target = "/hangs-up?size=70000&latency_ms=400&cc=public,max-age=300";
+    let addr = c.edges[0].http_addr;
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(format!("GET {target} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // The fill has reached the origin, whose head is 400 ms away: hang up now.
+    origin_reaches(&c, target, 1).await;
+    drop(client);
+    let counters = c.edges[0].edge.counters();
+    assert_eq!(counters.get(edge::Counter::NodeFetches), 1);
+    let g = get(addr, target).await;
+    assert_eq!(g.status, StatusCode::OK);
+    assert!(g.body == expected(target, 70000), "body differs");
+    assert_eq!(
+        counters.get(edge::Counter::NodeFetches),
+        1,
+        "the first fill went on: no second fetch from the node tier ({})",
+        g.header("x-cache")
+    );
+    assert_eq!(get(addr, target).await.edge_cache(), "HIT");
     assert_eq!(c.origin_count(target), 1);
     c.stop().await;
 }
