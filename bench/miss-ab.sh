@@ -9,12 +9,17 @@
 #   SIZES="1k 16k" DUR=10s REPS=5 CONNS=32; EDGE_CAPACITY_A / _B: an edge's L1 (default 2KiB;
 #   give one 1GiB to compare the miss path with the edge's hit path)
 # Sequential runs of bench/miss-path.sh moved by +-30 % between runs of the same build on this
-# machine; side by side, B / A moves by a few per cent.
+# machine; side by side, the same build against itself reads 1.00 within 2 %. Each rep swaps
+# which wrk starts first; in short runs req/s depends on that order, CPU per request does not.
 set -euo pipefail
 A="$(cd "$1" && pwd)"; B="$(cd "$2" && pwd)"
 SIZES="${SIZES:-1k 16k}"; DUR="${DUR:-10s}"; REPS="${REPS:-5}"; CONNS="${CONNS:-32}"
 BENCH="$(cd "$(dirname "$0")" && pwd)"; DATA="${DATADIR:-${TMPDIR:-/tmp}/bench-data}"
-COUNT_SMALL=1000 COUNT_1M=16 "$BENCH/make-objects.sh" "$DATA" >/dev/null 2>&1
+# shellcheck source=bench/lib.sh
+. "$BENCH/lib.sh"
+# A server left from an interrupted run would answer in place of the build under test.
+for p in 18506 18507 18508 18509 18516 18517 18518 18519; do require_free_port $p; done
+COUNT_SMALL=1000 COUNT_1M=16 "$BENCH/make-objects.sh" "$DATA" >/dev/null
 OUT="$(mktemp -d "${TMPDIR:-/tmp}/miss-ab.XXXXXX")"; PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done; sleep 0.5
   for p in "${PIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done; }
@@ -44,11 +49,15 @@ for s in $SIZES; do for x in a b; do for _ in 1 2; do for i in $(seq 0 $(($(keys
 # CPU ticks (user + system) of a pair: "node edge".
 ticks() { for p in $1; do awk '{print $14 + $15}' "/proc/$p/stat"; done | paste -sd' '; }
 ratios=()
+load() { taskset -c 1 wrk -t1 -c"$CONNS" -d"$DUR" --latency -s "$BENCH/random-1000.lua" "http://127.0.0.1:${EDGE_PORT[$1]}" -- "/obj/$2" "$(keys "$2")" >"$OUT/wrk-$1"; }
+n=0
 for s in $SIZES; do for _ in $(seq 1 "$REPS"); do
   ta0="$(ticks "${SERVERS[a]}")"; tb0="$(ticks "${SERVERS[b]}")"
-  taskset -c 1 wrk -t1 -c"$CONNS" -d"$DUR" --latency -s "$BENCH/random-1000.lua" "http://127.0.0.1:${EDGE_PORT[a]}" -- "/obj/$s" "$(keys "$s")" >"$OUT/wrk-a" & WA=$!
-  taskset -c 1 wrk -t1 -c"$CONNS" -d"$DUR" --latency -s "$BENCH/random-1000.lua" "http://127.0.0.1:${EDGE_PORT[b]}" -- "/obj/$s" "$(keys "$s")" >"$OUT/wrk-b" & WB=$!
-  wait $WA $WB
+  n=$((n + 1)); if [ $((n % 2)) = 1 ]; then first=a; second=b; else first=b; second=a; fi
+  load $first "$s" & W1=$!
+  load $second "$s" & W2=$!
+  wait $W1 || die "wrk against pair $first failed"
+  wait $W2 || die "wrk against pair $second failed"
   ta1="$(ticks "${SERVERS[a]}")"; tb1="$(ticks "${SERVERS[b]}")"
   line="$(python3 - "$OUT" "$s" "$ta0" "$ta1" "$tb0" "$tb1" <<'EOF'
 import os, re, sys
@@ -61,7 +70,7 @@ def parse(x):
     n = int(re.search(r'(\d+) requests in', t).group(1))
     rps = float(re.search(r'Requests/sec:\s+([\d.]+)', t).group(1))
     p99 = re.search(r'\s99%\s+(\S+)', t).group(1)
-    errs = 'errors' if re.search(r'Non-2xx|Socket errors', t) else ''
+    errs = f'errors({x})' if re.search(r'Non-2xx|Socket errors', t) else ''
     return n, rps, p99, errs
 (na, ra, pa, ea), (nb, rb, pb, eb) = parse('a'), parse('b')
 us = lambda t, n: t * 1e6 / hz / max(n, 1)

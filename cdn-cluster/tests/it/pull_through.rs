@@ -125,22 +125,21 @@ async fn two_hundred_concurrent_cold_gets_over_both_edges_make_one_origin_reques
     c.stop().await;
 }
 
-/// The request that leads a fill drives it from its own task; when that request goes away
-/// before the head (its client hung up), the rest of the fill goes on in a task of its own:
-/// the next request is served from that same fill or from what it stored, and the node tier
-/// is asked once.
+/// A fill runs in a task of its own, so it completes for every waiter even when the request
+/// that started it goes away before the head (its client hung up): the next request is
+/// served from that same fill or from what it stored, and the node tier is asked once.
 #[tokio::test]
 async fn a_fill_goes_on_when_the_client_that_started_it_hangs_up() {
     use tokio::io::AsyncWriteExt;
     let c = cluster(1, 1, |_| {}).await;
-    let target = "/hangs-up?size=70000&latency_ms=400&cc=public,max-age=300";
+    let target = "/hangs-up?size=70000&latency_ms=1000&cc=public,max-age=300";
     let addr = c.edges[0].http_addr;
     let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
     client
         .write_all(format!("GET {target} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    // The fill has reached the origin, whose head is 400 ms away: hang up now.
+    // The fill has reached the origin, whose head is a second away: hang up now.
     origin_reaches(&c, target, 1).await;
     drop(client);
     let counters = c.edges[0].edge.counters();
