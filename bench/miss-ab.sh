@@ -2,7 +2,7 @@
 # bench/miss-ab.sh BIN_A BIN_B
 # Two builds' node-tier miss paths measured at the same time, so the machine's noise (other
 # tenants, frequency) falls on both alike: each build runs an edge whose 2 KiB L1 keeps nothing
-# in front of one cache node, as bench/miss-path.sh sets them up, and all four processes share
+# in front of one cache node (start_tier_pair in lib.sh, as bench/miss-path.sh), and all four processes share
 # core 0 (nice -20); two wrk -t1 -c32, one per build, share core 1. The build that needs less CPU
 # per request serves more of them. Prints, per size and rep, both builds' req/s and p99, B / A,
 # and the CPU per request each pair used (from /proc: user + system); then the median of B / A.
@@ -26,30 +26,23 @@ cleanup() { for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -T
 trap cleanup EXIT
 OP=18480
 out="$(BENCH_SERVER_CPUS=1 ORIGIN_ACCESS_LOG=off "$BENCH/start-origin.sh" $OP "$DATA")"; PIDS+=("$(echo "$out" | tail -1)")
-# pair X in {a, b}: node on base+6, edge on base+7, admins on base+8 and base+9
+# Pair a: node on 18506, edge on 18507 (admins 18508, 18509); pair b: 18516-18519.
 declare -A EDGE_PORT EDGE_ADMIN SERVERS
-start_pair() { # name bin base
-  local name=$1 bin=$2 base=$3 cap=$4
-  "$bin/cache-node" init-tls --dir "$OUT/tls-$name" >/dev/null
-  setsid taskset -c 0 nice -n -20 "$bin/cache-node" --id "node-$name" --listen "127.0.0.1:$((base + 6))" \
-    --admin "127.0.0.1:$((base + 8))" --origin "http://127.0.0.1:$OP" --capacity 2GiB --tls-dir "$OUT/tls-$name" \
-    </dev/null >"$OUT/node-$name.log" 2>&1 & PIDS+=($!); local n=$!
-  setsid taskset -c 0 nice -n -20 "$bin/edge" --id "edge-$name" --listen "127.0.0.1:$((base + 7))" \
-    --admin "127.0.0.1:$((base + 9))" --seed "127.0.0.1:$((base + 6))" --origin "http://127.0.0.1:$OP" \
-    --capacity "$cap" --tls-dir "$OUT/tls-$name" </dev/null >"$OUT/edge-$name.log" 2>&1 & PIDS+=($!); local e=$!
-  for p in $n $e; do echo -20 >"/proc/$p/autogroup" 2>/dev/null || true; done
-  EDGE_PORT[$name]=$((base + 7)); EDGE_ADMIN[$name]=$((base + 9)); SERVERS[$name]="$n $e"
-}
-start_pair a "$A" 18500 "${EDGE_CAPACITY_A:-2KiB}"; start_pair b "$B" 18510 "${EDGE_CAPACITY_B:-2KiB}"
+for x in a b; do
+  bin=$A; base=18500; cap="${EDGE_CAPACITY_A:-2KiB}"
+  if [ $x = b ]; then bin=$B; base=18510; cap="${EDGE_CAPACITY_B:-2KiB}"; fi
+  start_tier_pair "$bin" "$OUT" $x $base $OP "$cap"
+  EDGE_PORT[$x]=$((base + 7)); EDGE_ADMIN[$x]=$((base + 9)); SERVERS[$x]="$PAIR_NODE $PAIR_EDGE"
+done
+# This script runs wrk: its autogroup gets nice -20 too, as the servers' do.
 echo -20 >"/proc/$$/autogroup" 2>/dev/null || true
-for x in a b; do for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:${EDGE_ADMIN[$x]}/status" && break; sleep 0.1; done; done
-keys() { if [ "$1" = 1m ]; then echo 16; else echo 1000; fi; }
-for s in $SIZES; do for x in a b; do for _ in 1 2; do for i in $(seq 0 $(($(keys "$s") - 1))); do
-  curl -s -o /dev/null "http://127.0.0.1:${EDGE_PORT[$x]}/obj/$s/$i"; done; done; done; done
-# CPU ticks (user + system) of a pair: "node edge".
-ticks() { for p in $1; do awk '{print $14 + $15}' "/proc/$p/stat"; done | paste -sd' '; }
+# shellcheck disable=SC2086
+for x in a b; do warm_tier_pair "${EDGE_PORT[$x]}" $SIZES; done
+# CPU ticks of a pair: "node edge".
+# shellcheck disable=SC2086
+ticks() { process_ticks $1; }
 ratios=()
-load() { taskset -c 1 wrk -t1 -c"$CONNS" -d"$DUR" --latency -s "$BENCH/random-1000.lua" "http://127.0.0.1:${EDGE_PORT[$1]}" -- "/obj/$2" "$(keys "$2")" >"$OUT/wrk-$1"; }
+load() { taskset -c 1 wrk -t1 -c"$CONNS" -d"$DUR" --latency -s "$BENCH/random-1000.lua" "http://127.0.0.1:${EDGE_PORT[$1]}" -- "/obj/$2" "$(miss_keys "$2")" >"$OUT/wrk-$1"; }
 n=0
 for s in $SIZES; do for _ in $(seq 1 "$REPS"); do
   ta0="$(ticks "${SERVERS[a]}")"; tb0="$(ticks "${SERVERS[b]}")"
