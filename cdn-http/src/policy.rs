@@ -85,7 +85,7 @@ pub const REFRESH_FIELD: &str = "cdn-refresh";
 const DELTA_SECONDS_MAX: u64 = 1 << 31;
 
 /// Whether and for how long a response may be stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     /// May be stored and served to other clients.
     pub storable: bool,
@@ -138,12 +138,36 @@ pub fn evaluate_head(
     now: SystemTime,
     rules: &Rules,
 ) -> Decision {
+    evaluate_normalised(req, status, headers, now, rules, true)
+}
+
+/// [`evaluate_head`], taking the [`plain_lifetime`] shortcut when `shortcut` allows (the
+/// differential test turns it off to compare both ways).
+fn evaluate_normalised(
+    req: &request::Parts,
+    status: http::StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+    rules: &Rules,
+    shortcut: bool,
+) -> Decision {
     let has_cookie = headers.contains_key(http::header::SET_COOKIE);
     let norm = Normalised::of(status, headers);
-    let view = norm.view(now, rules);
-    let policy = CachePolicy::new_options(req, &view, now, CacheOptions::default());
-    // The view has no `Age` and was received `now`: its time to live is the whole lifetime.
-    let lifetime = policy.time_to_live(now);
+    let vary_ok = vary_names(headers).is_some();
+    let plain = shortcut
+        .then(|| plain_lifetime(req, &norm, has_cookie, vary_ok, rules))
+        .flatten();
+    let (crate_storable, lifetime) = match plain {
+        // What the crate would answer, without building its view and policy.
+        Some(lifetime) => (true, lifetime),
+        None => {
+            let view = norm.view(now, rules);
+            let policy = CachePolicy::new_options(req, &view, now, CacheOptions::default());
+            // The view has no `Age` and was received `now`: its time to live is the whole
+            // lifetime.
+            (policy.is_storable(), policy.time_to_live(now))
+        }
+    };
     let age = norm.age;
     let ttl = lifetime.saturating_sub(age);
     // A response that arrives already stale (an upstream cache served it stale) has used
@@ -174,8 +198,8 @@ pub fn evaluate_head(
     // with `Vary: *`, which no later request can match.
     let storable = req.method == Method::GET
         && norm.status_storable
-        && vary_names(headers).is_some()
-        && policy.is_storable()
+        && vary_ok
+        && crate_storable
         && (!ttl.is_zero() || validators)
         && cookie_ok;
     let window = |w: Duration| {
@@ -194,6 +218,42 @@ pub fn evaluate_head(
         revalidate_only,
         validators,
     }
+}
+
+/// The freshness lifetime of the common response, worked out without http-cache-semantics:
+/// a GET with no `Authorization` or `Cache-Control` of its own, answered with a status the
+/// crate's view understands, an explicit `s-maxage` or `max-age`, and nothing that would
+/// make the crate answer otherwise (`no-store`, `private`, `no-cache`, `proxy-revalidate`,
+/// `Vary: *`, a `Set-Cookie` it would see). For such a response the crate stores it and
+/// takes `s-maxage`, else `max-age`, as its whole lifetime: `Expires`, `Date`,
+/// `Last-Modified` and `Pragma` are never read. `None` hands anything else to the crate.
+///
+/// Building the crate's view and policy (a copy of the fields it reads, its own parse of
+/// `Cache-Control`, its copies of both heads) was most of the edge's cost of evaluating a
+/// node's answer, on every miss. The test `plain_lifetime_agrees_with_the_crate` checks this
+/// answer against the crate's over a grid of heads, requests and rules.
+fn plain_lifetime(
+    req: &request::Parts,
+    norm: &Normalised<'_>,
+    has_cookie: bool,
+    vary_ok: bool,
+    rules: &Rules,
+) -> Option<Duration> {
+    let cc = &norm.directives;
+    let understood = norm.status_storable || UNDERSTOOD.contains(&norm.status.as_u16());
+    let plain = req.method == Method::GET
+        && !req.headers.contains_key(http::header::AUTHORIZATION)
+        && !req.headers.contains_key(http::header::CACHE_CONTROL)
+        && understood
+        && vary_ok
+        && (!has_cookie || rules.store_set_cookie)
+        && !["no-store", "private", "no-cache", "proxy-revalidate"]
+            .iter()
+            .any(|d| cc.has(d));
+    if !plain {
+        return None;
+    }
+    cc.seconds("s-maxage").or_else(|| cc.seconds("max-age"))
 }
 
 /// Statuses http-cache-semantics understands (it refuses to store any other).
@@ -789,6 +849,123 @@ mod tests {
 
     fn get(path: &str) -> request::Parts {
         policy_request(&Method::GET, path, &HeaderMap::new())
+    }
+
+    /// The shortcut ([`plain_lifetime`]) gives the same decision as the crate over a grid of
+    /// statuses, cache directives (both fields), other caching fields, requests and rules;
+    /// and it is taken for a good share of them, so the comparison is not vacuous.
+    #[test]
+    fn plain_lifetime_agrees_with_the_crate() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let date = |t: SystemTime| httpdate::fmt_http_date(t);
+        let statuses = [200, 203, 204, 206, 299, 301, 304, 404, 500];
+        let cache_controls = [
+            "",
+            "max-age=60",
+            "s-maxage=300, max-age=60",
+            "max-age=60, public",
+            "max-age=abc",
+            "max-age=\"60\"",
+            "max-age=0",
+            "s-maxage=0, max-age=100",
+            "max-age=60, max-age=10",
+            "max-age=60, private",
+            "private=\"set-cookie\", max-age=60",
+            "max-age=60, no-store",
+            "max-age=60, no-cache",
+            "max-age=60, must-revalidate",
+            "s-maxage=10, proxy-revalidate",
+            "max-age=60, immutable",
+            "max-age=60, stale-while-revalidate=30, stale-if-error=600",
+            "public",
+            "immutable",
+        ];
+        let targeted = [
+            "",
+            "max-age=120",
+            "no-store",
+            "max-age=30, stale-if-error=5",
+        ];
+        let past = date(now - Duration::from_secs(3600));
+        let future = date(now + Duration::from_secs(600));
+        let then = date(now - Duration::from_secs(10));
+        let extras: Vec<Vec<(&str, &str)>> = vec![
+            vec![],
+            vec![("expires", past.as_str())],
+            vec![("expires", future.as_str()), ("date", then.as_str())],
+            vec![("expires", "0")],
+            vec![("date", then.as_str()), ("last-modified", past.as_str())],
+            vec![("vary", "accept-encoding")],
+            vec![("vary", "*")],
+            vec![("vary", "accept, *")],
+            vec![("set-cookie", "a=b")],
+            vec![("age", "30")],
+            vec![("age", "100"), ("etag", "\"v1\"")],
+            vec![("pragma", "no-cache")],
+        ];
+        let mut requests = vec![
+            get("/a"),
+            policy_request(&Method::HEAD, "/a", &HeaderMap::new()),
+        ];
+        let mut auth = HeaderMap::new();
+        auth.insert(http::header::AUTHORIZATION, "Bearer x".parse().unwrap());
+        requests.push(policy_request(&Method::GET, "/a", &auth));
+        let mut no_store = get("/a");
+        no_store
+            .headers
+            .insert(http::header::CACHE_CONTROL, "no-store".parse().unwrap());
+        requests.push(no_store);
+        let rules = [
+            Rules::default(),
+            Rules {
+                store_set_cookie: true,
+                grace: Duration::from_secs(30),
+                stale_on_error: Duration::from_secs(60),
+            },
+        ];
+        let (mut compared, mut shortcut) = (0, 0);
+        for status in statuses {
+            let status = http::StatusCode::from_u16(status).unwrap();
+            for cc in cache_controls {
+                for cdn in targeted {
+                    for extra in &extras {
+                        let mut h = HeaderMap::new();
+                        if !cc.is_empty() {
+                            h.insert(http::header::CACHE_CONTROL, cc.parse().unwrap());
+                        }
+                        if !cdn.is_empty() {
+                            h.insert(CDN_CACHE_CONTROL, cdn.parse().unwrap());
+                        }
+                        for (k, v) in extra {
+                            h.append(*k, v.parse().unwrap());
+                        }
+                        for req in &requests {
+                            for r in &rules {
+                                let norm = Normalised::of(status, &h);
+                                let cookie = h.contains_key(http::header::SET_COOKIE);
+                                let vary_ok = vary_names(&h).is_some();
+                                if plain_lifetime(req, &norm, cookie, vary_ok, r).is_some() {
+                                    shortcut += 1;
+                                }
+                                let fast = evaluate_normalised(req, status, &h, now, r, true);
+                                let slow = evaluate_normalised(req, status, &h, now, r, false);
+                                assert_eq!(
+                                    fast, slow,
+                                    "{status} cc={cc:?} cdn={cdn:?} {extra:?} {:?} {:?} {r:?}",
+                                    req.method, req.headers
+                                );
+                                compared += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // About a tenth of the grid is plain (most of it varies what makes a head not plain).
+        assert!(
+            shortcut * 20 > compared,
+            "shortcut taken {shortcut} times of {compared}"
+        );
     }
 
     #[test]
