@@ -47,6 +47,21 @@ struct Faults {
     stalled: std::sync::atomic::AtomicBool,
     // While set, responses break off right after their head.
     breaking: std::sync::atomic::AtomicBool,
+    // What a request stream does after an answer (`AfterAnswer as u8`).
+    after_answer: std::sync::atomic::AtomicU8,
+}
+
+/// What a node does with a request stream after an answer. Only `Keep` outside fault tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AfterAnswer {
+    /// Wait for the edge's next request on it.
+    Keep = 0,
+    /// Finish the answering side and read on without answering: a stream closed while the
+    /// edge's next request was already on its way.
+    Finish = 1,
+    /// Finish it and stop reading, as nodes did before streams were kept between requests.
+    FinishAndStop = 2,
 }
 
 use cdn_core::counters::Tier;
@@ -138,6 +153,27 @@ impl Node {
     #[cfg(feature = "fault-injection")]
     pub fn set_breaking(&self, breaking: bool) {
         self.faults.breaking.store(breaking, Ordering::SeqCst);
+    }
+
+    /// Makes the node close each request stream after one answer (fault injection), or keep
+    /// them again ([`AfterAnswer::Keep`]).
+    #[cfg(feature = "fault-injection")]
+    pub fn set_after_answer(&self, after: AfterAnswer) {
+        self.faults
+            .after_answer
+            .store(after as u8, Ordering::SeqCst);
+    }
+
+    /// What a request stream does after an answer (always `Keep` in a release build).
+    pub(crate) fn after_answer(&self) -> AfterAnswer {
+        #[cfg(feature = "fault-injection")]
+        return match self.faults.after_answer.load(Ordering::SeqCst) {
+            1 => AfterAnswer::Finish,
+            2 => AfterAnswer::FinishAndStop,
+            _ => AfterAnswer::Keep,
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        AfterAnswer::Keep
     }
 
     /// Whether requests are to hang (fault injection; always false in a release build).

@@ -1,4 +1,5 @@
-//! The QUIC side of a node: accept connections, one request per bidirectional stream.
+//! The QUIC side of a node: accept connections; requests on bidirectional streams, one at a
+//! time on each, a stream kept open between them.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -97,32 +98,8 @@ async fn serve_stream(
         }
     };
     match first {
-        Ok(Some(Frame::Request {
-            id, path, headers, ..
-        })) => {
-            node.counters.inc(Counter::Requests);
-            let _inflight = crate::InFlight::enter(node);
-            let headers = match headers_from_fields(headers) {
-                Ok(h) => h,
-                Err(e) => return refuse(&mut send, ErrorCode::BadRequest, e.to_string()).await,
-            };
-            if !path.starts_with('/') {
-                return refuse(
-                    &mut send,
-                    ErrorCode::BadRequest,
-                    format!("request target `{path}` must start with /"),
-                )
-                .await;
-            }
-            while node.is_stalled() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let rid = headers
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            tracing::debug!(id, request_id = rid, %path, "request");
-            serve_request(node, &path, &headers, &mut send).await
+        Ok(Some(first @ Frame::Request { .. })) => {
+            serve_requests(node, first, &mut send, &mut reader).await
         }
         Ok(Some(Frame::MembersRequest)) => send_members(node, &mut send).await,
         Ok(Some(Frame::StatusRequest { linked })) => {
@@ -218,6 +195,108 @@ async fn serve_stream(
     }
 }
 
+/// Whether a stream is still open after an answer: `End` leaves it open for the next request,
+/// anything else (an error, a fault injected) finishes or resets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Open,
+    Closed,
+}
+
+/// Serves `first` (a `Request`) and each request the edge sends after it on the same stream,
+/// one at a time: a stream stays open after `End` (see `cdn_proto::frame`) until the edge
+/// finishes its side, an answer closes it, or no request comes for `STREAM_IDLE`.
+async fn serve_requests(
+    node: &Arc<Node>,
+    first: Frame,
+    send: &mut quinn::SendStream,
+    reader: &mut FrameReader,
+) -> Result<(), WireError> {
+    node.counters.inc(Counter::RequestStreams);
+    let mut next = first;
+    loop {
+        let Frame::Request {
+            id, path, headers, ..
+        } = next
+        else {
+            return refuse(
+                send,
+                ErrorCode::BadRequest,
+                format!("unexpected frame {} after a response", next.name()),
+            )
+            .await;
+        };
+        if serve_one(node, id, &path, headers, send).await? == Stream::Closed {
+            return Ok(());
+        }
+        match node.after_answer() {
+            crate::AfterAnswer::Keep => {}
+            crate::AfterAnswer::FinishAndStop => {
+                let _ = send.finish();
+                return Ok(());
+            }
+            crate::AfterAnswer::Finish => {
+                let _ = send.finish();
+                while let Ok(Some(_)) = reader.next().await {}
+                return Ok(());
+            }
+        }
+        reader.release_buffer();
+        next = match reader.next().await {
+            Ok(Some(f)) => f,
+            // The edge finished its side, or kept the stream idle longer than it may.
+            Ok(None) | Err(WireError::Idle(_)) => {
+                reader.stop(0);
+                let _ = send.finish();
+                return Ok(());
+            }
+            Err(e) => {
+                let _ = send.reset(codes::PROTOCOL.into());
+                return Err(e);
+            }
+        };
+    }
+}
+
+/// One GET from an edge.
+async fn serve_one(
+    node: &Arc<Node>,
+    id: u64,
+    path: &str,
+    fields: Vec<cdn_proto::frame::Field>,
+    send: &mut quinn::SendStream,
+) -> Result<Stream, WireError> {
+    node.counters.inc(Counter::Requests);
+    let _inflight = crate::InFlight::enter(node);
+    let headers = match headers_from_fields(fields) {
+        Ok(h) => h,
+        Err(e) => return closed(refuse(send, ErrorCode::BadRequest, e.to_string()).await),
+    };
+    if !path.starts_with('/') {
+        return closed(
+            refuse(
+                send,
+                ErrorCode::BadRequest,
+                format!("request target `{path}` must start with /"),
+            )
+            .await,
+        );
+    }
+    while node.is_stalled() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rid = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::debug!(id, request_id = rid, %path, "request");
+    serve_request(node, path, &headers, send).await
+}
+
+fn closed(r: Result<(), WireError>) -> Result<Stream, WireError> {
+    r.map(|()| Stream::Closed)
+}
+
 /// Sends `frames` and finishes the stream: every short answer on a stream ends this way.
 async fn answer(send: &mut quinn::SendStream, frames: &[Frame]) -> Result<(), WireError> {
     for f in frames {
@@ -246,7 +325,7 @@ async fn serve_request(
     key: &str,
     headers: &http::HeaderMap,
     send: &mut quinn::SendStream,
-) -> Result<(), WireError> {
+) -> Result<Stream, WireError> {
     let now = SystemTime::now();
     let stale = match node.reads.lookup(key, headers, now).await {
         Lookup::Stored { entry, outcome } => {
@@ -254,12 +333,14 @@ async fn serve_request(
         }
         Lookup::NotCached => {
             // A hedge (or a client's only-if-cached): never start an origin fill for it.
-            return refuse(
-                send,
-                ErrorCode::NotCached,
-                format!("{key} is not stored here"),
-            )
-            .await;
+            return closed(
+                refuse(
+                    send,
+                    ErrorCode::NotCached,
+                    format!("{key} is not stored here"),
+                )
+                .await,
+            );
         }
         Lookup::Miss { stale } => stale,
     };
@@ -273,7 +354,7 @@ async fn serve_request(
                 _ => ErrorCode::OriginBroken,
             };
             node.counters.inc(Counter::Errors);
-            refuse(send, code, e.message.to_string()).await
+            closed(refuse(send, code, e.message.to_string()).await)
         }
     }
 }
@@ -286,7 +367,7 @@ async fn respond_entry(
     cache: CacheStatus,
     request: &http::HeaderMap,
     now: SystemTime,
-) -> Result<(), WireError> {
+) -> Result<Stream, WireError> {
     if entry.status() == http::StatusCode::OK
         && policy::conditional(request)
         && policy::not_modified(request, &entry.headers())
@@ -299,11 +380,11 @@ async fn respond_entry(
         return send_not_modified(node, send, &headers, cache).await;
     }
     if node.is_breaking() {
-        return break_mid_body(node, send, entry, cache).await;
+        return closed(break_mid_body(node, send, entry, cache).await);
     }
     let n = send_entry(send, entry, cache, &node.config.member.id, now).await?;
     node.counters.add(Counter::BytesSent, n);
-    Ok(())
+    Ok(Stream::Open)
 }
 
 async fn send_not_modified(
@@ -311,7 +392,7 @@ async fn send_not_modified(
     send: &mut quinn::SendStream,
     headers: &http::HeaderMap,
     cache: CacheStatus,
-) -> Result<(), WireError> {
+) -> Result<Stream, WireError> {
     prioritise(send, Some(0));
     let head = Frame::ResponseHead {
         status: 304,
@@ -320,7 +401,9 @@ async fn send_not_modified(
         content_length: Some(0),
         headers: fields_from_headers(headers),
     };
-    answer(send, &[head, Frame::End { len: 0 }]).await
+    send_frame(send, &head).await?;
+    send_frame(send, &Frame::End { len: 0 }).await?;
+    Ok(Stream::Open)
 }
 
 /// Fault injection: sends the head and half the body, then ends the stream without `End`, as
@@ -362,7 +445,7 @@ async fn stream_flight(
     head: &Head,
     request: &http::HeaderMap,
     send: &mut quinn::SendStream,
-) -> Result<(), WireError> {
+) -> Result<Stream, WireError> {
     let cache = head.outcome();
     if head.status == http::StatusCode::OK && policy::not_modified(request, &head.headers) {
         return send_not_modified(node, send, &head.headers, cache).await;
@@ -386,7 +469,7 @@ async fn stream_flight(
     if node.is_breaking() {
         // Fault injection: the head, then the end of the stream without a body or `End`.
         send.finish()?;
-        return Ok(());
+        return Ok(Stream::Closed);
     }
     let mut sent = 0u64;
     while let Some(chunk) = reader.next_chunk().await {
@@ -406,12 +489,11 @@ async fn stream_flight(
                 )
                 .await;
                 let _ = send.reset(codes::ABORTED.into());
-                return Ok(());
+                return Ok(Stream::Closed);
             }
         }
     }
     send_frame(send, &Frame::End { len: sent }).await?;
-    send.finish()?;
     node.counters.add(Counter::BytesSent, sent);
-    Ok(())
+    Ok(Stream::Open)
 }

@@ -60,10 +60,13 @@ pub enum Counter {
     Purged,
     /// Response body bytes sent.
     BytesSent,
+    /// Request streams accepted from edges (node): each carries one request or more in
+    /// turn, so requests over streams is how well edges keep their streams.
+    RequestStreams,
 }
 
 /// How many counters there are.
-const COUNT: usize = 15;
+const COUNT: usize = 16;
 
 /// A counter's names: its `/status` key, its metric and the metric's own label, its help.
 struct Row {
@@ -182,6 +185,13 @@ const TABLE: [Row; COUNT] = [
         "cdn_sent_bytes_total",
         None,
         "Response body bytes sent.",
+    ),
+    row(
+        Counter::RequestStreams,
+        "request_streams",
+        "cdn_request_streams_total",
+        None,
+        "Request streams accepted from edges (each carries one request or more in turn).",
     ),
 ];
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::fill::{FillError, FillErrorKind, FlightWriter, Head, Served, Sink, Via};
-use cdn_net::peers::{PeerError, PeerPool};
+use cdn_net::peers::{Exchange, PeerError, PeerPool};
 use cdn_net::quic::{codes, fields_from_headers, headers_from_fields, FrameReader, WireError};
 use cdn_proto::{Frame, Member, Method};
 use cdn_store::{Entry, NewEntry, Store};
@@ -145,8 +145,7 @@ impl Upstream {
             path: key.to_string(),
             headers: fields_from_headers(headers),
         };
-        let (mut send, mut reader) = self.pool.open(member, &frame).await?;
-        let _ = send.finish();
+        let mut ex = self.pool.exchange(member, &frame).await?;
         let t = self.pool.timeouts();
         let sent = tokio::time::Instant::now();
         let deadline = sent + t.response;
@@ -160,7 +159,7 @@ impl Upstream {
             } else {
                 deadline.min(sent + t.first_byte)
             };
-            first = tokio::time::timeout_at(wait, reader.next())
+            let read = tokio::time::timeout_at(wait, ex.reader().next())
                 .await
                 .map_err(|_| {
                     refused(if heard {
@@ -168,8 +167,14 @@ impl Upstream {
                     } else {
                         format!("silent for {:?}", t.first_byte)
                     })
-                })?
-                .map_err(|e| refused(e.to_string()))?;
+                })?;
+            if !heard && ex.reused() && matches!(read, Ok(None) | Err(WireError::Read(_))) {
+                // The stream was kept from an earlier request and the node closed it
+                // meanwhile: once more on a new stream, not a failed owner.
+                ex = self.pool.exchange_new(member, &frame).await?;
+                continue;
+            }
+            first = read.map_err(|e| refused(e.to_string()))?;
             heard = true;
             if matches!(first, Some(Frame::Pending)) {
                 // Alive, waiting on the origin: no reason to ask another owner.
@@ -207,14 +212,15 @@ impl Upstream {
                     // sees a broken response for it.
                     let body = tokio::time::timeout_at(
                         deadline,
-                        cdn_net::quic::read_body(&mut reader, SMALL_BODY),
+                        cdn_net::quic::read_body(ex.reader(), SMALL_BODY),
                     )
                     .await
                     .map_err(|_| refused("body not complete in time".into()))?
                     .map_err(refused)?;
+                    ex.release();
                     return Ok((head, NodeBody::Whole(body)));
                 }
-                Ok((head, NodeBody::Stream(reader)))
+                Ok((head, NodeBody::Stream(ex)))
             }
             Some(Frame::Error {
                 code: cdn_proto::ErrorCode::NotCached,
@@ -222,7 +228,7 @@ impl Upstream {
             }) => Err(PeerError::NotCached(member.id.clone())),
             Some(Frame::Error { code, message }) => Err(refused(format!("{code:?}: {message}"))),
             Some(other) => {
-                reader.stop(codes::PROTOCOL);
+                ex.reader().stop(codes::PROTOCOL);
                 Err(refused(format!("unexpected frame {other:?}")))
             }
             None => Err(refused("stream ended before the head".into())),
@@ -317,8 +323,10 @@ impl Upstream {
             for c in &entry.body() {
                 w.push(c.clone());
             }
-            if let NodeBody::Stream(mut reader) = body {
-                let _ = reader.next().await;
+            if let NodeBody::Stream(mut ex) = body {
+                if let Ok(Some(Frame::End { .. })) = ex.reader().next().await {
+                    ex.release();
+                }
             }
             w.finish();
             return Ok(Ok(()));
@@ -342,7 +350,13 @@ impl Upstream {
         w.set_head(head, fill.decision.storable);
         Ok(match body {
             NodeBody::Whole(chunks) => fill.store_whole(chunks, l1, w).await,
-            NodeBody::Stream(mut reader) => fill.stream_body(&mut reader, l1, w).await,
+            NodeBody::Stream(mut ex) => {
+                let done = fill.stream_body(ex.reader(), l1, w).await;
+                if done.is_ok() {
+                    ex.release();
+                }
+                done
+            }
         })
     }
 
@@ -601,7 +615,7 @@ const SMALL_BODY: u64 = 256 * 1024;
 /// A node's response body: read already, or still to stream.
 enum NodeBody {
     Whole(Vec<bytes::Bytes>),
-    Stream(FrameReader),
+    Stream(Exchange),
 }
 
 /// A node's response being received: what is needed to check and store it at the end.

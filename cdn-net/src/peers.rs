@@ -135,6 +135,98 @@ struct Peer {
     // Whether the pooled connection is open: read on every strict-mode hit, so an atomic
     // instead of the connection's lock.
     up: std::sync::atomic::AtomicBool,
+    // Std mutex: request streams between two requests, newest last; a push or a pop.
+    idle: Mutex<Vec<IdleStream>>,
+    // Signalled when a stream goes back to `idle`: a request waiting for the node to grant
+    // another stream takes it instead.
+    returned: tokio::sync::Notify,
+}
+
+/// Request streams kept per connection for the next requests. A node allows `max_streams`
+/// open streams a connection (1,024 by default), idle ones included.
+const MAX_IDLE_STREAMS: usize = 64;
+
+/// A request stream whose last response was read to its `End`.
+struct IdleStream {
+    conn: usize,
+    send: quinn::SendStream,
+    reader: FrameReader,
+    since: tokio::time::Instant,
+}
+
+impl Peer {
+    /// The newest idle stream of connection `conn`, unless it has been idle too long; idle
+    /// streams of another (older) connection, or older than that, are closed.
+    fn take_idle(&self, conn: usize) -> Option<IdleStream> {
+        let now = tokio::time::Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        match idle.pop() {
+            Some(s) if s.conn == conn && now - s.since < crate::quic::KEEP_IDLE => Some(s),
+            Some(s) => {
+                // The rest went idle earlier, or belong to an older connection too.
+                let stale = std::mem::take(&mut *idle);
+                drop(idle);
+                drop((s, stale));
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// A request on a stream to a node: the request sent, its answer to be read from
+/// [`Exchange::reader`]. A stream whose response was read to its `End` goes back to its
+/// connection with [`Exchange::release`] and carries the next request to that node: no stream
+/// opened or accepted, no task started at the node. Dropped otherwise (an answer abandoned,
+/// an error), which ends the stream at both ends.
+pub struct Exchange {
+    send: quinn::SendStream,
+    reader: FrameReader,
+    home: Arc<Peer>,
+    conn: usize,
+    reused: bool,
+}
+
+impl Exchange {
+    /// Where the answer is read.
+    pub fn reader(&mut self) -> &mut FrameReader {
+        &mut self.reader
+    }
+
+    /// Whether the stream carried an earlier request: one that fails before its first frame
+    /// may have been closed by the node while idle, and is worth one retry on a new stream.
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// The answer was read to its `End`: the stream waits for the next request to this node
+    /// (up to [`crate::quic::KEEP_IDLE`]), unless the connection keeps enough already.
+    pub fn release(self) {
+        let Exchange {
+            send,
+            reader,
+            home,
+            conn,
+            ..
+        } = self;
+        if !reader.is_drained() {
+            return;
+        }
+        let mut idle = home.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= MAX_IDLE_STREAMS {
+            drop(idle);
+            drop((send, reader));
+            return;
+        }
+        idle.push(IdleStream {
+            conn,
+            send,
+            reader,
+            since: tokio::time::Instant::now(),
+        });
+        drop(idle);
+        home.returned.notify_one();
+    }
 }
 
 /// Who we are, as sent in `Hello`.
@@ -411,6 +503,8 @@ impl PeerPool {
                     conn: tokio::sync::Mutex::new(None),
                     down_until: Mutex::new(None),
                     up: std::sync::atomic::AtomicBool::new(false),
+                    idle: Mutex::new(Vec::new()),
+                    returned: tokio::sync::Notify::new(),
                 })
             })
             .clone()
@@ -608,6 +702,89 @@ impl PeerPool {
             .await
             .map_err(|e| refused(e.to_string()))?;
         Ok((send, FrameReader::new(recv)))
+    }
+
+    /// Sends the request `frame` to `member` on a stream of its connection: an idle one when
+    /// there is one ([`Exchange::release`]), else a new one. When the node grants no more
+    /// streams for now (its `max_streams`), the first stream to come back is taken.
+    pub async fn exchange(&self, member: &Member, frame: &Frame) -> Result<Exchange, PeerError> {
+        let (addr, conn) = self.exchange_conn(member).await?;
+        let refused = |reason: String| PeerError::Refused {
+            node: member.id.clone(),
+            reason,
+        };
+        let home = self.peer(addr);
+        let id = conn.stable_id();
+        loop {
+            if let Some(s) = home.take_idle(id) {
+                let mut ex = Exchange {
+                    send: s.send,
+                    reader: s.reader,
+                    home: home.clone(),
+                    conn: id,
+                    reused: true,
+                };
+                if send_frame(&mut ex.send, frame).await.is_ok() {
+                    return Ok(ex);
+                }
+                // Closed by the node while idle: try the next one.
+                continue;
+            }
+            let returned = home.returned.notified();
+            let opened = tokio::select! {
+                biased;
+                o = conn.open_bi() => o,
+                _ = returned => continue,
+            };
+            let (mut send, recv) = opened.map_err(|e| refused(e.to_string()))?;
+            send_frame(&mut send, frame)
+                .await
+                .map_err(|e| refused(e.to_string()))?;
+            return Ok(Exchange {
+                send,
+                reader: FrameReader::new(recv),
+                home,
+                conn: id,
+                reused: false,
+            });
+        }
+    }
+
+    /// [`PeerPool::exchange`] on a new stream: the retry of a request whose reused stream
+    /// turned out closed.
+    pub async fn exchange_new(
+        &self,
+        member: &Member,
+        frame: &Frame,
+    ) -> Result<Exchange, PeerError> {
+        let (addr, conn) = self.exchange_conn(member).await?;
+        let refused = |reason: String| PeerError::Refused {
+            node: member.id.clone(),
+            reason,
+        };
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| refused(e.to_string()))?;
+        send_frame(&mut send, frame)
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        Ok(Exchange {
+            send,
+            reader: FrameReader::new(recv),
+            home: self.peer(addr),
+            conn: conn.stable_id(),
+            reused: false,
+        })
+    }
+
+    /// The connection to `member` for an exchange, and its address.
+    async fn exchange_conn(
+        &self,
+        member: &Member,
+    ) -> Result<(SocketAddr, quinn::Connection), PeerError> {
+        let addr: SocketAddr = member.addr.parse().map_err(|_| PeerError::Refused {
+            node: member.id.clone(),
+            reason: format!("bad address {}", member.addr),
+        })?;
+        Ok((addr, self.connection(&member.id, addr).await?))
     }
 
     /// Sends `frame` to `member` and waits (up to `deadline`) for one answer frame.

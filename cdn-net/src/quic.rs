@@ -32,6 +32,15 @@ pub enum WireError {
 /// `Pending` before it starts waiting).
 pub const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// A stream's read buffer: a 16 KiB response arrives in a few chunks without regrowing it.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// Longest a requester keeps a request stream idle for its next request
+/// ([`crate::peers::Exchange::release`]). The side that answers waits [`STREAM_IDLE`] for the
+/// next request before it closes the stream, four times longer, so a stream taken from the
+/// pool is one the answering side still reads.
+pub const KEEP_IDLE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Reads frames from a receive stream.
 pub struct FrameReader {
     recv: quinn::RecvStream,
@@ -44,7 +53,7 @@ impl FrameReader {
     pub fn new(recv: quinn::RecvStream) -> Self {
         Self {
             recv,
-            buf: BytesMut::with_capacity(16 * 1024),
+            buf: BytesMut::with_capacity(READ_BUFFER),
             idle: STREAM_IDLE,
         }
     }
@@ -61,12 +70,28 @@ impl FrameReader {
             if let Some(f) = Frame::decode(&mut self.buf)? {
                 return Ok(Some(f));
             }
+            if self.buf.capacity() == 0 {
+                self.buf.reserve(READ_BUFFER);
+            }
             let chunk = within(self.idle, self.recv.read_chunk(256 * 1024, true)).await??;
             match chunk {
                 Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
                 None if self.buf.is_empty() => return Ok(None),
                 None => return Err(WireError::Truncated),
             }
+        }
+    }
+
+    /// Whether every byte received so far was decoded: a stream between two responses.
+    pub fn is_drained(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Gives the read buffer back while the stream waits for its next request (taken again
+    /// by the next read): a stream kept open between requests holds no buffer meanwhile.
+    pub fn release_buffer(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
         }
     }
 
@@ -164,7 +189,8 @@ pub fn prioritise(send: &quinn::SendStream, len: Option<u64>) {
 }
 
 /// Sends a whole response on a stream: `head` (a `ResponseHead`), `body` as `Data` frames,
-/// `End`, finish, at the priority of its size ([`prioritise`]). Returns the body bytes sent.
+/// `End`, at the priority of its size ([`prioritise`]). Returns the body bytes sent. The stream
+/// stays open: a request stream carries the requester's next request after `End`.
 /// What the head and chunks are made of (a stored entry, say) is the caller's business: this
 /// layer knows frames, not the store.
 pub async fn send_whole(
@@ -198,7 +224,6 @@ pub async fn send_whole(
         }
         send_frame(send, &Frame::End { len }).await?;
     }
-    send.finish()?;
     Ok(len)
 }
 

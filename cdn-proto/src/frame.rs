@@ -1,10 +1,16 @@
 //! Frames of protocol version 1 (ALPN `cdn/1`).
 //!
 //! Every frame is `type: u8`, `length: u32` (big-endian, payload bytes), then the payload.
-//! Strings and header fields are length-prefixed with a `u16`. One request per bidirectional
-//! QUIC stream: the edge sends `Request`; the node answers `ResponseHead`, zero or more `Data`,
+//! Strings and header fields are length-prefixed with a `u16`. Requests go on bidirectional
+//! QUIC streams: the edge sends `Request`; the node answers `ResponseHead`, zero or more `Data`,
 //! then `End` (whose length must match the bytes sent), or `Error` at any point. A stream that
 //! finishes without `End` was truncated, and its body is never treated as complete.
+//!
+//! After `End` the stream stays open for the requester's next `Request`, one at a time (as an
+//! HTTP/1.1 keep-alive connection): the requester either sends it or finishes its side, and
+//! the node then finishes its own. An `Error`, a reset or a finish ends the stream. A
+//! requester that finishes its side after its one request (every short exchange: `Hello`,
+//! `Purge`, `Push`, ...) reads the stream as before.
 //!
 //! `decode` takes a `BytesMut` so that a `Data` payload is split off without copying.
 

@@ -158,6 +158,73 @@ async fn a_fill_goes_on_when_the_client_that_started_it_hangs_up() {
     c.stop().await;
 }
 
+/// An edge's requests to a node go one after another on one QUIC stream, not a stream
+/// each: twenty misses in turn, small bodies (read whole) and large ones (streamed), reach
+/// the node as twenty requests on one stream, every body byte-exact.
+#[tokio::test]
+async fn requests_to_a_node_take_turns_on_one_stream() {
+    let c = cluster(1, 1, |_| {}).await;
+    let addr = c.edges[0].http_addr;
+    for i in 0..20 {
+        let size = if i % 2 == 0 { 1024 } else { 300_000 };
+        let target = format!("/turns/{i}?size={size}&cc=public,max-age=300");
+        let g = get(addr, &target).await;
+        assert_eq!(g.status, StatusCode::OK, "{target}");
+        assert!(g.body == expected(&target, size), "{target}: body differs");
+    }
+    let node = &c.nodes[0].as_ref().unwrap().node;
+    assert_eq!(node.counters().get(cache_node::Counter::Requests), 20);
+    assert_eq!(
+        node.counters().get(cache_node::Counter::RequestStreams),
+        1,
+        "each request waited for the one before, so each found the stream it left"
+    );
+    let edge = c.edges[0].edge.counters();
+    assert_eq!(edge.get(edge::Counter::NodeFailures), 0);
+    assert_eq!(edge.get(edge::Counter::OriginFetches), 0);
+    c.stop().await;
+}
+
+/// A node that closes each stream after its answer costs an edge nothing but new streams: a
+/// stream it kept turns out closed, the request is sent again on a new one, and no request
+/// fails, falls back to the origin or counts as a failed node. Both ways a kept stream can
+/// turn out closed: the node stopped reading it (nodes did so before streams were kept; the
+/// request's write fails), or it finished its answering side only (the write goes through,
+/// and the answer ends before its first frame).
+#[tokio::test]
+async fn an_edge_sends_again_on_a_new_stream_when_a_node_closed_the_one_it_kept() {
+    closed_streams(cache_node::AfterAnswer::FinishAndStop).await;
+    closed_streams(cache_node::AfterAnswer::Finish).await;
+}
+
+async fn closed_streams(after: cache_node::AfterAnswer) {
+    let c = cluster(1, 1, |_| {}).await;
+    let node = &c.nodes[0].as_ref().unwrap().node;
+    node.set_after_answer(after);
+    let addr = c.edges[0].http_addr;
+    for i in 0..10 {
+        let size = if i % 2 == 0 { 1024 } else { 300_000 };
+        let target = format!("/closed-streams/{i}?size={size}&cc=public,max-age=300");
+        let g = get(addr, &target).await;
+        assert_eq!(g.status, StatusCode::OK, "{after:?} {target}");
+        assert!(
+            g.body == expected(&target, size),
+            "{after:?} {target}: body differs"
+        );
+    }
+    assert_eq!(node.counters().get(cache_node::Counter::Requests), 10);
+    assert_eq!(
+        node.counters().get(cache_node::Counter::RequestStreams),
+        10,
+        "{after:?}: a new stream for every request"
+    );
+    let edge = c.edges[0].edge.counters();
+    assert_eq!(edge.get(edge::Counter::NodeFetches), 10, "{after:?}");
+    assert_eq!(edge.get(edge::Counter::NodeFailures), 0, "{after:?}");
+    assert_eq!(edge.get(edge::Counter::OriginFetches), 0, "{after:?}");
+    c.stop().await;
+}
+
 #[tokio::test]
 async fn keys_spread_evenly_and_both_edges_agree_on_owners() {
     let c = cluster(3, 2, |_| {}).await;
