@@ -87,8 +87,10 @@ pub struct Node {
     membership: Arc<cdn_net::membership::Membership>,
     // Set once the node announced it leaves; the endpoint then closes with `LEAVING`.
     leaving: std::sync::atomic::AtomicBool,
-    // Requests being served, for draining on shutdown.
-    inflight: tokio::sync::watch::Sender<u64>,
+    // Requests being served, for draining on shutdown: a counter, and a signal given when it
+    // falls to zero (a watch channel here woke every subscriber slot twice per request).
+    inflight: AtomicU64,
+    drained: tokio::sync::Notify,
     // The last invalidations applied here, for the status page.
     recent_purges: cdn_store::purge::Recent,
     // Fan-out times of the purges accepted here, for `/status` and the cluster view.
@@ -109,14 +111,20 @@ pub(crate) struct InFlight<'a>(&'a Node);
 
 impl<'a> InFlight<'a> {
     pub(crate) fn enter(node: &'a Node) -> Self {
-        node.inflight.send_modify(|n| *n += 1);
+        node.inflight.fetch_add(1, Ordering::SeqCst);
         Self(node)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.inflight.send_modify(|n| *n = n.saturating_sub(1));
+        // Sequentially consistent with `leave`'s store of `leaving` and load of the count:
+        // either this sees `leaving`, or `leave` sees the count this left.
+        if self.0.inflight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.0.leaving.load(Ordering::SeqCst)
+        {
+            self.0.drained.notify_waiters();
+        }
     }
 }
 
@@ -195,7 +203,7 @@ impl Node {
 
     /// Requests being served right now.
     pub fn inflight(&self) -> u64 {
-        *self.inflight.borrow()
+        self.inflight.load(Ordering::SeqCst)
     }
 
     /// Leaves the cluster: tells the other nodes (gossip) and every connected edge (which
@@ -209,11 +217,20 @@ impl Node {
             .announce_members(self.peers.roster().as_ref().clone(), self.purge_deadline())
             .await;
         tracing::info!(edges = report.acked.len(), missing = ?report.missing, "left the cluster");
-        let mut rx = self.inflight.subscribe();
-        if tokio::time::timeout(drain, rx.wait_for(|n| *n == 0))
-            .await
-            .is_err()
-        {
+        // `leaving` is set above, so a request ending from here on signals `drained`; the
+        // signal is armed before the count is read, so none is missed in between.
+        let drained = async {
+            loop {
+                let signal = self.drained.notified();
+                tokio::pin!(signal);
+                signal.as_mut().enable();
+                if self.inflight() == 0 {
+                    return;
+                }
+                signal.await;
+            }
+        };
+        if tokio::time::timeout(drain, drained).await.is_err() {
             tracing::warn!(inflight = self.inflight(), "drain deadline passed");
         }
     }
@@ -562,7 +579,8 @@ pub async fn start_on(
             faults: Faults::default(),
             membership,
             leaving: std::sync::atomic::AtomicBool::new(false),
-            inflight: tokio::sync::watch::Sender::new(0),
+            inflight: AtomicU64::new(0),
+            drained: tokio::sync::Notify::new(),
             recent_purges: cdn_store::purge::Recent::default(),
             purge_latency: Default::default(),
             admin_addr: reachable_admin(admin_addr, config.advertise).to_string(),

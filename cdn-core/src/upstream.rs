@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::fill::{FillError, FillErrorKind, FlightWriter, Head, Served, Sink, Via};
 use cdn_net::peers::{Exchange, PeerError, PeerPool};
-use cdn_net::quic::{codes, fields_from_headers, headers_from_fields, FrameReader, WireError};
+use cdn_net::quic::{codes, headers_from_fields, FrameReader, WireError};
 use cdn_proto::{Frame, Member, Method};
 use cdn_store::{Entry, NewEntry, Store};
 use tokio::sync::watch;
@@ -139,12 +139,15 @@ impl Upstream {
             node: member.id.clone(),
             reason,
         };
-        let frame = Frame::Request {
-            id: request_id,
-            method: Method::Get,
-            path: key.to_string(),
-            headers: fields_from_headers(headers),
-        };
+        let mut frame = bytes::BytesMut::with_capacity(256);
+        cdn_proto::frame::encode_request(
+            &mut frame,
+            request_id,
+            Method::Get,
+            key,
+            headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+        );
+        let frame = frame.freeze();
         let mut ex = self.pool.exchange(member, &frame).await?;
         let t = self.pool.timeouts();
         let sent = tokio::time::Instant::now();

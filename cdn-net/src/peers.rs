@@ -10,12 +10,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use cdn_proto::{Frame, Invalidation, Member, MemberState, Position, Role};
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::quic::{send_frame, FrameReader};
+use crate::quic::{send_bytes, send_frame, FrameReader};
 
 /// How talking to one node failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -707,7 +708,9 @@ impl PeerPool {
     /// Sends the request `frame` to `member` on a stream of its connection: an idle one when
     /// there is one ([`Exchange::release`]), else a new one. When the node grants no more
     /// streams for now (its `max_streams`), the first stream to come back is taken.
-    pub async fn exchange(&self, member: &Member, frame: &Frame) -> Result<Exchange, PeerError> {
+    /// `request` is the encoded frame (`cdn_proto::frame::encode_request`), so a retry sends
+    /// the same bytes without encoding them again.
+    pub async fn exchange(&self, member: &Member, request: &Bytes) -> Result<Exchange, PeerError> {
         let (addr, conn) = self.exchange_conn(member).await?;
         let refused = |reason: String| PeerError::Refused {
             node: member.id.clone(),
@@ -724,7 +727,7 @@ impl PeerPool {
                     conn: id,
                     reused: true,
                 };
-                if send_frame(&mut ex.send, frame).await.is_ok() {
+                if send_bytes(&mut ex.send, request).await.is_ok() {
                     return Ok(ex);
                 }
                 // Closed by the node while idle: try the next one.
@@ -737,7 +740,7 @@ impl PeerPool {
                 _ = returned => continue,
             };
             let (mut send, recv) = opened.map_err(|e| refused(e.to_string()))?;
-            send_frame(&mut send, frame)
+            send_bytes(&mut send, request)
                 .await
                 .map_err(|e| refused(e.to_string()))?;
             return Ok(Exchange {
@@ -755,7 +758,7 @@ impl PeerPool {
     pub async fn exchange_new(
         &self,
         member: &Member,
-        frame: &Frame,
+        request: &Bytes,
     ) -> Result<Exchange, PeerError> {
         let (addr, conn) = self.exchange_conn(member).await?;
         let refused = |reason: String| PeerError::Refused {
@@ -763,7 +766,7 @@ impl PeerPool {
             reason,
         };
         let (mut send, recv) = conn.open_bi().await.map_err(|e| refused(e.to_string()))?;
-        send_frame(&mut send, frame)
+        send_bytes(&mut send, request)
             .await
             .map_err(|e| refused(e.to_string()))?;
         Ok(Exchange {

@@ -101,6 +101,12 @@ impl FrameReader {
     }
 }
 
+/// Writes frames already encoded.
+pub async fn send_bytes(send: &mut quinn::SendStream, frames: &Bytes) -> Result<(), WireError> {
+    within(STREAM_IDLE, send.write_chunk(frames.clone())).await??;
+    Ok(())
+}
+
 /// Writes one non-data frame.
 pub async fn send_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), WireError> {
     within(STREAM_IDLE, send.write_chunk(frame.to_bytes())).await??;
@@ -188,14 +194,15 @@ pub fn prioritise(send: &quinn::SendStream, len: Option<u64>) {
     let _ = send.set_priority(priority);
 }
 
-/// Sends a whole response on a stream: `head` (a `ResponseHead`), `body` as `Data` frames,
+/// Sends a whole response on a stream: `head` (an encoded `ResponseHead`, with room to
+/// spare for the frame headers that follow), `body` as `Data` frames,
 /// `End`, at the priority of its size ([`prioritise`]). Returns the body bytes sent. The stream
 /// stays open: a request stream carries the requester's next request after `End`.
 /// What the head and chunks are made of (a stored entry, say) is the caller's business: this
 /// layer knows frames, not the store.
 pub async fn send_whole(
     send: &mut quinn::SendStream,
-    head: &Frame,
+    head: BytesMut,
     body: &[Bytes],
 ) -> Result<u64, WireError> {
     let len: u64 = body.iter().map(|c| c.len() as u64).sum();
@@ -204,11 +211,10 @@ pub async fn send_whole(
     // one call, the body's buffers passed along, not copied): each write takes the
     // connection's lock and wakes its driver, and a response written in three went out in
     // more packets.
+    let mut out = head;
     if len <= SMALL_RESPONSE {
         // The frame headers around the body's own buffers (not copied): one call.
         let mut pieces = Vec::with_capacity(2 * body.len() + 2);
-        let mut out = BytesMut::with_capacity(256);
-        head.encode(&mut out);
         for chunk in body.iter().filter(|c| !c.is_empty()) {
             encode_data_header(chunk.len(), &mut out);
             pieces.push(out.split().freeze());
@@ -218,7 +224,7 @@ pub async fn send_whole(
         pieces.push(out.freeze());
         within(STREAM_IDLE, send.write_all_chunks(&mut pieces)).await??;
     } else {
-        send_frame(send, head).await?;
+        within(STREAM_IDLE, send.write_chunk(out.freeze())).await??;
         for chunk in body {
             send_data(send, chunk.clone()).await?;
         }
