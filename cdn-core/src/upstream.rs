@@ -374,14 +374,14 @@ impl Upstream {
         headers: &http::HeaderMap,
         failures: &mut Vec<PeerError>,
     ) -> Option<(Member, Head, NodeBody)> {
-        use futures::stream::{FuturesUnordered, StreamExt};
+        use futures::stream::StreamExt;
         use std::sync::atomic::{AtomicBool, Ordering};
         // A hedge asks only for what the next owner already stores: it must never start a
         // second origin fill for an object the first owner is merely slow to serve.
         // Built when a hedge is first sent: most requests never hedge.
         let hedge_headers = std::sync::OnceLock::new();
         let hedge_headers = &hedge_headers;
-        let mut pending = FuturesUnordered::new();
+        let mut pending = None;
         // Set when the first owner says it is filling (`Pending`): it is alive and the wait is
         // the origin's, which a second owner would only duplicate.
         let first_alive = Arc::new(AtomicBool::new(false));
@@ -406,11 +406,16 @@ impl Upstream {
                 (m, started.elapsed(), filled, hedge, r)
             }
         };
-        let mut next = 0;
-        if let Some(m) = owners.first() {
-            pending.push(ask(m, first_alive.clone(), false));
-            next = 1;
-        }
+        // The first owner's request is polled here directly; the set of further requests (a
+        // hedge, the next owner after a failure) is made only when one is sent. Most misses
+        // get their head from the first owner before any hedge is due, and a set made for
+        // every one of them (its queue, a task per request, their wake-ups) showed in the
+        // edge's profile.
+        let first_owner = owners.first()?;
+        let first = ask(first_owner, first_alive.clone(), false);
+        tokio::pin!(first);
+        let mut first_live = true;
+        let mut next = 1;
         let hedge = tokio::time::sleep(self.hedge_delay());
         tokio::pin!(hedge);
         let mut hedged = false;
@@ -420,48 +425,15 @@ impl Upstream {
         let escalate = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(escalate);
         loop {
-            tokio::select! {
-                done = pending.next(), if !pending.is_empty() => {
-                    let Some((m, took, filled, was_hedge, r)) = done else { continue };
-                    match r {
-                        Ok((head, reader)) => {
-                            // The hedge delay tracks answers from memory, not origin fills.
-                            if !filled {
-                                self.record_latency(took);
-                            }
-                            if was_hedge && !first_alive.load(Ordering::Acquire) {
-                                // The first owner lost to the hedge: ask it last for a while.
-                                if let Some(first) = owners.first() {
-                                    self.eject(&first.id);
-                                }
-                            } else {
-                                self.reinstate(&m.id);
-                            }
-                            self.count_answer(&m.id, &head);
-                            return Some((m, head, reader));
-                        }
-                        Err(PeerError::NotCached(_)) if was_hedge => {
-                            escalate_to = Some(m);
-                            escalate.as_mut().reset(tokio::time::Instant::now() + ESCALATE_AFTER);
-                            if pending.is_empty() {
-                                if let Some(m) = escalate_to.take() {
-                                    pending.push(ask(&m, Arc::default(), false));
-                                }
-                            }
-                        }
-                        Err(f) => {
-                            tracing::debug!(%key, error = %f, "owner failed; trying the next");
-                            failures.push(f);
-                            if let Some(m) = escalate_to.take() {
-                                pending.push(ask(&m, Arc::default(), false));
-                            } else if next < owners.len() {
-                                pending.push(ask(&owners[next], Arc::default(), false));
-                                next += 1;
-                            } else if pending.is_empty() {
-                                return None;
-                            }
-                        }
-                    }
+            let in_pending = any_left(&pending);
+            let done = tokio::select! {
+                done = &mut first, if first_live => {
+                    first_live = false;
+                    done
+                }
+                done = async { pending.as_mut()?.next().await }, if in_pending => {
+                    let Some(done) = done else { continue };
+                    done
                 }
                 _ = &mut hedge, if !hedged && next < owners.len() => {
                     hedged = true;
@@ -470,16 +442,60 @@ impl Upstream {
                     }
                     tracing::debug!(%key, owner = %owners[next].id, "hedging to the next owner");
                     self.hedges.fetch_add(1, Ordering::Relaxed);
-                    pending.push(ask(&owners[next], Arc::default(), true));
+                    let hedge = ask(&owners[next], Arc::default(), true);
+                    add(&mut pending, hedge);
                     next += 1;
+                    continue;
                 }
                 _ = &mut escalate, if escalate_to.is_some() => {
                     if let Some(m) = escalate_to.take() {
                         tracing::debug!(%key, owner = %m.id, "first owner hung: asking the next in full");
-                        pending.push(ask(&m, Arc::default(), false));
+                        let full = ask(&m, Arc::default(), false);
+                        add(&mut pending, full);
                     }
+                    continue;
                 }
                 else => return None,
+            };
+            let (m, took, filled, was_hedge, r) = done;
+            match r {
+                Ok((head, reader)) => {
+                    // The hedge delay tracks answers from memory, not origin fills.
+                    if !filled {
+                        self.record_latency(took);
+                    }
+                    if was_hedge && !first_alive.load(Ordering::Acquire) {
+                        // The first owner lost to the hedge: ask it last for a while.
+                        self.eject(&first_owner.id);
+                    } else {
+                        self.reinstate(&m.id);
+                    }
+                    self.count_answer(&m.id, &head);
+                    return Some((m, head, reader));
+                }
+                Err(PeerError::NotCached(_)) if was_hedge => {
+                    escalate_to = Some(m);
+                    escalate
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + ESCALATE_AFTER);
+                    if !any_left(&pending) && !first_live {
+                        if let Some(m) = escalate_to.take() {
+                            add(&mut pending, ask(&m, Arc::default(), false));
+                        }
+                    }
+                }
+                Err(f) => {
+                    tracing::debug!(%key, error = %f, "owner failed; trying the next");
+                    failures.push(f);
+                    if let Some(m) = escalate_to.take() {
+                        add(&mut pending, ask(&m, Arc::default(), false));
+                    } else if next < owners.len() {
+                        add(&mut pending, ask(&owners[next], Arc::default(), false));
+                        next += 1;
+                    } else if !any_left(&pending) && !first_live {
+                        return None;
+                    }
+                }
             }
         }
     }
@@ -728,6 +744,17 @@ impl NodeFill<'_> {
         w.finish();
         Ok(())
     }
+}
+
+/// Adds a request to a set made when the first is added.
+fn add<F>(set: &mut Option<futures::stream::FuturesUnordered<F>>, request: F) {
+    set.get_or_insert_with(futures::stream::FuturesUnordered::new)
+        .push(request);
+}
+
+/// Whether a set of requests that may not have been made yet has any left.
+fn any_left<F>(set: &Option<futures::stream::FuturesUnordered<F>>) -> bool {
+    set.as_ref().is_some_and(|s| !s.is_empty())
 }
 
 fn wire_reason(e: &WireError) -> String {
