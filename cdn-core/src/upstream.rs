@@ -118,10 +118,16 @@ impl Upstream {
     /// The owners of `key`, best first.
     pub fn owners(&self, key: &str) -> Vec<Member> {
         let all = self.members();
-        let members = self.placed_over(&all);
+        self.owners_in(&all, key).into_iter().cloned().collect()
+    }
+
+    /// The owners of `key` among `all`, best first, borrowed (a fill asks them without
+    /// copying a member).
+    fn owners_in<'a>(&self, all: &'a [Member], key: &str) -> Vec<&'a Member> {
+        let members = self.placed_over(all);
         cdn_proto::owners(key.as_bytes(), &members, self.replicas, |m| &m.id)
             .into_iter()
-            .map(|i| members[i].clone())
+            .map(|i| members[i])
             .collect()
     }
 
@@ -275,7 +281,8 @@ impl Upstream {
             h
         });
         let stale = stale.filter(|s| s.validators());
-        let owners = self.in_preference_order(self.owners(key));
+        let all = self.members();
+        let owners = self.in_preference_order(self.owners_in(&all, key));
         let asked = with_validators.as_ref().unwrap_or(headers);
         let Some((member, mut head, body)) = self
             .first_head(&owners, request_id, key, asked, &mut failures)
@@ -366,14 +373,14 @@ impl Upstream {
     /// Asks the owners for `key`, best first: the next owner is asked at once when one fails,
     /// and also when the current one has not answered within the hedge delay (then the first
     /// head wins and the other request is dropped). `None` when no owner produced a head.
-    async fn first_head(
+    async fn first_head<'a>(
         &self,
-        owners: &[Member],
+        owners: &[&'a Member],
         request_id: u64,
         key: &str,
         headers: &http::HeaderMap,
         failures: &mut Vec<PeerError>,
-    ) -> Option<(Member, Head, NodeBody)> {
+    ) -> Option<(&'a Member, Head, NodeBody)> {
         use futures::stream::StreamExt;
         use std::sync::atomic::{AtomicBool, Ordering};
         // A hedge asks only for what the next owner already stores: it must never start a
@@ -385,33 +392,30 @@ impl Upstream {
         // Set when the first owner says it is filling (`Pending`): it is alive and the wait is
         // the origin's, which a second owner would only duplicate.
         let first_alive = Arc::new(AtomicBool::new(false));
-        let ask = |m: &Member, alive: Arc<AtomicBool>, hedge: bool| {
-            let m = m.clone();
-            async move {
-                let started = tokio::time::Instant::now();
-                let h = if hedge {
-                    hedge_headers.get_or_init(|| {
-                        let mut h = headers.clone();
-                        h.insert(
-                            http::header::CACHE_CONTROL,
-                            http::HeaderValue::from_static("only-if-cached"),
-                        );
-                        h
-                    })
-                } else {
-                    headers
-                };
-                let r = self.request(&m, request_id, key, h, &alive).await;
-                let filled = alive.load(Ordering::Acquire);
-                (m, started.elapsed(), filled, hedge, r)
-            }
+        let ask = |m: &'a Member, alive: Arc<AtomicBool>, hedge: bool| async move {
+            let started = tokio::time::Instant::now();
+            let h = if hedge {
+                hedge_headers.get_or_init(|| {
+                    let mut h = headers.clone();
+                    h.insert(
+                        http::header::CACHE_CONTROL,
+                        http::HeaderValue::from_static("only-if-cached"),
+                    );
+                    h
+                })
+            } else {
+                headers
+            };
+            let r = self.request(m, request_id, key, h, &alive).await;
+            let filled = alive.load(Ordering::Acquire);
+            (m, started.elapsed(), filled, hedge, r)
         };
         // The first owner's request is polled here directly; the set of further requests (a
         // hedge, the next owner after a failure) is made only when one is sent. Most misses
         // get their head from the first owner before any hedge is due, and a set made for
         // every one of them (its queue, a task per request, their wake-ups) showed in the
         // edge's profile.
-        let first_owner = owners.first()?;
+        let first_owner: &'a Member = owners.first().copied()?;
         let first = ask(first_owner, first_alive.clone(), false);
         tokio::pin!(first);
         let mut first_live = true;
@@ -421,7 +425,7 @@ impl Upstream {
         let mut hedged = false;
         // An owner that answered a hedge with "not stored": asked in full if the first owner
         // still has not answered a while later (it is hung, not slow), or has failed.
-        let mut escalate_to: Option<Member> = None;
+        let mut escalate_to: Option<&'a Member> = None;
         let escalate = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(escalate);
         loop {
@@ -442,7 +446,7 @@ impl Upstream {
                     }
                     tracing::debug!(%key, owner = %owners[next].id, "hedging to the next owner");
                     self.hedges.fetch_add(1, Ordering::Relaxed);
-                    let hedge = ask(&owners[next], Arc::default(), true);
+                    let hedge = ask(owners[next], Arc::default(), true);
                     add(&mut pending, hedge);
                     next += 1;
                     continue;
@@ -450,7 +454,7 @@ impl Upstream {
                 _ = &mut escalate, if escalate_to.is_some() => {
                     if let Some(m) = escalate_to.take() {
                         tracing::debug!(%key, owner = %m.id, "first owner hung: asking the next in full");
-                        let full = ask(&m, Arc::default(), false);
+                        let full = ask(m, Arc::default(), false);
                         add(&mut pending, full);
                     }
                     continue;
@@ -480,7 +484,7 @@ impl Upstream {
                         .reset(tokio::time::Instant::now() + ESCALATE_AFTER);
                     if !any_left(&pending) && !first_live {
                         if let Some(m) = escalate_to.take() {
-                            add(&mut pending, ask(&m, Arc::default(), false));
+                            add(&mut pending, ask(m, Arc::default(), false));
                         }
                     }
                 }
@@ -488,9 +492,9 @@ impl Upstream {
                     tracing::debug!(%key, error = %f, "owner failed; trying the next");
                     failures.push(f);
                     if let Some(m) = escalate_to.take() {
-                        add(&mut pending, ask(&m, Arc::default(), false));
+                        add(&mut pending, ask(m, Arc::default(), false));
                     } else if next < owners.len() {
-                        add(&mut pending, ask(&owners[next], Arc::default(), false));
+                        add(&mut pending, ask(owners[next], Arc::default(), false));
                         next += 1;
                     } else if !any_left(&pending) && !first_live {
                         return None;
@@ -530,7 +534,7 @@ impl Upstream {
     }
 
     /// `owners` with the ejected ones moved to the end (order otherwise kept).
-    fn in_preference_order(&self, mut owners: Vec<Member>) -> Vec<Member> {
+    fn in_preference_order<'a>(&self, mut owners: Vec<&'a Member>) -> Vec<&'a Member> {
         let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         if records.is_empty() {
             return owners;
