@@ -60,8 +60,8 @@ pub enum Counter {
     Purged,
     /// Response body bytes sent.
     BytesSent,
-    /// Request streams accepted from edges (node): each carries one request or more in
-    /// turn, so requests over streams is how well edges keep their streams.
+    /// Request streams accepted (node), from edges and from child-region nodes: each carries
+    /// one request or more in turn, so requests over streams is how well they are kept.
     RequestStreams,
 }
 
@@ -191,7 +191,7 @@ const TABLE: [Row; COUNT] = [
         "request_streams",
         "cdn_request_streams_total",
         None,
-        "Request streams accepted from edges (each carries one request or more in turn).",
+        "Request streams accepted (each carries one request or more in turn).",
     ),
 ];
 

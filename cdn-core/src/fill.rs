@@ -148,7 +148,7 @@ pub struct Sink<'a> {
 ///
 /// Built by keeping what passes, not by copying every field and removing names: a removal by
 /// name parses and hashes the name whether or not the field is there, and there are
-/// eighteen names to drop on every miss.
+/// seventeen names to drop on every miss.
 pub fn fill_headers(client: &http::HeaderMap) -> http::HeaderMap {
     let mut headers = http::HeaderMap::new();
     if client.contains_key(http::header::CONNECTION) {

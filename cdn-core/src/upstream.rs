@@ -156,7 +156,7 @@ impl Upstream {
         let frame = frame.freeze();
         let mut ex = self.pool.exchange(member, &frame).await?;
         let t = self.pool.timeouts();
-        let sent = tokio::time::Instant::now();
+        let mut sent = tokio::time::Instant::now();
         let deadline = sent + t.response;
         let mut heard = false;
         let mut first;
@@ -177,10 +177,20 @@ impl Upstream {
                         format!("silent for {:?}", t.first_byte)
                     })
                 })?;
-            if !heard && ex.reused() && matches!(read, Ok(None) | Err(WireError::Read(_))) {
+            let closed = matches!(
+                read,
+                Ok(None) | Err(WireError::Read(quinn::ReadError::Reset(_)))
+            );
+            if !heard && ex.reused() && closed {
                 // The stream was kept from an earlier request and the node closed it
-                // meanwhile: once more on a new stream, not a failed owner.
-                ex = self.pool.exchange_new(member, &frame).await?;
+                // meanwhile: once more on a new stream, not a failed owner. (A lost
+                // connection is a failed owner: the next one is asked.) The old stream goes
+                // first, so it does not hold a place in the node's stream allowance.
+                drop(ex);
+                ex = tokio::time::timeout_at(wait, self.pool.exchange_new(member, &frame))
+                    .await
+                    .map_err(|_| refused(format!("silent for {:?}", t.first_byte)))??;
+                sent = tokio::time::Instant::now();
                 continue;
             }
             first = read.map_err(|e| refused(e.to_string()))?;

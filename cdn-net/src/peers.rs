@@ -143,8 +143,9 @@ struct Peer {
     returned: tokio::sync::Notify,
 }
 
-/// Request streams kept per connection for the next requests. A node allows `max_streams`
-/// open streams a connection (1,024 by default), idle ones included.
+/// Request streams kept per node for the next requests. A node allows `max_streams` open
+/// streams a connection (1,024 by default), idle ones included; a stream that cannot be
+/// opened because idle ones hold the node's allowance closes them ([`PeerPool::open`]).
 const MAX_IDLE_STREAMS: usize = 64;
 
 /// A request stream whose last response was read to its `End`.
@@ -156,23 +157,69 @@ struct IdleStream {
 }
 
 impl Peer {
-    /// The newest idle stream of connection `conn`, unless it has been idle too long; idle
-    /// streams of another (older) connection, or older than that, are closed.
+    /// The newest idle stream of connection `conn`, unless it has been idle too long. Idle
+    /// streams of another (older) connection, or idle longer than that, are closed.
     fn take_idle(&self, conn: usize) -> Option<IdleStream> {
         let now = tokio::time::Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        match idle.pop() {
-            Some(s) if s.conn == conn && now - s.since < crate::quic::KEEP_IDLE => Some(s),
+        let mut stale = Vec::new();
+        if idle.iter().any(|s| s.conn != conn) {
+            // A reconnect: streams of the old connection may sit among (or above) the new.
+            let (keep, old): (Vec<_>, Vec<_>) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|s| s.conn == conn);
+            *idle = keep;
+            stale = old;
+        }
+        let found = match idle.pop() {
+            Some(s) if now - s.since < crate::quic::KEEP_IDLE => Some(s),
             Some(s) => {
-                // The rest went idle earlier, or belong to an older connection too.
-                let stale = std::mem::take(&mut *idle);
-                drop(idle);
-                drop((s, stale));
+                // The rest went idle earlier still.
+                stale.push(s);
+                stale.append(&mut idle);
                 None
             }
             None => None,
-        }
+        };
+        drop(idle);
+        drop(stale);
+        found
     }
+
+    /// Closes the idle streams that were idle longer than [`crate::quic::KEEP_IDLE`], or
+    /// all of them (`all`): the connection closed, or the node's stream allowance is needed
+    /// for a stream of another kind.
+    fn close_idle(&self, all: bool) {
+        let now = tokio::time::Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let stale: Vec<IdleStream> = if all {
+            std::mem::take(&mut *idle)
+        } else {
+            // Oldest first: the ones past the limit are a prefix.
+            let n = idle
+                .iter()
+                .take_while(|s| now - s.since >= crate::quic::KEEP_IDLE)
+                .count();
+            idle.drain(..n).collect()
+        };
+        drop(idle);
+        drop(stale);
+    }
+}
+
+/// Opens a stream on `conn`; when the node grants none at once, the idle request streams
+/// kept for it (which count against its allowance) are closed first.
+async fn open_reclaiming(
+    conn: &quinn::Connection,
+    home: &Peer,
+) -> Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError> {
+    let open = conn.open_bi();
+    tokio::pin!(open);
+    if let Some(o) = futures::FutureExt::now_or_never(open.as_mut()) {
+        return o;
+    }
+    home.close_idle(true);
+    open.await
 }
 
 /// A request on a stream to a node: the request sent, its answer to be read from
@@ -269,6 +316,8 @@ pub struct PeerPool {
     inbound: OnceLock<Arc<dyn Inbound>>,
     // Counts connections established, for whoever waits for a reconnect (tests, readiness).
     connects: watch::Sender<u64>,
+    // Kept request streams found closed by their node when a request was sent on them.
+    found_closed: std::sync::atomic::AtomicU64,
     // Fault injection (tests only): while set, no connection is made and existing ones are
     // closed; and single links: addresses not to connect to.
     #[cfg(feature = "fault-injection")]
@@ -293,6 +342,7 @@ impl PeerPool {
             timeouts,
             inbound: OnceLock::new(),
             connects: watch::Sender::new(0),
+            found_closed: std::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "fault-injection")]
             severed: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "fault-injection")]
@@ -633,6 +683,7 @@ impl PeerPool {
         tokio::spawn(async move {
             let why = c.closed().await;
             p.up.store(false, std::sync::atomic::Ordering::Release);
+            p.close_idle(true);
             if let Some(pool) = pool.and_then(|w| w.upgrade()) {
                 if close::is_leaving(&why) {
                     tracing::info!(node = %p.addr, "node left the cluster");
@@ -698,7 +749,9 @@ impl PeerPool {
             node: member.id.clone(),
             reason,
         };
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| refused(e.to_string()))?;
+        let (mut send, recv) = open_reclaiming(&conn, &self.peer(addr))
+            .await
+            .map_err(|e| refused(e.to_string()))?;
         send_frame(&mut send, frame)
             .await
             .map_err(|e| refused(e.to_string()))?;
@@ -718,61 +771,97 @@ impl PeerPool {
         };
         let home = self.peer(addr);
         let id = conn.stable_id();
+        let reuse = |s: IdleStream| Exchange {
+            send: s.send,
+            reader: s.reader,
+            home: home.clone(),
+            conn: id,
+            reused: true,
+        };
+        let fresh = |send, recv| Exchange {
+            send,
+            reader: FrameReader::new(recv),
+            home: home.clone(),
+            conn: id,
+            reused: false,
+        };
+        let mut waited = false;
         loop {
+            // Armed before the idle list is read, so a stream put back in between is seen.
+            let returned = home.returned.notified();
+            tokio::pin!(returned);
+            if waited {
+                returned.as_mut().enable();
+            }
             if let Some(s) = home.take_idle(id) {
-                let mut ex = Exchange {
-                    send: s.send,
-                    reader: s.reader,
-                    home: home.clone(),
-                    conn: id,
-                    reused: true,
-                };
+                let mut ex = reuse(s);
                 if send_bytes(&mut ex.send, request).await.is_ok() {
                     return Ok(ex);
                 }
                 // Closed by the node while idle: try the next one.
+                self.found_closed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 continue;
             }
-            let returned = home.returned.notified();
-            let opened = tokio::select! {
-                biased;
-                o = conn.open_bi() => o,
-                _ = returned => continue,
+            let open = conn.open_bi();
+            tokio::pin!(open);
+            let opened = if !waited {
+                // Most requests find a stream, or the node's allowance for a new one, at once:
+                // no wait to arm for them.
+                match futures::FutureExt::now_or_never(open.as_mut()) {
+                    Some(o) => o,
+                    None => {
+                        waited = true;
+                        continue;
+                    }
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    o = &mut open => o,
+                    _ = &mut returned => continue,
+                }
             };
-            let (mut send, recv) = opened.map_err(|e| refused(e.to_string()))?;
-            send_bytes(&mut send, request)
+            let (send, recv) = opened.map_err(|e| refused(e.to_string()))?;
+            let mut ex = fresh(send, recv);
+            send_bytes(&mut ex.send, request)
                 .await
                 .map_err(|e| refused(e.to_string()))?;
-            return Ok(Exchange {
-                send,
-                reader: FrameReader::new(recv),
-                home,
-                conn: id,
-                reused: false,
-            });
+            return Ok(ex);
         }
     }
 
+    /// Kept request streams a request found closed by their node (its write failed, or the
+    /// answer ended before its first frame); each request was sent again.
+    pub fn found_closed(&self) -> u64 {
+        self.found_closed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// [`PeerPool::exchange`] on a new stream: the retry of a request whose reused stream
-    /// turned out closed.
+    /// turned out closed (counted in [`PeerPool::found_closed`]).
     pub async fn exchange_new(
         &self,
         member: &Member,
         request: &Bytes,
     ) -> Result<Exchange, PeerError> {
+        self.found_closed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (addr, conn) = self.exchange_conn(member).await?;
         let refused = |reason: String| PeerError::Refused {
             node: member.id.clone(),
             reason,
         };
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| refused(e.to_string()))?;
+        let home = self.peer(addr);
+        let (mut send, recv) = open_reclaiming(&conn, &home)
+            .await
+            .map_err(|e| refused(e.to_string()))?;
         send_bytes(&mut send, request)
             .await
             .map_err(|e| refused(e.to_string()))?;
         Ok(Exchange {
             send,
             reader: FrameReader::new(recv),
-            home: self.peer(addr),
+            home,
             conn: conn.stable_id(),
             reused: false,
         })
@@ -860,6 +949,11 @@ impl PeerPool {
                     all_up = false;
                     tracing::debug!(peer = %name, error = %e, "peer not reachable");
                 }
+            }
+            // Streams idle past their limit are closed here too, not only when the next
+            // request to their node finds them.
+            for p in self.peer_list() {
+                p.close_idle(false);
             }
             // Quickly while something is missing, then at a relaxed pace.
             let wait = if all_up {

@@ -8,9 +8,13 @@
 //!
 //! After `End` the stream stays open for the requester's next `Request`, one at a time (as an
 //! HTTP/1.1 keep-alive connection): the requester either sends it or finishes its side, and
-//! the node then finishes its own. An `Error`, a reset or a finish ends the stream. A
-//! requester that finishes its side after its one request (every short exchange: `Hello`,
-//! `Purge`, `Push`, ...) reads the stream as before.
+//! the node then finishes its own. An `Error`, a reset or a finish ends the stream, and so
+//! does the node when no request comes for 60 s (`STREAM_IDLE`). As with keep-alive, a
+//! request sent on a kept stream may cross the node closing it: a requester must be ready
+//! to send it again on a new stream when the stream ends, or is reset, before the answer's
+//! first frame (the node never acted on it). A requester that finishes its side after its
+//! one request (every short exchange: `Hello`, `Purge`, `Push`, ...) reads the stream as
+//! before.
 //!
 //! `decode` takes a `BytesMut` so that a `Data` payload is split off without copying.
 

@@ -204,3 +204,44 @@ async fn a_garbage_oversized_or_truncated_frame_closes_only_its_stream() {
     asks_members(&conn).await;
     c.stop().await;
 }
+
+/// Kept request streams count against a node's stream allowance, and never lock a request
+/// out of it: with `max_streams = 4` and four streams kept idle after four concurrent misses,
+/// eight more concurrent misses all complete byte-exact on those four streams (each waiting
+/// one takes a stream as it comes back), and a status request (a stream of another kind)
+/// gets its answer by closing the idle ones.
+#[tokio::test]
+async fn kept_streams_share_a_nodes_stream_allowance() {
+    let c = cluster(1, 1, |cfg| cfg.node.max_streams = 4).await;
+    let edge = c.edges[0].http_addr;
+    let misses = |from: usize, n: usize| {
+        futures::future::join_all((from..from + n).map(|i| async move {
+            let target = format!("/allowance/{i}?size=2000&latency_ms=100&cc=public,max-age=300");
+            let g = get(edge, &target).await;
+            assert_eq!(g.status, http::StatusCode::OK, "{target}");
+            assert!(
+                g.body == crate::support::expected(&target, 2000),
+                "{target}"
+            );
+        }))
+    };
+    misses(0, 4).await;
+    let node = &c.nodes[0].as_ref().unwrap().node;
+    assert_eq!(node.counters().get(cache_node::Counter::RequestStreams), 4);
+    tokio::time::timeout(Duration::from_secs(10), misses(4, 8))
+        .await
+        .expect("eight misses over four kept streams");
+    assert_eq!(node.counters().get(cache_node::Counter::Requests), 12);
+    assert_eq!(
+        node.counters().get(cache_node::Counter::RequestStreams),
+        4,
+        "the later misses went on the kept streams"
+    );
+    let upstream = c.edges[0].edge.upstream();
+    let member = upstream.members()[0].clone();
+    let docs = cdn_net::status::ask_node(upstream.pool(), &member, false, Duration::from_secs(5))
+        .await
+        .expect("a status stream while four request streams sat idle");
+    assert!(!docs.is_empty());
+    c.stop().await;
+}

@@ -182,6 +182,7 @@ async fn requests_to_a_node_take_turns_on_one_stream() {
     let edge = c.edges[0].edge.counters();
     assert_eq!(edge.get(edge::Counter::NodeFailures), 0);
     assert_eq!(edge.get(edge::Counter::OriginFetches), 0);
+    assert_eq!(c.edges[0].edge.upstream().pool().found_closed(), 0);
     c.stop().await;
 }
 
@@ -219,6 +220,13 @@ async fn closed_streams(after: cache_node::AfterAnswer) {
         "{after:?}: a new stream for every request"
     );
     let edge = c.edges[0].edge.counters();
+    // Each request after the first was sent on a kept stream first, found it closed and
+    // went again.
+    assert_eq!(
+        c.edges[0].edge.upstream().pool().found_closed(),
+        9,
+        "{after:?}: requests that found their kept stream closed"
+    );
     assert_eq!(edge.get(edge::Counter::NodeFetches), 10, "{after:?}");
     assert_eq!(edge.get(edge::Counter::NodeFailures), 0, "{after:?}");
     assert_eq!(edge.get(edge::Counter::OriginFetches), 0, "{after:?}");
