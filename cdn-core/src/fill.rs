@@ -150,32 +150,19 @@ pub struct Sink<'a> {
 /// name parses and hashes the name whether or not the field is there, and there are
 /// seventeen names to drop on every miss.
 pub fn fill_headers(client: &http::HeaderMap) -> http::HeaderMap {
+    let named = cdn_http::connection_named(client);
     let mut headers = http::HeaderMap::new();
-    if client.contains_key(http::header::CONNECTION) {
-        let mut filtered = client.clone();
-        cdn_http::strip_hop_by_hop(&mut filtered);
-        for (name, value) in &filtered {
-            if forwarded(name) {
-                headers.append(name.clone(), value.clone());
-            }
-        }
-        return headers;
-    }
     for (name, value) in client {
-        if forwarded(name) && !cdn_http::HOP_BY_HOP.contains(name) {
+        if !cdn_http::is_hop_by_hop(name, &named)
+            && name != http::header::HOST
+            // Between members only: an origin or a parent fill never sees ours.
+            && name.as_str() != cdn_http::policy::REFRESH_FIELD
+            && !FILL_DROPPED.contains(&name.as_str())
+        {
             headers.append(name.clone(), value.clone());
         }
     }
     headers
-}
-
-/// Whether a fill passes a client's end-to-end field on (hop-by-hop ones are the caller's).
-fn forwarded(name: &http::HeaderName) -> bool {
-    name != http::header::HOST
-        // Between members only: an origin or a parent fill never sees ours.
-        && name.as_str() != cdn_http::policy::REFRESH_FIELD
-        && name.as_str() != "proxy-connection"
-        && !FILL_DROPPED.contains(&name.as_str())
 }
 
 /// The entry a 304 makes of a stored one: its body, its fields updated by the 304's, and a

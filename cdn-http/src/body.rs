@@ -50,20 +50,32 @@ pub const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop fields, including those named in `Connection`, and `proxy-connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
+    for n in connection_named(headers) {
         headers.remove(n);
     }
     for n in &HOP_BY_HOP {
         headers.remove(n);
     }
     headers.remove("proxy-connection");
+}
+
+/// The fields a message's `Connection` names (hop-by-hop for that message); empty, with no
+/// allocation, when it has none.
+pub fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Whether `name` is hop-by-hop in a message whose `Connection` names `named`
+/// ([`connection_named`]): what [`strip_hop_by_hop`] removes, asked field by field by a
+/// caller that builds a new map instead of editing one.
+pub fn is_hop_by_hop(name: &HeaderName, named: &[HeaderName]) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str() == "proxy-connection" || named.contains(name)
 }
 
 #[cfg(test)]

@@ -22,7 +22,10 @@ mod process;
 pub mod range;
 mod server;
 
-pub use body::{empty, full, strip_hop_by_hop, text, Body, BoxError, HOP_BY_HOP};
+pub use body::{
+    connection_named, empty, full, is_hop_by_hop, strip_hop_by_hop, text, Body, BoxError,
+    HOP_BY_HOP,
+};
 pub use process::{
     init_tracing, log_runtime, raise_open_file_limit, server_runtime, shutdown_signal,
 };

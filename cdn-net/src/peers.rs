@@ -740,11 +740,7 @@ impl PeerPool {
         member: &Member,
         frame: &Frame,
     ) -> Result<(quinn::SendStream, FrameReader), PeerError> {
-        let addr: SocketAddr = member.addr.parse().map_err(|_| PeerError::Refused {
-            node: member.id.clone(),
-            reason: format!("bad address {}", member.addr),
-        })?;
-        let conn = self.connection(&member.id, addr).await?;
+        let (addr, conn) = self.member_connection(member).await?;
         let refused = |reason: String| PeerError::Refused {
             node: member.id.clone(),
             reason,
@@ -764,7 +760,7 @@ impl PeerPool {
     /// `request` is the encoded frame (`cdn_proto::frame::encode_request`), so a retry sends
     /// the same bytes without encoding them again.
     pub async fn exchange(&self, member: &Member, request: &Bytes) -> Result<Exchange, PeerError> {
-        let (addr, conn) = self.exchange_conn(member).await?;
+        let (addr, conn) = self.member_connection(member).await?;
         let refused = |reason: String| PeerError::Refused {
             node: member.id.clone(),
             reason,
@@ -846,7 +842,7 @@ impl PeerPool {
     ) -> Result<Exchange, PeerError> {
         self.found_closed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (addr, conn) = self.exchange_conn(member).await?;
+        let (addr, conn) = self.member_connection(member).await?;
         let refused = |reason: String| PeerError::Refused {
             node: member.id.clone(),
             reason,
@@ -867,8 +863,8 @@ impl PeerPool {
         })
     }
 
-    /// The connection to `member` for an exchange, and its address.
-    async fn exchange_conn(
+    /// The pooled connection to `member` ([`PeerPool::connection`]), and its address.
+    async fn member_connection(
         &self,
         member: &Member,
     ) -> Result<(SocketAddr, quinn::Connection), PeerError> {

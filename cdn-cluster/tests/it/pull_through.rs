@@ -164,14 +164,7 @@ async fn a_fill_goes_on_when_the_client_that_started_it_hangs_up() {
 #[tokio::test]
 async fn requests_to_a_node_take_turns_on_one_stream() {
     let c = cluster(1, 1, |_| {}).await;
-    let addr = c.edges[0].http_addr;
-    for i in 0..20 {
-        let size = if i % 2 == 0 { 1024 } else { 300_000 };
-        let target = format!("/turns/{i}?size={size}&cc=public,max-age=300");
-        let g = get(addr, &target).await;
-        assert_eq!(g.status, StatusCode::OK, "{target}");
-        assert!(g.body == expected(&target, size), "{target}: body differs");
-    }
+    misses_in_turn(c.edges[0].http_addr, "/turns", 20).await;
     let node = &c.nodes[0].as_ref().unwrap().node;
     assert_eq!(node.counters().get(cache_node::Counter::Requests), 20);
     assert_eq!(
@@ -184,6 +177,19 @@ async fn requests_to_a_node_take_turns_on_one_stream() {
     assert_eq!(edge.get(edge::Counter::OriginFetches), 0);
     assert_eq!(c.edges[0].edge.upstream().pool().found_closed(), 0);
     c.stop().await;
+}
+
+/// `n` GETs of distinct keys under `prefix`, one after another, each a miss at the edge and
+/// at the node: 1 KiB bodies (read whole from the node) and 300 KB ones (streamed) in turn,
+/// every one 200 and byte-exact.
+async fn misses_in_turn(addr: std::net::SocketAddr, prefix: &str, n: usize) {
+    for i in 0..n {
+        let size = if i % 2 == 0 { 1024 } else { 300_000 };
+        let target = format!("{prefix}/{i}?size={size}&cc=public,max-age=300");
+        let g = get(addr, &target).await;
+        assert_eq!(g.status, StatusCode::OK, "{target}");
+        assert!(g.body == expected(&target, size), "{target}: body differs");
+    }
 }
 
 /// A node that closes each stream after its answer costs an edge nothing but new streams: a
@@ -202,17 +208,12 @@ async fn closed_streams(after: cache_node::AfterAnswer) {
     let c = cluster(1, 1, |_| {}).await;
     let node = &c.nodes[0].as_ref().unwrap().node;
     node.set_after_answer(after);
-    let addr = c.edges[0].http_addr;
-    for i in 0..10 {
-        let size = if i % 2 == 0 { 1024 } else { 300_000 };
-        let target = format!("/closed-streams/{i}?size={size}&cc=public,max-age=300");
-        let g = get(addr, &target).await;
-        assert_eq!(g.status, StatusCode::OK, "{after:?} {target}");
-        assert!(
-            g.body == expected(&target, size),
-            "{after:?} {target}: body differs"
-        );
-    }
+    misses_in_turn(
+        c.edges[0].http_addr,
+        &format!("/closed-streams/{after:?}"),
+        10,
+    )
+    .await;
     assert_eq!(node.counters().get(cache_node::Counter::Requests), 10);
     assert_eq!(
         node.counters().get(cache_node::Counter::RequestStreams),
